@@ -1,0 +1,36 @@
+# `make demo` sets up and runs logstats on the bundled fixtures; `make test` sets up and runs
+# every test (installing the Debian packages the real-MTA tests need), lint and type checks.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_DB ?= var/demo.duckdb
+
+.PHONY: default setup demo test check lint bench clean
+default: test
+
+$(BIN)/logstats: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/logstats
+
+demo: setup
+	rm -f $(DEMO_DB) $(DEMO_DB).wal
+	$(BIN)/logstats backfill --config config/logstats.yaml --db $(DEMO_DB) fixtures/demo/*
+	$(BIN)/logstats query emailtrack --config config/logstats.yaml --db $(DEMO_DB) --all
+
+lint: setup
+	$(BIN)/ruff check logstats tests bench
+	$(BIN)/mypy
+
+test: setup lint
+	[ ! -f tests/mta/install.sh ] || bash tests/mta/install.sh
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,382 @@
+"""Command line: ``logstats backfill | query | parse | check-config``.
+
+structlog is configured here, once: JSON lines when stderr is not a terminal, readable
+console output when it is.  A ``LogstatsError`` becomes one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from logstats import config as config_mod
+from logstats.errors import LogstatsError
+from logstats.model import Ignored, Mta, StatsRequest, Unparsed
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "logstats.yaml"
+
+
+def configure_logging() -> None:
+    renderer: Any
+    if sys.stderr.isatty():
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def parse_time(value: str) -> datetime:
+    """ISO 8601 (``2024-05-01``, ``2024-05-01T10:00:00+02:00``) or Unix seconds."""
+    text = value.strip()
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text), UTC)
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date (YYYY-MM-DD[THH:MM[:SS]][+HH:MM]) or Unix time"
+        ) from exc
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logstats",
+        description="Per-account mail statistics from Exim and Postfix logs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", help="YAML configuration (default: none; built-in defaults)"
+    )
+    common.add_argument(
+        "--db",
+        metavar="FILE",
+        help=f"DuckDB file (default: store.path of the config, else {config_mod.DEFAULT_DB})",
+    )
+
+    bf = sub.add_parser(
+        "backfill",
+        parents=[common],
+        help="read log files (plain, .gz, .bz2, .xz) into the store, once",
+        description="Read whole log files into the store. Files already read (also rotated or "
+        "compressed copies) are skipped; a file that grew is read from where it stopped. Each "
+        "MTA's files are read oldest first, ordered by their first timestamp.",
+    )
+    bf.add_argument("paths", nargs="+", metavar="PATH|GLOB")
+    bf.add_argument(
+        "--mta", choices=[m.value for m in Mta], help="the files' MTA (default: detected per file)"
+    )
+
+    q = sub.add_parser("query", help="answer in the shape of a mail statistics API")
+    qsub = q.add_subparsers(dest="shape", required=True, metavar="SHAPE")
+    et = qsub.add_parser(
+        "emailtrack",
+        parents=[common],
+        help="cPanel API2 EmailTrack::stats",
+        description="Print cPanel API2 EmailTrack::stats (cpanelresult JSON) for one account, "
+        "or a row per account with --all. Windows are UTC, at hour granularity.",
+    )
+    who = et.add_mutually_exclusive_group(required=True)
+    who.add_argument("--account", metavar="NAME", help="the account (cPanel user)")
+    who.add_argument("--all", action="store_true", help="every account")
+    et.add_argument(
+        "--start",
+        type=parse_time,
+        metavar="T",
+        help="window start, ISO 8601 or Unix time (default: beginning)",
+    )
+    end = et.add_mutually_exclusive_group()
+    end.add_argument("--end", type=parse_time, metavar="T", help="window end, exclusive")
+    end.add_argument(
+        "--days", type=positive_int, metavar="N", help="window: the last N days up to now"
+    )
+    et.add_argument(
+        "--deliverytype",
+        choices=["remote", "local", "remote_or_faildefer"],
+        help="count only remote or only local deliveries (SUCCESSCOUNT, TOTALSIZE); "
+        "remote_or_faildefer: remote deliveries plus all deferrals and failures",
+    )
+    et.add_argument("--nosize", action="store_true", help="leave out TOTALSIZE")
+    et.add_argument("--nosuccess", action="store_true", help="leave out SUCCESSCOUNT")
+    et.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default=None,
+        help="with --all: a text table (default) or a JSON object by account",
+    )
+
+    ps = sub.add_parser(
+        "parse",
+        help="run the grammar over files and report what it recognised",
+        description="Report in the style of fail2ban-regex: lines, parsed by kind, irrelevant "
+        "by reason, unknown by reason, and the first unknown lines. Reads nothing into a store.",
+    )
+    ps.add_argument("paths", nargs="+", metavar="FILE")
+    ps.add_argument("--mta", choices=[m.value for m in Mta], help="default: detected per file")
+    ps.add_argument(
+        "--show",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many unknown lines to print (default 10)",
+    )
+
+    cc = sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate a configuration and print the effective settings",
+    )
+    cc.set_defaults(shape=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "backfill":
+            return cmd_backfill(args)
+        if args.command == "query":
+            return cmd_query(args)
+        if args.command == "parse":
+            return cmd_parse(args)
+        return cmd_check_config(args)
+    except LogstatsError as exc:
+        print(f"logstats: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "logstats: interrupted; the store holds every batch committed so far", file=sys.stderr
+        )
+        return 130
+
+
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(args.config)
+
+
+def _db(args: argparse.Namespace, cfg: config_mod.Config) -> str:
+    return str(args.db or cfg.db)
+
+
+class _ProgressBar:
+    """One refreshed line on a terminal: file, lines, lines/s."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, path: str, lines: int, offset: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.25:
+            return
+        self.last = now
+        rate = lines / max(now - self.start, 1e-9)
+        sys.stderr.write(
+            f"\r{Path(path).name}: {lines:,} lines, {rate:,.0f} lines/s, {offset / 1e6:,.1f} MB "
+        )
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from logstats.ingest import Ingestor
+    from logstats.store import Store
+
+    cfg = _load(args)
+    log = structlog.get_logger()
+    with Store(_db(args, cfg)) as store:
+        ingestor = Ingestor(store, cfg, now=lambda: datetime.now(UTC))
+        plan = ingestor.plan(args.paths, args.mta)
+        total_lines = 0
+        started = time.monotonic()
+        for info, mta in plan:
+            bar = _ProgressBar() if sys.stderr.isatty() else None
+            t0 = time.monotonic()
+            report = ingestor.ingest(info, mta, bar)
+            if bar is not None:
+                bar.done()
+            seconds = time.monotonic() - t0
+            total_lines += report.lines
+            log.info(
+                "file_read" if report.skipped is None else "file_skipped",
+                path=report.path,
+                mta=mta,
+                lines=report.lines,
+                records=report.records,
+                irrelevant=report.ignored,
+                unknown=sum(report.unparsed.values()),
+                unknown_by_reason=dict(report.unparsed),
+                events=report.events,
+                lines_per_s=round(report.lines / seconds) if seconds > 0 else None,
+                reason=report.skipped,
+            )
+        seconds = time.monotonic() - started
+        log.info(
+            "backfill_done",
+            files=len(plan),
+            lines=total_lines,
+            seconds=round(seconds, 3),
+            lines_per_s=round(total_lines / seconds) if seconds > 0 else None,
+        )
+    return 0
+
+
+def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    if args.days:
+        return now - timedelta(days=args.days), now
+    start = args.start or EPOCH
+    end = args.end or FAR_FUTURE
+    if start >= end:
+        raise LogstatsError(
+            f"--start ({start.isoformat()}) must be before --end ({end.isoformat()})"
+        )
+    return start, end
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from logstats import query
+    from logstats.store import Store
+
+    cfg = _load(args)
+    try:
+        start, end = _window(args)
+        with Store(_db(args, cfg), read_only=True) as store:
+            rows = store.account_stats(StatsRequest(start, end, args.account))
+    except LogstatsError as exc:
+        if args.all:
+            raise
+        print(json.dumps(query.emailtrack_error(str(exc)), indent=2))
+        return 1
+    if args.deliverytype in ("remote", "remote_or_faildefer"):
+        rows = [
+            replace(
+                r,
+                successcount=r.successcount - r.local_successcount,
+                totalsize=r.totalsize - r.local_totalsize,
+            )
+            for r in rows
+        ]
+    elif args.deliverytype == "local":
+        rows = [
+            replace(r, successcount=r.local_successcount, totalsize=r.local_totalsize) for r in rows
+        ]
+    if args.all:
+        if args.format == "json":
+            out = {
+                r.account: query.emailtrack_row(r, nosize=args.nosize, nosuccess=args.nosuccess)
+                for r in rows
+            }
+            print(json.dumps(out, indent=2))
+        else:
+            print(query.emailtrack_table(rows))
+        return 0
+    from logstats.model import AccountStats
+
+    stats = rows[0] if rows else AccountStats(account=args.account)
+    print(
+        json.dumps(
+            query.emailtrack_stats(stats, nosize=args.nosize, nosuccess=args.nosuccess), indent=2
+        )
+    )
+    return 0
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from logstats.grammar import Clock, detect_mta, make_parser
+    from logstats.ingest import expand
+    from logstats.sources import inspect, read_lines
+
+    tz = config_mod.local_zone()
+    for path in expand(args.paths):
+        info = inspect(path)
+        mta = args.mta or detect_mta(info.first_lines)
+        if mta is None:
+            raise LogstatsError(
+                f"{path}: cannot tell whether it is an Exim or Postfix log (use --mta)"
+            )
+        parser = make_parser(mta, Clock(tz, datetime.fromtimestamp(info.mtime, UTC)))
+        kinds: Counter[str] = Counter()
+        ignored: Counter[str] = Counter()
+        unknown: Counter[str] = Counter()
+        shown: list[str] = []
+        total = 0
+        for chunk in read_lines(path, 0, final=True, max_line_length=65536):
+            unknown["too-long"] += chunk.too_long
+            total += len(chunk.lines) + chunk.too_long
+            for line in chunk.lines:
+                r = parser.parse(line)
+                if isinstance(r, Ignored):
+                    ignored[r.kind] += 1
+                elif isinstance(r, Unparsed):
+                    unknown[r.reason] += 1
+                    if len(shown) < args.show:
+                        shown.append(f"  [{r.reason}] {line[:300]}")
+                else:
+                    kinds[type(r).__name__.lower()] += 1
+        unknown = +unknown
+        print(f"{path} ({mta})")
+        print(
+            f"{total} lines, {sum(kinds.values())} parsed, {sum(ignored.values())} "
+            f"irrelevant, {sum(unknown.values())} unknown"
+        )
+        for title, counter in (("parsed", kinds), ("irrelevant", ignored), ("unknown", unknown)):
+            if counter:
+                print(f"{title}:")
+                for k, n in counter.most_common():
+                    print(f"  {n:8d}  {k}")
+        if shown:
+            print(f"first unknown lines ({len(shown)}):")
+            print("\n".join(shown))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    effective = {
+        "config": cfg.path,
+        "timezone": cfg.timezone or f"{cfg.tz()} (machine)",
+        "db": _db(args, cfg),
+        "retention_days": cfg.retention_days,
+        "domains": len(cfg.domain_map()),
+        "uids": dict(cfg.uids),
+        "sender_domain_fallback": cfg.sender_domain_fallback,
+        "filter_relays": list(cfg.filter_relays),
+        "ttl": str(cfg.ttl),
+        "orphan_ttl": str(cfg.orphan_ttl),
+        "sources": [{"path": s.path, "mta": s.mta} for s in cfg.sources],
+    }
+    print(json.dumps(effective, indent=2, default=str))
+    return 0

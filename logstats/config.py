@@ -1,0 +1,236 @@
+"""YAML configuration -> a validated, frozen ``Config``.
+
+The only module that reads YAML, the environment, ``/etc/passwd`` or cPanel's
+``/etc/userdomains``.  Unknown keys are errors that name the file and the dotted key;
+relative paths resolve against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from logstats.correlate import Policy
+from logstats.errors import ConfigError
+
+DEFAULT_DB = "/var/lib/logstats/logstats.duckdb"
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    path: str  # a path or a glob
+    mta: str | None = None  # None: detected from the content
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str | None = None  # the file this came from
+    timezone: str | None = None  # None: the machine's zone
+    db: str = DEFAULT_DB
+    retention_days: int = 10
+    domains: Mapping[str, str] = field(default_factory=dict)
+    userdomains: str | None = None
+    uids: Mapping[int, str] = field(default_factory=dict)
+    sender_domain_fallback: bool = False
+    filter_relays: tuple[str, ...] = ("127.0.0.1", "[::1]", "::1", "localhost")
+    ttl: timedelta = timedelta(days=7)
+    orphan_ttl: timedelta = timedelta(hours=1)
+    batch_lines: int = 50000
+    max_line_length: int = 65536
+    sources: tuple[Source, ...] = ()
+
+    def tz(self) -> tzinfo:
+        if self.timezone is None:
+            return local_zone()
+        return ZoneInfo(self.timezone)
+
+    def domain_map(self) -> dict[str, str]:
+        table: dict[str, str] = {}
+        if self.userdomains:
+            table.update(read_userdomains(self.userdomains))
+        table.update({k.lower(): v for k, v in self.domains.items()})
+        return table
+
+    def policy(self) -> Policy:
+        uids = dict(self.uids)
+
+        def uid_name(uid: int) -> str | None:
+            if uid in uids:
+                return uids[uid]
+            try:
+                return pwd.getpwuid(uid).pw_name
+            except KeyError:
+                return None
+
+        return Policy(
+            domains=self.domain_map(),
+            uid_name=uid_name,
+            sender_domain_fallback=self.sender_domain_fallback,
+            filter_relays=self.filter_relays,
+            ttl=self.ttl,
+            orphan_ttl=self.orphan_ttl,
+        )
+
+
+def local_zone() -> tzinfo:
+    """The machine's zone: $TZ, /etc/timezone, /etc/localtime, else UTC."""
+    for name in (os.environ.get("TZ", "").lstrip(":"),):
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+    etc = Path("/etc/timezone")
+    if etc.exists():
+        try:
+            return ZoneInfo(etc.read_text().strip())
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    link = Path("/etc/localtime")
+    if link.is_symlink():
+        target = str(link.resolve())
+        if "zoneinfo/" in target:
+            try:
+                return ZoneInfo(target.split("zoneinfo/", 1)[1])
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+    return ZoneInfo("UTC")
+
+
+def read_userdomains(path: str) -> dict[str, str]:
+    """cPanel's ``/etc/userdomains``: ``domain: user`` per line (``*: nobody`` skipped)."""
+    table: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"accounts.userdomains: cannot read {path}: {exc.strerror}") from exc
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        domain, sep, user = line.partition(":")
+        if not sep or not user.strip():
+            raise ConfigError(f"{path}:{number}: expected 'domain: user', got {raw!r}")
+        if domain.strip() != "*":
+            table[domain.strip().lower()] = user.strip()
+    return table
+
+
+def parse_duration(value: object, key: str, where: str) -> timedelta:
+    if isinstance(value, int) and value > 0:
+        return timedelta(seconds=value)
+    m = _DURATION.match(str(value).strip())
+    if not m or int(m.group(1)) <= 0:
+        raise ConfigError(f"{where}: {key}: expected a duration like 90m, 12h or 7d, got {value!r}")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+_SCHEMA: dict[str, Any] = {
+    "timezone": str,
+    "store": {"path": str, "retention_days": int},
+    "accounts": {
+        "domains": dict,
+        "userdomains": str,
+        "uids": dict,
+        "sender_domain_fallback": bool,
+    },
+    "correlation": {"ttl": "duration", "orphan_ttl": "duration", "filter_relays": list},
+    "ingest": {"batch_lines": int, "max_line_length": int},
+    "sources": list,
+}
+
+
+def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping")
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in schema:
+            raise ConfigError(f"{where}: unknown key {dotted!r}")
+        kind = schema[key]
+        if isinstance(kind, dict):
+            _check(value, kind, dotted, where)
+        elif kind == "duration":
+            parse_duration(value, dotted, where)
+        elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{where}: {dotted}: expected a positive integer, got {value!r}")
+        elif kind is not int and not isinstance(value, kind):
+            raise ConfigError(f"{where}: {dotted}: expected {kind.__name__}, got {value!r}")
+
+
+def load(path: str | None) -> Config:
+    """Read and validate a config file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return Config()
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read config: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    _check(data, _SCHEMA, "", where)
+    base = Path(path).resolve().parent
+
+    def resolve(p: str) -> str:
+        return str(p) if Path(p).is_absolute() or p == ":memory:" else str(base / p)
+
+    store = data.get("store", {})
+    accounts = data.get("accounts", {})
+    corr = data.get("correlation", {})
+    ingest = data.get("ingest", {})
+    timezone = data.get("timezone")
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{where}: timezone: unknown zone {timezone!r}") from exc
+    uids: dict[int, str] = {}
+    for k, v in accounts.get("uids", {}).items():
+        if not str(k).isdigit():
+            raise ConfigError(f"{where}: accounts.uids: {k!r} is not a numeric uid")
+        uids[int(k)] = str(v)
+    sources = []
+    for i, item in enumerate(data.get("sources", [])):
+        s = {"path": item} if isinstance(item, str) else item
+        if not isinstance(s, dict) or "path" not in s or set(s) - {"path", "mta"}:
+            raise ConfigError(f"{where}: sources[{i}]: expected {{path: ..., mta: exim|postfix}}")
+        if s.get("mta") not in (None, "exim", "postfix"):
+            raise ConfigError(f"{where}: sources[{i}].mta: expected exim or postfix")
+        sources.append(Source(resolve(s["path"]), s.get("mta")))
+    defaults = Config()
+    return Config(
+        path=where,
+        timezone=timezone,
+        db=resolve(store.get("path", defaults.db)),
+        retention_days=store.get("retention_days", defaults.retention_days),
+        domains={str(k).lower(): str(v) for k, v in accounts.get("domains", {}).items()},
+        userdomains=resolve(accounts["userdomains"]) if "userdomains" in accounts else None,
+        uids=uids,
+        sender_domain_fallback=accounts.get("sender_domain_fallback", False),
+        filter_relays=tuple(str(x) for x in corr.get("filter_relays", defaults.filter_relays)),
+        ttl=parse_duration(corr["ttl"], "correlation.ttl", where)
+        if "ttl" in corr
+        else defaults.ttl,
+        orphan_ttl=(
+            parse_duration(corr["orphan_ttl"], "correlation.orphan_ttl", where)
+            if "orphan_ttl" in corr
+            else defaults.orphan_ttl
+        ),
+        batch_lines=ingest.get("batch_lines", defaults.batch_lines),
+        max_line_length=ingest.get("max_line_length", defaults.max_line_length),
+        sources=tuple(sources),
+    )

@@ -1,0 +1,352 @@
+"""Join the lines of one message by queue id and attribute each outcome to an account.
+
+The sender, size and identity are on the receipt line(s); outcomes come later with the same
+queue id.  Queue ids are unique only per MTA instance, so messages are keyed by
+``(scope, queue_id)``.  The state of every message still in flight is a ``Message`` that
+the store persists together with the counters, so a later run continues where this one
+stopped.
+
+Rules (the counting contract, cPanel's EmailTrack semantics):
+
+* a message is counted as sent once, when its receipt is complete (Exim ``<=``, Postfix's
+  first qmgr ``from=``); a message that continues another one (a content-filter
+  re-injection or a ``queued as`` hand-off to a configured filter hop) is not a new send;
+* every delivered recipient is one success (Exim ``=>``/``->``/``>>``, Postfix
+  ``status=sent`` except hand-offs to a filter hop), counted once per recipient;
+* every deferral is one defer event; every failed recipient one failure; an expired or
+  cancelled message fails each recipient still outstanding;
+* a permanent SMTP-time RCPT reject is one send and one failure (of ``-remote-`` unless the
+  line, or the queue id it carries, identifies an account);
+* outcomes seen before their receipt (Exim ``>>`` cut-through) wait for it; if it never
+  comes within ``orphan_ttl`` they are counted for ``-unknown-``.
+
+This module is pure: no IO, no clock, no logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from logstats.model import (
+    REMOTE,
+    SYSTEM,
+    UNKNOWN,
+    Attempt,
+    Event,
+    Expired,
+    Finished,
+    Message,
+    Notice,
+    Outcome,
+    Received,
+    Record,
+    Rejected,
+)
+
+Key = tuple[str, str]  # (scope, queue_id)
+HANDOFF_SCOPE = "*"  # placeholder messages announced by a "queued as" hand-off
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How messages are attributed to accounts and which hops are not deliveries."""
+
+    domains: Mapping[str, str] = field(default_factory=dict)  # domain -> account
+    uid_name: Callable[[int], str | None] = lambda uid: None
+    sender_domain_fallback: bool = False
+    filter_relays: tuple[str, ...] = ("127.0.0.1", "[::1]", "::1", "localhost")
+    ttl: timedelta = timedelta(days=7)
+    orphan_ttl: timedelta = timedelta(hours=1)
+
+    def account_for_id(self, ident: str) -> str:
+        """An authenticated or local identity -> account (an address maps by its domain)."""
+        if "@" in ident:
+            domain = ident.rsplit("@", 1)[1].lower()
+            return self.domains.get(domain, domain)
+        return ident
+
+    def is_filter_hop(self, relay: str | None) -> bool:
+        if not relay:
+            return False
+        host = relay.split("[", 1)[1].split("]", 1)[0] if "[" in relay else relay
+        name = relay.split("[", 1)[0]
+        for hop in self.filter_relays:
+            if hop in (relay, host, name, f"[{host}]") or relay.startswith(hop + ":"):
+                return True
+        return False
+
+
+_LOCAL_AGENTS = frozenset(("local", "virtual", "pipe", "lmtp", "maildrop", "dovecot"))
+
+
+def _is_local(a: Attempt) -> bool:
+    """A delivery on this host: no remote host (Exim), or a local delivery agent (Postfix)."""
+    relay = a.relay
+    if relay is None or relay in ("local", "virtual", "none") or "[private/" in relay:
+        return True
+    return a.transport in _LOCAL_AGENTS
+
+
+def _domain(addr: str | None) -> str:
+    if not addr or "@" not in addr:
+        return ""
+    return addr.rsplit("@", 1)[1].lower()
+
+
+class Correlator:
+    """State machine over records of one MTA; produces ``Event``s."""
+
+    def __init__(
+        self, mta: str, policy: Policy, messages: Mapping[Key, Message] | None = None
+    ) -> None:
+        self.mta = mta
+        self.policy = policy
+        self.messages: dict[Key, Message] = dict(messages or {})
+        self.events: list[Event] = []
+        self.dirty: set[Key] = set()
+        self.dropped: set[Key] = set()
+        self.expired_messages = 0
+        self.last_ts: datetime | None = None
+
+    # -- public API --------------------------------------------------------------------------
+    def feed(self, record: Record) -> None:
+        self.last_ts = record.ts
+        match record:
+            case Received():
+                self._received(record)
+            case Attempt():
+                self._attempt(record)
+            case Finished():
+                self._finished(record)
+            case Expired():
+                self._expired(record)
+            case Notice():
+                self._notice(record)
+            case Rejected():
+                self._rejected(record)
+
+    def drain(self) -> tuple[list[Event], list[Message], set[Key]]:
+        """Events since the last drain, messages to persist, keys to delete."""
+        events, self.events = self.events, []
+        upsert = [self.messages[k] for k in self.dirty if k in self.messages]
+        dropped = self.dropped - self.dirty.intersection(self.messages)
+        self.dirty, self.dropped = set(), set()
+        return events, upsert, dropped
+
+    def expire(self, now: datetime) -> int:
+        """Forget messages idle for longer than the TTL; count their waiting outcomes."""
+        count = 0
+        for key, msg in list(self.messages.items()):
+            if msg.orphans and now - msg.last_seen > self.policy.orphan_ttl:
+                self._flush_orphans(msg, UNKNOWN)
+                self._touch(key)
+            if now - msg.last_seen > self.policy.ttl:
+                if msg.received:
+                    self._emit(msg, Outcome.EXPIRED, now, "")
+                    count += 1
+                self._drop(key)
+        self.expired_messages += count
+        return count
+
+    # -- record handlers ---------------------------------------------------------------------
+    def _get(self, key: Key, ts: datetime) -> Message:
+        msg = self.messages.get(key)
+        if msg is None:
+            msg = Message(scope=key[0], queue_id=key[1], first_seen=ts, last_seen=ts)
+            handoff = self.messages.pop((HANDOFF_SCOPE, key[1]), None)
+            if handoff is not None:
+                self.dropped.add((HANDOFF_SCOPE, key[1]))
+                msg.origin = handoff.origin
+                msg.account = handoff.account
+                msg.sender = handoff.sender
+                msg.system = handoff.system
+                msg.accepted_at = handoff.accepted_at
+            self.messages[key] = msg
+        msg.last_seen = ts
+        self._touch(key)
+        return msg
+
+    def _touch(self, key: Key) -> None:
+        self.dirty.add(key)
+
+    def _drop(self, key: Key) -> None:
+        self.messages.pop(key, None)
+        self.dirty.discard(key)
+        self.dropped.add(key)
+
+    def _received(self, r: Received) -> None:
+        msg = self._get((r.scope, r.queue_id), r.ts)
+        if r.sender is not None and msg.sender is None:
+            msg.sender = r.sender
+        if r.size is not None and (msg.size == 0 or r.complete):
+            msg.size = r.size
+        if r.nrcpt is not None:
+            msg.nrcpt = r.nrcpt
+        if r.auth_id and not msg.auth_id:
+            msg.auth_id = r.auth_id
+        if r.local_user and not msg.local_user:
+            msg.local_user = r.local_user
+        if r.uid is not None:
+            msg.uid = r.uid
+        if r.client_ip and not msg.client_ip:
+            msg.client_ip = r.client_ip
+        if r.parent_id or (r.local_user == "mailnull" and r.sender == ""):
+            msg.system = True
+        if not r.complete or msg.received:
+            return
+        msg.received = True
+        if msg.accepted_at is None:
+            msg.accepted_at = r.ts
+        if msg.account is None:
+            msg.account = self._resolve(msg)
+        if msg.origin is None:
+            self._emit(msg, Outcome.SEND, r.ts, "")
+        if msg.orphans:
+            self._flush_orphans(msg, msg.account)
+
+    def _resolve(self, msg: Message) -> str:
+        p = self.policy
+        if msg.system or (
+            msg.sender == ""
+            and not msg.client_ip
+            and msg.uid is None
+            and not msg.auth_id
+            and not msg.local_user
+        ):
+            return SYSTEM
+        if msg.local_user:
+            return p.account_for_id(msg.local_user)
+        if msg.auth_id:
+            return p.account_for_id(msg.auth_id)
+        if msg.uid is not None:
+            return p.uid_name(msg.uid) or f"uid:{msg.uid}"
+        if p.sender_domain_fallback:
+            mapped = p.domains.get(_domain(msg.sender))
+            if mapped:
+                return mapped
+        return REMOTE
+
+    def _attempt(self, a: Attempt) -> None:
+        key = (a.scope, a.queue_id)
+        msg = self._get(key, a.ts)
+        if not msg.received:
+            msg.orphans.append(a)
+            return
+        self._count_attempt(msg, a, msg.account or UNKNOWN)
+
+    def _count_attempt(self, msg: Message, a: Attempt, account: str) -> None:
+        rcpt = a.recipient if a.orig_recipient is None else f"{a.recipient}<{a.orig_recipient}"
+        if a.outcome is Outcome.DEFERRED:
+            mark = f"{rcpt}|{a.ts.isoformat()}"
+            if mark in msg.deferrals:
+                return
+            msg.deferrals.append(mark)
+            self._emit(msg, Outcome.DEFERRED, a.ts, a.recipient, account)
+            return
+        if rcpt in msg.done:
+            return  # a replayed line, or a duplicate the MTA logged twice
+        msg.done[rcpt] = a.outcome.value
+        if a.outcome is Outcome.DELIVERED and a.handoff_id and self.policy.is_filter_hop(a.relay):
+            hop = Message(
+                scope=HANDOFF_SCOPE,
+                queue_id=a.handoff_id,
+                first_seen=a.ts,
+                last_seen=a.ts,
+                origin=f"{msg.scope} {msg.queue_id}",
+                account=account,
+                sender=msg.sender,
+                system=msg.system,
+                accepted_at=msg.accepted_at,
+            )
+            self.messages[(HANDOFF_SCOPE, a.handoff_id)] = hop
+            self._touch((HANDOFF_SCOPE, a.handoff_id))
+            return
+        self._emit(msg, a.outcome, a.ts, a.recipient, account, local=_is_local(a))
+
+    def _flush_orphans(self, msg: Message, account: str | None) -> None:
+        orphans, msg.orphans = msg.orphans, []
+        for a in orphans:
+            self._count_attempt(msg, a, account or UNKNOWN)
+
+    def _finished(self, f: Finished) -> None:
+        key = (f.scope, f.queue_id)
+        msg = self.messages.get(key)
+        if msg is None:
+            return
+        if msg.orphans:
+            self._flush_orphans(msg, msg.account if msg.received else UNKNOWN)
+        self._drop(key)
+
+    def _expired(self, e: Expired) -> None:
+        msg = self.messages.get((e.scope, e.queue_id))
+        if msg is None or not msg.received:
+            return
+        deferred = {d.split("|", 1)[0] for d in msg.deferrals}
+        open_rcpts = deferred - set(msg.done)
+        if msg.nrcpt:
+            outstanding = max(msg.nrcpt - len(msg.done), 0)
+        else:
+            outstanding = max(len(open_rcpts), 1)
+        names = sorted(open_rcpts)
+        for i in range(outstanding):
+            rcpt = names[i] if i < len(names) else f"#expired{i}"
+            msg.done[rcpt] = Outcome.FAILED.value
+            self._emit(msg, Outcome.FAILED, e.ts, rcpt.split("<", 1)[0])
+        self._touch((e.scope, e.queue_id))
+
+    def _notice(self, n: Notice) -> None:
+        msg = self._get((n.scope, n.new_id), n.ts)
+        msg.system = True
+        if msg.received and msg.account != SYSTEM:
+            msg.account = SYSTEM
+
+    def _rejected(self, r: Rejected) -> None:
+        if r.temporary or r.stage != "RCPT":
+            return
+        account = REMOTE
+        msg = self.messages.get((r.scope, r.queue_id)) if r.queue_id else None
+        if r.local_user:
+            account = self.policy.account_for_id(r.local_user)
+        elif r.auth_id:
+            account = self.policy.account_for_id(r.auth_id)
+        elif msg is not None and (msg.auth_id or msg.uid is not None or msg.local_user):
+            account = self._resolve(msg)
+        self.events.append(
+            Event(
+                ts=r.ts,
+                mta=self.mta,
+                scope=r.scope,
+                queue_id=r.queue_id or "",
+                account=account,
+                sender_domain=_domain(r.sender),
+                outcome=Outcome.REJECTED,
+                recipient=r.recipient or "",
+            )
+        )
+
+    def _emit(
+        self,
+        msg: Message,
+        outcome: Outcome,
+        ts: datetime,
+        recipient: str,
+        account: str | None = None,
+        *,
+        local: bool = False,
+    ) -> None:
+        self.events.append(
+            Event(
+                ts=ts,
+                mta=self.mta,
+                scope=msg.scope,
+                queue_id=msg.queue_id,
+                account=account or msg.account or UNKNOWN,
+                sender_domain=_domain(msg.sender),
+                outcome=outcome,
+                recipient=recipient,
+                size=msg.size,
+                local=local,
+            )
+        )

@@ -1,0 +1,185 @@
+"""Tokens and time handling shared by the Exim and Postfix grammars.
+
+The grammars are pyparsing ``Regex`` elements, one coarse element per line shape (see
+PERF notes in the README: the number of pyparsing elements evaluated per line decides the
+speed).  Each element is named with ``set_name`` after its Python name, so pyparsing's
+messages read like the grammar.
+
+Timestamps: a stamp without a year (BSD syslog ``Mar  7 02:09:33``) takes its year from a
+reference time (the file's modification time) and from monotonic progress inside the file
+(``Dec 31`` followed by ``Jan  1`` moves to the next year).  A stamp without an offset is
+local time in the configured zone.  Everything leaves this module in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+
+import pyparsing as pp
+
+MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
+
+# ``key=value`` fields after the fixed part of a line.  Values are quoted strings, ``<...>``
+# addresses or runs of non-blanks.  Used through ``fields()``, which walks the whole tail.
+kv_field = pp.Regex(
+    r"(?:^|(?<=[\s,]))(?P<key>[A-Za-z][A-Za-z0-9_-]*)="
+    r"(?P<value>\"(?:[^\"\\]|\\.)*\"|<[^>]*>|[^\s,]*)"
+)
+kv_field.set_name("kv_field")
+_KV = kv_field.re
+
+# ``host[ip]`` or ``host[ip]:port`` (Postfix client/relay), and ``[ip]`` (Exim H=).
+bracket_ip = pp.Regex(r"\[(?P<ip>[0-9A-Fa-f.:]+|ip4(?:\.ip4){3}|ip6:[^\]]*)\]")
+bracket_ip.set_name("bracket_ip")
+_BRACKET_IP = bracket_ip.re
+
+
+def fields(text: str) -> dict[str, str]:
+    """All ``key=value`` pairs of ``text``; the first occurrence of a key wins."""
+    out: dict[str, str] = {}
+    for m in _KV.finditer(text):
+        key = m.group("key")
+        if key not in out:
+            value = m.group("value")
+            if value[:1] == '"' and value[-1:] == '"' and len(value) > 1:
+                value = value[1:-1]
+            out[key] = value
+    return out
+
+
+def first_ip(text: str) -> str | None:
+    m = _BRACKET_IP.search(text)
+    return m.group("ip") if m else None
+
+
+def address(value: str | None) -> str | None:
+    """``<a@b>`` -> ``a@b``; ``<>`` -> ``""`` (the null sender)."""
+    if value is None:
+        return None
+    if value[:1] == "<" and value[-1:] == ">":
+        return value[1:-1]
+    return value
+
+
+def domain_of(addr: str | None) -> str:
+    if not addr or "@" not in addr:
+        return ""
+    return addr.rsplit("@", 1)[1].lower().rstrip(">")
+
+
+def to_int(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None  # Exim's test suite writes S=sss
+    return int(value)
+
+
+class Clock:
+    """Turns one file's timestamps into UTC datetimes.
+
+    ``reference`` is the file's modification time: a log is never written after it, so the
+    first yearless stamp gets the latest year that does not put it after the reference.
+    Afterwards the year only moves forward, when the month falls back by more than half a
+    year (``Dec`` -> ``Jan``).  The last result is cached because consecutive lines
+    usually share their second.
+    """
+
+    __slots__ = ("_last_key", "_last_month", "_last_value", "_ref", "_tz", "_year")
+
+    def __init__(self, tz: tzinfo, reference: datetime) -> None:
+        self._tz = tz
+        self._ref = reference.astimezone(tz)
+        self._year: int | None = None
+        self._last_month = 0
+        self._last_key = ""
+        self._last_value = datetime(1970, 1, 1, tzinfo=UTC)
+
+    @property
+    def tz(self) -> tzinfo:
+        return self._tz
+
+    def state(self) -> tuple[int, int]:
+        """(year, month) reached so far, to resume a file in a later run."""
+        return (self._year or 0, self._last_month)
+
+    def restore(self, year: int, month: int) -> None:
+        if year:
+            self._year, self._last_month = year, month
+
+    def _year_for(self, month: int, day: int) -> int:
+        if self._year is None:
+            ref = self._ref
+            year = ref.year
+            if (month, day) > (ref.month, ref.day + 1):
+                year -= 1
+            self._year = year
+        elif month < self._last_month - 6:
+            self._year += 1
+        elif month > self._last_month + 6:
+            self._year -= 1  # a stray line from before New Year after January lines
+        self._last_month = month
+        return self._year
+
+    def bsd(self, stamp: str) -> datetime | None:
+        """``Mmm dd hh:mm:ss[.ffffff]`` (day space- or zero-padded or not padded)."""
+        if stamp == self._last_key:
+            return self._last_value
+        parts = stamp.split()
+        if len(parts) != 3:
+            return None
+        month = MONTHS.get(parts[0])
+        if month is None or not parts[1].isdigit():
+            return None
+        day = int(parts[1])
+        try:
+            hms, _, frac = parts[2].partition(".")
+            hh, mm, ss = (int(x) for x in hms.split(":"))
+            micro = int((frac + "000000")[:6]) if frac else 0
+            year = self._year_for(month, day)
+            local = datetime(year, month, day, hh, mm, ss, micro, tzinfo=self._tz)
+        except ValueError:
+            return None
+        value = local.astimezone(UTC)
+        self._last_key, self._last_value = stamp, value
+        return value
+
+    def iso(self, stamp: str, offset: str | None = None) -> datetime | None:
+        """``YYYY-MM-DD hh:mm:ss[.fff]`` or RFC 3339 ``YYYY-MM-DDThh:mm:ss[.f](Z|±hh:mm)``.
+
+        ``offset`` is Exim's separate ``±hhmm`` (log_timezone).
+        """
+        key = stamp if offset is None else stamp + offset
+        if key == self._last_key:
+            return self._last_value
+        try:
+            value = datetime.fromisoformat(stamp)
+        except ValueError:
+            return None
+        if offset is not None:
+            sign = -1 if offset[0] == "-" else 1
+            delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+            value = value.replace(tzinfo=timezone(sign * delta))
+        elif value.tzinfo is None:
+            value = value.replace(tzinfo=self._tz)
+        value = value.astimezone(UTC)
+        self._year = value.year if self._year is None else self._year
+        self._last_key, self._last_value = key, value
+        return value
+
+
+def clean(text: str, limit: int) -> str | None:
+    """The reason a line cannot be parsed at all, or None when it may be tried."""
+    if len(text) > limit:
+        return "too-long"
+    if "\x00" in text:
+        return "binary"
+    head = text[:256]
+    junk = sum(1 for ch in head if ch == "\ufffd" or (ch < " " and ch != "\t"))
+    if junk > max(8, len(head) // 4):
+        return "binary"
+    return None

@@ -1,0 +1,277 @@
+"""pyparsing grammar for the Exim main log (and rejectlog / paniclog lines).
+
+Framing, any combination of (``log_selector`` and syslog carriers)::
+
+    [Mmm dd hh:mm:ss host exim[pid]: ] [host exim[pid]: ] YYYY-MM-DD hh:mm:ss[.mmm] [±hhmm]
+        [host exim[pid]:] [[pid]] [message-id] text
+
+Message ids come in the classic 16-character form (``1avnJx-00039F-Hs``) and the Exim 4.97+
+23-character form (``1avnJx-00000000039F-Hsab``), mixed in one file.  One ``Regex`` element
+(``exim_line``) matches the framing and splits the text into a flag line (``<=`` ``=>`` ``->``
+``==`` ``**`` ``*>`` ``>>`` ``(=``), another line about a message, or a line about no message.
+The ``key=value`` fields of the flag lines are split by ``common.kv_field``; id-less lines
+that matter (rejects) have an element of their own, tried only after a substring test.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import pyparsing as pp
+
+from logstats.grammar.common import Clock, address, clean, fields, first_ip, to_int
+from logstats.model import (
+    Attempt,
+    Expired,
+    Finished,
+    Ignored,
+    Outcome,
+    ParseResult,
+    Received,
+    Rejected,
+    Unparsed,
+)
+
+# -- named pieces of the framing ------------------------------------------------------------
+SYSLOG_HEAD = (
+    r"(?:(?P<sys_stamp>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d) (?P<sys_host>\S+) "
+    r"\[?exim\d*\]?(?:\[\d+\])?: )?"
+)
+JOURNAL_HEAD = r"(?:(?P<j_host>[^\s\[:]+) exim\d*\[\d+\]: )?"
+EXIM_STAMP = (
+    r"(?:(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})?)(?: (?P<offset>[-+]\d{4}))?"
+    r"(?: (?P<i_host>[^\s\[]+) exim\d*\[\d+\]:)? )"
+)
+PID = r"(?:\[(?P<pid>\d+)\] )?"
+MESSAGE_ID = (
+    r"(?P<id>[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{11}-[0-9A-Za-z]{4}|[0-9A-Za-z]{6}-[0-9A-Za-z]{2}))"
+)
+FLAG_LINE = (
+    r"(?P<flag><=|=>|->|==|\*\*|\*>|>>|\(=) (?P<addr>\S+)(?: (?P<orig><[^>]*>))?(?P<rest>.*)"
+)
+
+exim_line = pp.Regex(
+    rf"^{SYSLOG_HEAD}{JOURNAL_HEAD}{EXIM_STAMP}?{PID}"
+    rf"(?:{MESSAGE_ID}(?: {FLAG_LINE}| (?P<note>.*))?$|(?P<text>.*))",
+    flags=re.DOTALL,
+).set_name("exim_line")
+
+# -- id-less (and a few id-carrying) lines the counters depend on -----------------------------
+exim_reject = pp.Regex(
+    r"(?P<who>.*?)\b(?P<temp>temporarily )?rejected (?P<stage>RCPT|MAIL|after DATA|"
+    r"by local_scan\(\)|connection|EHLO|HELO|DATA|after [A-Z]+)(?: (?P<target>\S+))?"
+    r"(?::? ?(?P<reason>.*))?$"
+).set_name("exim_reject")
+
+exim_completed = pp.Regex(r"Completed(?: QT=\S+)?$").set_name("exim_completed")
+exim_cancelled = pp.Regex(r"cancelled by (?P<by>.*)$").set_name("exim_cancelled")
+
+_IRRELEVANT_TEXT = (
+    ("SMTP connection", "connection"),
+    ("SMTP call from", "connection"),
+    ("no MAIL in SMTP", "connection"),
+    ("SMTP protocol", "smtp-protocol"),
+    ("SMTP command timeout", "smtp-protocol"),
+    ("SMTP syntax error", "smtp-protocol"),
+    ("authenticator failed", "auth-failure"),
+    ("Start queue run", "queue-run"),
+    ("End queue run", "queue-run"),
+    ("exim ", "daemon"),
+    ("TLS error", "tls"),
+    ("no host name found", "dns"),
+    ("no IP address found", "dns"),
+    ("sender verify", "verify"),
+    ("Warning:", "warning"),
+    ("dropped", "connection"),
+)
+
+_NOTE_KINDS = (
+    ("Frozen", "frozen"),
+    ("Message is frozen", "frozen"),
+    ("frozen by", "frozen"),
+    ("Unfrozen", "frozen"),
+    ("removed by", "removed-by-admin"),
+    ("SMTP error from remote", "remote-error"),
+    ("DKIM", "dkim"),
+    ("SA:", "spam-scan"),
+    ("H=", "connection"),
+    ("Error in system filter", "filter"),
+    ("failed to", "config-error"),
+    ("error ignored", "bounce-error-ignored"),
+    ("Spool file", "spool"),
+)
+
+
+def _scope(groups: dict[str, str | None]) -> str:
+    return groups["sys_host"] or groups["j_host"] or groups["i_host"] or ""
+
+
+class EximParser:
+    """Parses the lines of one Exim log file (carries the file's ``Clock``)."""
+
+    __slots__ = ("_clock", "_max_len")
+
+    def __init__(self, clock: Clock, max_line_length: int = 65536) -> None:
+        self._clock = clock
+        self._max_len = max_line_length
+
+    def parse(self, line: str) -> ParseResult:
+        bad = clean(line, self._max_len)
+        if bad:
+            return Unparsed(bad, line[:512])
+        if line[:1] in (" ", "\t") or not line:
+            return Ignored("continuation")
+        try:
+            groups = exim_line.parse_string(line).as_dict()
+        except pp.ParseException:
+            return Unparsed("no-rule", line)
+        ts = self._timestamp(groups)
+        if ts is None:
+            return _frameless(line)
+        scope = _scope(groups)
+        qid = groups.get("id")
+        if qid is None:
+            return _idless(groups.get("text") or "", ts, scope)
+        flag = groups.get("flag")
+        if flag is None:
+            return _note(groups.get("note") or "", ts, scope, qid)
+        return _flag_line(flag, groups, ts, scope, qid)
+
+    def _timestamp(self, groups: dict[str, str]) -> datetime | None:
+        stamp = groups.get("stamp")
+        if stamp is not None:
+            return self._clock.iso(stamp, groups.get("offset"))
+        sys_stamp = groups.get("sys_stamp")
+        if sys_stamp is not None:
+            return self._clock.bsd(sys_stamp)
+        return None
+
+
+def _frameless(line: str) -> ParseResult:
+    if line.startswith(("Envelope-from:", "Envelope-to:", "P Received:", "  ")):
+        return Ignored("rejectlog-headers")
+    if re.match(r"^[A-Z*]?[ *]?[A-Za-z-]+: ", line) or re.match(r"^\S{0,4} ?[A-Z][\w-]*: ", line):
+        return Ignored("rejectlog-headers")
+    return Unparsed("no-timestamp", line)
+
+
+def _flag_line(flag: str, g: dict[str, str], ts: datetime, scope: str, qid: str) -> ParseResult:
+    addr = g["addr"]
+    rest = g.get("rest") or ""
+    if flag in ("<=", "(="):
+        f = fields(rest)
+        protocol = f.get("P")
+        auth = f.get("A")
+        auth_id = None
+        if auth and ":" in auth:
+            auth_id = auth.split(":")[1] or None
+        local_user = f.get("U") if protocol and protocol.startswith("local") else None
+        rcpts = rest.partition(" for ")[2].split() if " for " in rest else []
+        return Received(
+            ts=ts,
+            scope=scope,
+            queue_id=qid,
+            complete=True,
+            sender=address(addr) if addr != "<>" else "",
+            size=to_int(f.get("S")),
+            nrcpt=len(rcpts) or None,
+            auth_id=auth_id,
+            local_user=local_user,
+            protocol=protocol,
+            client_ip=first_ip(rest) if "H=" in rest else None,
+            parent_id=f.get("R"),
+            message_id=f.get("id"),
+        )
+    if flag == "*>":
+        return Ignored("suppressed-delivery")
+    recipient = addr.rstrip(":")
+    orig = address(g.get("orig"))
+    f = fields(rest)
+    if flag in ("=>", "->", ">>"):
+        outcome = Outcome.DELIVERED
+    elif flag == "==":
+        outcome = Outcome.DEFERRED
+    else:
+        outcome = Outcome.FAILED
+    return Attempt(
+        ts=ts,
+        scope=scope,
+        queue_id=qid,
+        recipient=recipient,
+        outcome=outcome,
+        orig_recipient=orig,
+        relay=f.get("H"),
+        transport=f.get("T"),
+        cut_through=flag == ">>",
+        reply=rest.partition(": ")[2] or None if outcome is not Outcome.DELIVERED else None,
+    )
+
+
+def _note(note: str, ts: datetime, scope: str, qid: str) -> ParseResult:
+    if note[:3] in ("<= ", "=> ", "-> ", "== ", "** ", "*> ", ">> ", "(= "):
+        return Unparsed("bad-flag-line", note)
+    if note.startswith("Completed"):
+        try:
+            exim_completed.parse_string(note)
+        except pp.ParseException:
+            return Unparsed("no-rule", note)
+        return Finished(ts, scope, qid)
+    if note.startswith("cancelled by"):
+        exim_cancelled.parse_string(note)
+        return Expired(ts, scope, qid)
+    if "rejected" in note:
+        return _reject(note, ts, scope, qid)
+    for prefix, kind in _NOTE_KINDS:
+        if note.startswith(prefix):
+            return Ignored(kind)
+    return Ignored("message-note")
+
+
+_FLAG_WITHOUT_ID = re.compile(r"^\S+ (?:<=|=>|->|==|\*\*|\*>|>>) ")
+
+
+def _idless(text: str, ts: datetime, scope: str) -> ParseResult:
+    if _FLAG_WITHOUT_ID.match(text):
+        return Unparsed("bad-message-id", text)
+    if "rejected" in text:
+        return _reject(text, ts, scope, None)
+    for prefix, kind in _IRRELEVANT_TEXT:
+        if prefix in text:
+            return Ignored(kind)
+    return Ignored("no-message")
+
+
+def _reject(text: str, ts: datetime, scope: str, qid: str | None) -> ParseResult:
+    try:
+        g = exim_reject.parse_string(text).as_dict()
+    except pp.ParseException:
+        return Ignored("reject-other")
+    stage = g["stage"]
+    if stage in ("connection", "EHLO", "HELO"):
+        return Ignored("reject-connection")
+    f = fields(g.get("who") or "")
+    auth = f.get("A")
+    target = g.get("target")
+    if stage == "RCPT":
+        recipient = address(target.rstrip(":")) if target else None
+        sender = address(f.get("F"))
+    elif stage == "MAIL":
+        recipient = None
+        sender = address(target.rstrip(":")) if target else address(f.get("F"))
+    else:
+        recipient = None
+        sender = address(f.get("F"))
+    return Rejected(
+        ts=ts,
+        scope=scope,
+        queue_id=qid,
+        stage=stage.replace("after ", "").replace("by local_scan()", "local_scan"),
+        sender=sender,
+        recipient=recipient,
+        auth_id=auth.split(":")[1] or None if auth and ":" in auth else None,
+        local_user=f.get("U") if "H" not in f else None,  # no H=: a local submission
+        client_ip=first_ip(g.get("who") or ""),
+        temporary=bool(g.get("temp")),
+        reason=g.get("reason"),
+    )

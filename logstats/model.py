@@ -1,0 +1,235 @@
+"""Values passed between the stages of the pipeline.
+
+source (RawLine) -> grammar (Record | Unparsed) -> correlate (Event) -> store -> query
+
+Only the standard library is imported here; every stage depends on this module and it
+depends on none of them.  All datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Mta(StrEnum):
+    EXIM = "exim"
+    POSTFIX = "postfix"
+
+
+class Outcome(StrEnum):
+    """What happened to one recipient (or one message, for SEND / INPROGRESS)."""
+
+    SEND = "send"  # a message accepted and attributed (SENDCOUNT)
+    DELIVERED = "delivered"  # one recipient delivered (SUCCESSCOUNT, TOTALSIZE)
+    DEFERRED = "deferred"  # one deferral event (DEFERCOUNT)
+    FAILED = "failed"  # one recipient failed permanently (FAILCOUNT)
+    REJECTED = "rejected"  # an SMTP-time reject: a send and a failure (cPanel)
+    EXPIRED = "expired"  # in-flight state dropped by logstats' own TTL (not an MTA outcome)
+
+
+# Pseudo-accounts (cPanel uses "-remote-" for mail it cannot tie to an account).
+REMOTE = "-remote-"
+SYSTEM = "-system-"  # messages the MTA generated itself (bounces, delay warnings)
+UNKNOWN = "-unknown-"  # outcomes whose receipt line was never seen
+
+
+# ---------------------------------------------------------------------------
+# grammar -> correlate
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message entered the queue, or (Postfix) one piece of what is known about it.
+
+    Exim logs everything on one ``<=`` line (``complete=True``).  Postfix spreads it over
+    smtpd ``client=``, pickup ``uid= from=``, cleanup ``message-id=`` and qmgr
+    ``from= size= nrcpt=``; only the first qmgr line completes the receipt.
+    """
+
+    ts: datetime
+    scope: str  # MTA instance: Postfix syslog host + syslog name, Exim host or ""
+    queue_id: str
+    complete: bool
+    sender: str | None = None  # envelope sender, "" for the null sender <>
+    size: int | None = None
+    nrcpt: int | None = None
+    auth_id: str | None = None  # Exim A=authenticator:ID, Postfix sasl_username
+    local_user: str | None = None  # Exim U= on P=local*
+    uid: int | None = None  # Postfix pickup uid
+    protocol: str | None = None  # Exim P=
+    client_ip: str | None = None
+    parent_id: str | None = None  # Exim R= (a bounce of that message)
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt for one recipient."""
+
+    ts: datetime
+    scope: str
+    queue_id: str
+    recipient: str
+    outcome: Outcome  # DELIVERED | DEFERRED | FAILED
+    orig_recipient: str | None = None
+    relay: str | None = None  # Postfix relay=, Exim H= host
+    transport: str | None = None  # Exim T=, Postfix service (smtp, lmtp, local, ...)
+    dsn: str | None = None
+    handoff_id: str | None = None  # Postfix "queued as NEWID" on a sent line
+    cut_through: bool = False  # Exim ">>", logged before the "<=" line
+    reply: str | None = None  # remote text, diagnostics only
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Postfix qmgr ``status=expired``: every outstanding recipient fails."""
+
+    ts: datetime
+    scope: str
+    queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The message left the queue: Exim ``Completed``, Postfix qmgr ``removed``."""
+
+    ts: datetime
+    scope: str
+    queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """The MTA generated a new message about an existing one.
+
+    Postfix ``bounce: QID: sender non-delivery notification: NEWID``.
+    """
+
+    ts: datetime
+    scope: str
+    queue_id: str
+    new_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An SMTP-time (or cleanup/milter) reject: no delivery will ever be attempted."""
+
+    ts: datetime
+    scope: str
+    queue_id: str | None  # None for Exim id-less rejects and Postfix NOQUEUE
+    stage: str  # RCPT, MAIL, DATA, END-OF-MESSAGE, CONNECT, header, body, ...
+    sender: str | None = None
+    recipient: str | None = None
+    auth_id: str | None = None
+    local_user: str | None = None
+    client_ip: str | None = None
+    temporary: bool = False  # 4xx: the client will try again
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A line that was recognised and knowingly carries nothing the counters use."""
+
+    kind: str  # e.g. "connect", "verify-probe", "suppressed-delivery", "other-daemon"
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """A line the grammar does not know: a value, counted by reason, never an exception."""
+
+    reason: str  # "no-rule", "bad-timestamp", "binary", "too-long", "not-mta", ...
+    text: str
+
+
+Record = Received | Attempt | Expired | Finished | Notice | Rejected
+ParseResult = Record | Ignored | Unparsed
+
+
+# ---------------------------------------------------------------------------
+# correlate -> store
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One countable fact, attributed to an account."""
+
+    ts: datetime
+    mta: str
+    scope: str
+    queue_id: str
+    account: str
+    sender_domain: str
+    outcome: Outcome
+    recipient: str = ""
+    size: int = 0  # message size; bytes count only on DELIVERED
+    local: bool = False  # a delivery on this host (mailbox, pipe, file), not to a remote MTA
+
+
+@dataclass(slots=True)
+class Message:
+    """A message in flight (or a partial Postfix receipt), persisted between runs."""
+
+    scope: str
+    queue_id: str
+    first_seen: datetime
+    last_seen: datetime
+    received: bool = False  # the receipt is complete and the send was counted
+    account: str | None = None
+    sender: str | None = None
+    size: int = 0
+    nrcpt: int = 0
+    auth_id: str | None = None
+    local_user: str | None = None
+    uid: int | None = None
+    client_ip: str | None = None
+    accepted_at: datetime | None = None  # when the (original) message was accepted
+    origin: str | None = None  # queue id this message continues (filter / relay hop)
+    system: bool = False  # generated by the MTA (bounce)
+    done: dict[str, str] = field(default_factory=dict)  # recipient -> final outcome
+    deferrals: list[str] = field(default_factory=list)  # "recipient|iso-ts" already counted
+    orphans: list[Attempt] = field(default_factory=list)  # attempts seen before the receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where reading of one file stands; stored verbatim as its checkpoint."""
+
+    head_hash: str  # hash of the first complete line: identity across rename/compress
+    path: str
+    inode: int
+    byte_offset: int  # just past the last complete line handed on (uncompressed bytes)
+    lines: int  # complete lines consumed so far
+    mtime: float = 0.0
+    done: bool = False  # a compressed or otherwise finished file
+    year: int = 0  # the year reached by the file's yearless stamps (0: none yet)
+    month: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """A time window (UTC, end exclusive) and optional account filter."""
+
+    start: datetime
+    end: datetime
+    account: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStats:
+    """The EmailTrack::stats numbers for one account and window."""
+
+    account: str
+    sendcount: int = 0
+    successcount: int = 0
+    defercount: int = 0
+    failcount: int = 0
+    totalsize: int = 0
+    inprogresscount: int = 0
+    local_successcount: int = 0
+    local_totalsize: int = 0

@@ -1,0 +1,448 @@
+"""DuckDB store: counters, recent events, in-flight messages, checkpoints.
+
+Everything a batch changes is written in one transaction (``commit``), so a crash at any
+point leaves counters, in-flight state and file checkpoints consistent with each other.
+
+``counters`` is append-only: each batch adds one row per (hour, mta, account, sender
+domain) it touched, and queries sum.  ``compact()`` folds the rows of each key into one.
+There is no index over the history (see README, Performance): keys live on the small
+tables only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from logstats.errors import SchemaError, StoreError, StoreLockedError
+from logstats.model import (
+    AccountStats,
+    Attempt,
+    Event,
+    Message,
+    Outcome,
+    Position,
+    StatsRequest,
+)
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE counters (
+            bucket TIMESTAMP NOT NULL,          -- UTC hour
+            mta VARCHAR NOT NULL,
+            account VARCHAR NOT NULL,
+            sender_domain VARCHAR NOT NULL,
+            sends BIGINT NOT NULL,              -- accepted messages
+            successes BIGINT NOT NULL,          -- delivered recipients
+            defers BIGINT NOT NULL,             -- deferral events
+            fails BIGINT NOT NULL,              -- failed recipients
+            bytes BIGINT NOT NULL,              -- message size summed over deliveries
+            rejects BIGINT NOT NULL,            -- SMTP-time RCPT rejects (a send and a fail)
+            expired BIGINT NOT NULL,            -- in-flight messages dropped by the TTL
+            local_successes BIGINT NOT NULL,    -- of successes: deliveries on this host
+            local_bytes BIGINT NOT NULL         -- of bytes: deliveries on this host
+        );
+        CREATE TABLE events (
+            ts TIMESTAMP NOT NULL, mta VARCHAR NOT NULL, scope VARCHAR NOT NULL,
+            queue_id VARCHAR NOT NULL, account VARCHAR NOT NULL, sender_domain VARCHAR NOT NULL,
+            recipient VARCHAR NOT NULL, outcome VARCHAR NOT NULL, size BIGINT NOT NULL
+        );
+        CREATE TABLE pending (
+            mta VARCHAR NOT NULL, scope VARCHAR NOT NULL, queue_id VARCHAR NOT NULL,
+            account VARCHAR, accepted_at TIMESTAMP, received BOOLEAN NOT NULL,
+            continuation BOOLEAN NOT NULL, last_seen TIMESTAMP NOT NULL, state VARCHAR NOT NULL,
+            PRIMARY KEY (mta, scope, queue_id)
+        );
+        CREATE TABLE checkpoints (
+            head_hash VARCHAR PRIMARY KEY, mta VARCHAR NOT NULL, path VARCHAR NOT NULL,
+            inode BIGINT NOT NULL, byte_offset BIGINT NOT NULL, lines BIGINT NOT NULL,
+            mtime DOUBLE NOT NULL, done BOOLEAN NOT NULL, year INTEGER NOT NULL,
+            month INTEGER NOT NULL, updated_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE unparsed (
+            mta VARCHAR NOT NULL, reason VARCHAR NOT NULL, lines BIGINT NOT NULL,
+            sample VARCHAR, PRIMARY KEY (mta, reason)
+        );
+        """,
+    ),
+)
+
+COUNTER_COLUMNS = (
+    "sends",
+    "successes",
+    "defers",
+    "fails",
+    "bytes",
+    "rejects",
+    "expired",
+    "local_successes",
+    "local_bytes",
+)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction writes."""
+
+    mta: str
+    events: list[Event] = field(default_factory=list)
+    upsert: list[Message] = field(default_factory=list)
+    dropped: set[tuple[str, str]] = field(default_factory=set)
+    positions: list[Position] = field(default_factory=list)
+    unparsed: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)
+
+
+def _naive(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.replace(tzinfo=UTC)
+
+
+def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], list[int]]:
+    """Hourly counter deltas per (bucket, mta, account, sender domain)."""
+    out: dict[tuple[datetime, str, str, str], list[int]] = {}
+    for e in events:
+        bucket = _naive(e.ts).replace(minute=0, second=0, microsecond=0)
+        key = (bucket, e.mta, e.account, e.sender_domain)
+        row = out.get(key)
+        if row is None:
+            row = out[key] = [0] * len(COUNTER_COLUMNS)
+        match e.outcome:
+            case Outcome.SEND:
+                row[0] += 1
+            case Outcome.DELIVERED:
+                row[1] += 1
+                row[4] += e.size
+                if e.local:
+                    row[7] += 1
+                    row[8] += e.size
+            case Outcome.DEFERRED:
+                row[2] += 1
+            case Outcome.FAILED:
+                row[3] += 1
+            case Outcome.REJECTED:
+                row[5] += 1
+            case Outcome.EXPIRED:
+                row[6] += 1
+    return out
+
+
+def message_to_json(msg: Message) -> str:
+    data = asdict(msg)
+    for key in ("first_seen", "last_seen", "accepted_at"):
+        if data[key] is not None:
+            data[key] = data[key].isoformat()
+    data["orphans"] = [
+        {**asdict(a), "ts": a.ts.isoformat(), "outcome": a.outcome.value} for a in msg.orphans
+    ]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def message_from_json(text: str) -> Message:
+    data: dict[str, Any] = json.loads(text)
+    for key in ("first_seen", "last_seen", "accepted_at"):
+        if data[key] is not None:
+            data[key] = datetime.fromisoformat(data[key])
+    data["orphans"] = [
+        Attempt(**{**a, "ts": datetime.fromisoformat(a["ts"]), "outcome": Outcome(a["outcome"])})
+        for a in data["orphans"]
+    ]
+    return Message(**data)
+
+
+class Store:
+    """One DuckDB connection (read-write for the single writer, or read-only)."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        if read_only and self.path != ":memory:" and not Path(self.path).exists():
+            raise StoreError(f"database {self.path} does not exist (run `logstats backfill`)")
+        if not read_only and self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreLockedError(
+                    f"database {self.path} is locked by another process (is `logstats serve` "
+                    "running? stop it, or query through it)"
+                ) from exc
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        self._migrate()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        con = self.con
+        has_table = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'migrations'"
+        ).fetchone()
+        applied: set[str] = set()
+        if has_table and has_table[0]:
+            applied = {r[0] for r in con.execute("SELECT name FROM migrations").fetchall()}
+        known = {name for name, _ in MIGRATIONS}
+        unknown = applied - known
+        if unknown:
+            raise SchemaError(
+                f"database {self.path} has schema migrations this logstats does not know "
+                f"({', '.join(sorted(unknown))}): it was written by a newer version"
+            )
+        missing = [(n, sql) for n, sql in MIGRATIONS if n not in applied]
+        if not missing:
+            return
+        if self.read_only:
+            raise SchemaError(f"database {self.path} needs migrations; open it read-write once")
+        for name, sql in missing:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR PRIMARY KEY, "
+                    "applied_at TIMESTAMP NOT NULL)"
+                )
+                con.execute(sql)
+                con.execute("INSERT INTO migrations VALUES (?, ?)", [name, _naive(_now())])
+                con.execute("COMMIT")
+            except duckdb.Error:
+                con.execute("ROLLBACK")
+                raise
+
+    def migrations(self) -> list[str]:
+        return [
+            r[0] for r in self.con.execute("SELECT name FROM migrations ORDER BY name").fetchall()
+        ]
+
+    # -- writing -----------------------------------------------------------------------------
+    def commit(self, batch: Batch, *, events_since: datetime | None = None) -> None:
+        """Write one batch in one transaction; on any error nothing is written."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._write_counters(batch.events)
+            self._write_events(batch.events, events_since)
+            self._write_pending(batch)
+            self._write_positions(batch.mta, batch.positions)
+            self._write_unparsed(batch)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _write_counters(self, events: list[Event]) -> None:
+        rows = aggregate(events)
+        if not rows:
+            return
+        cols: list[list[Any]] = [[] for _ in range(4 + len(COUNTER_COLUMNS))]
+        for key, values in rows.items():
+            for i, v in enumerate((*key, *values)):
+                cols[i].append(v)
+        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(len(cols)))
+        self.con.execute(f"INSERT INTO counters SELECT {placeholders}", cols)
+
+    def _write_events(self, events: list[Event], since: datetime | None) -> None:
+        keep = [e for e in events if since is None or e.ts >= since]
+        if not keep:
+            return
+        cols: list[list[Any]] = [[] for _ in range(9)]
+        for e in keep:
+            for i, v in enumerate(
+                (
+                    _naive(e.ts),
+                    e.mta,
+                    e.scope,
+                    e.queue_id,
+                    e.account,
+                    e.sender_domain,
+                    e.recipient,
+                    e.outcome.value,
+                    e.size,
+                )
+            ):
+                cols[i].append(v)
+        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(9))
+        self.con.execute(f"INSERT INTO events SELECT {placeholders}", cols)
+
+    def _write_pending(self, batch: Batch) -> None:
+        con = self.con
+        gone = [(batch.mta, s, q) for s, q in batch.dropped] + [
+            (batch.mta, m.scope, m.queue_id) for m in batch.upsert
+        ]
+        if gone:
+            con.execute(
+                "DELETE FROM pending WHERE (mta, scope, queue_id) IN "
+                "(SELECT (unnest($1), unnest($2), unnest($3)))",
+                [[g[0] for g in gone], [g[1] for g in gone], [g[2] for g in gone]],
+            )
+        if not batch.upsert:
+            return
+        cols: list[list[Any]] = [[] for _ in range(9)]
+        for m in batch.upsert:
+            for i, v in enumerate(
+                (
+                    batch.mta,
+                    m.scope,
+                    m.queue_id,
+                    m.account,
+                    _naive(m.accepted_at) if m.accepted_at else None,
+                    m.received,
+                    m.origin is not None,
+                    _naive(m.last_seen),
+                    message_to_json(m),
+                )
+            ):
+                cols[i].append(v)
+        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(9))
+        con.execute(f"INSERT INTO pending SELECT {placeholders}", cols)
+
+    def _write_positions(self, mta: str, positions: Sequence[Position]) -> None:
+        for p in positions:
+            self.con.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    p.head_hash,
+                    mta,
+                    p.path,
+                    p.inode,
+                    p.byte_offset,
+                    p.lines,
+                    p.mtime,
+                    p.done,
+                    p.year,
+                    p.month,
+                    _naive(_now()),
+                ],
+            )
+
+    def _write_unparsed(self, batch: Batch) -> None:
+        for reason, n in batch.unparsed.items():
+            self.con.execute(
+                "INSERT INTO unparsed VALUES (?, ?, ?, ?) ON CONFLICT (mta, reason) DO UPDATE "
+                "SET lines = unparsed.lines + excluded.lines, "
+                "sample = coalesce(unparsed.sample, excluded.sample)",
+                [batch.mta, reason, n, batch.samples.get(reason)],
+            )
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete event rows older than the retention horizon; counters are kept."""
+        row = self.con.execute(
+            "DELETE FROM events WHERE ts < ? RETURNING 1", [_naive(older_than)]
+        ).fetchall()
+        return len(row)
+
+    def compact(self) -> None:
+        """Fold counter deltas into one row per key, in bucket order."""
+        con = self.con
+        sums = ", ".join(f"sum({c})::BIGINT" for c in COUNTER_COLUMNS)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                "CREATE TEMP TABLE folded AS SELECT bucket, mta, account, sender_domain, "
+                f"{sums} FROM counters GROUP BY ALL ORDER BY account, bucket"
+            )
+            con.execute("DELETE FROM counters")
+            con.execute("INSERT INTO counters SELECT * FROM folded")
+            con.execute("DROP TABLE folded")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    # -- reading -----------------------------------------------------------------------------
+    def positions(self) -> dict[str, Position]:
+        rows = self.con.execute(
+            "SELECT head_hash, path, inode, byte_offset, lines, mtime, done, year, month "
+            "FROM checkpoints"
+        ).fetchall()
+        return {r[0]: Position(*r) for r in rows}
+
+    def pending(self, mta: str) -> dict[tuple[str, str], Message]:
+        rows = self.con.execute(
+            "SELECT scope, queue_id, state FROM pending WHERE mta = ?", [mta]
+        ).fetchall()
+        return {(r[0], r[1]): message_from_json(r[2]) for r in rows}
+
+    def unparsed_counts(self) -> list[tuple[str, str, int, str | None]]:
+        return [
+            (r[0], r[1], int(r[2]), r[3])
+            for r in self.con.execute(
+                "SELECT mta, reason, lines, sample FROM unparsed ORDER BY mta, reason"
+            ).fetchall()
+        ]
+
+    def accounts(self) -> list[str]:
+        rows = self.con.execute(
+            "SELECT account FROM counters UNION SELECT account FROM pending "
+            "WHERE received AND account IS NOT NULL ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def account_stats(self, req: StatsRequest) -> list[AccountStats]:
+        """EmailTrack numbers per account for the window (hour granularity, end exclusive)."""
+        start = _naive(req.start).replace(minute=0, second=0, microsecond=0)
+        end = _naive(req.end)
+        where = "bucket >= ? AND bucket < ?"
+        params: list[Any] = [start, end]
+        pwhere = "received AND NOT continuation AND accepted_at >= ? AND accepted_at < ?"
+        pparams: list[Any] = [start, end]
+        if req.account is not None:
+            where += " AND account = ?"
+            params.append(req.account)
+            pwhere += " AND account = ?"
+            pparams.append(req.account)
+        counts = self.con.execute(
+            "SELECT account, sum(sends + rejects), sum(successes), sum(defers), "
+            "sum(fails + rejects), sum(bytes), sum(local_successes), sum(local_bytes) "
+            f"FROM counters WHERE {where} GROUP BY account",
+            params,
+        ).fetchall()
+        progress = dict(
+            self.con.execute(
+                f"SELECT account, count(*) FROM pending WHERE {pwhere} GROUP BY account",
+                pparams,
+            ).fetchall()
+        )
+        out: dict[str, AccountStats] = {}
+        for acct, sends, succ, defers, fails, size, lsucc, lsize in counts:
+            out[acct] = AccountStats(
+                account=acct,
+                sendcount=int(sends),
+                successcount=int(succ),
+                defercount=int(defers),
+                failcount=int(fails),
+                totalsize=int(size),
+                inprogresscount=int(progress.pop(acct, 0)),
+                local_successcount=int(lsucc),
+                local_totalsize=int(lsize),
+            )
+        for acct, n in progress.items():
+            out[acct] = AccountStats(account=acct, inprogresscount=int(n))
+        return [out[k] for k in sorted(out)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def retention_horizon(now: datetime, days: int) -> datetime:
+    return now - timedelta(days=days)

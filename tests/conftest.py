@@ -1,0 +1,36 @@
+"""Shared fixtures: run the CLI in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``logstats ARGS`` in a fresh process, as an operator runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "logstats", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"logstats {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def all_stats(db: Path, *extra: str) -> dict[str, dict[str, str]]:
+    out = run_cli("query", "emailtrack", "--db", str(db), "--all", "--format", "json", *extra)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
