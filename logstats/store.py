@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,13 +111,12 @@ def _aware(ts: datetime | None) -> datetime | None:
 
 def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], list[int]]:
     """Hourly counter deltas per (bucket, mta, account, sender domain)."""
-    out: dict[tuple[datetime, str, str, str], list[int]] = {}
+    by_hour: dict[tuple[int, str, str, str], list[int]] = {}
     for e in events:
-        bucket = _naive(e.ts).replace(minute=0, second=0, microsecond=0)
-        key = (bucket, e.mta, e.account, e.sender_domain)
-        row = out.get(key)
+        key = (int(e.ts.timestamp()) // 3600, e.mta, e.account, e.sender_domain)
+        row = by_hour.get(key)
         if row is None:
-            row = out[key] = [0] * len(COUNTER_COLUMNS)
+            row = by_hour[key] = [0] * len(COUNTER_COLUMNS)
         match e.outcome:
             case Outcome.SEND:
                 row[0] += 1
@@ -135,16 +134,22 @@ def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], l
                 row[5] += 1
             case Outcome.EXPIRED:
                 row[6] += 1
-    return out
+    return {
+        (datetime.fromtimestamp(h * 3600, UTC).replace(tzinfo=None), *rest): row
+        for (h, *rest), row in by_hour.items()
+    }
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
 
 
 def message_to_json(msg: Message) -> str:
-    data = asdict(msg)
+    data = {name: getattr(msg, name) for name in _MESSAGE_FIELDS}
     for key in ("first_seen", "last_seen", "accepted_at"):
         if data[key] is not None:
             data[key] = data[key].isoformat()
     data["orphans"] = [
-        {**asdict(a), "ts": a.ts.isoformat(), "outcome": a.outcome.value} for a in msg.orphans
+        {**a._asdict(), "ts": a.ts.isoformat(), "outcome": a.outcome.value} for a in msg.orphans
     ]
     return json.dumps(data, separators=(",", ":"))
 

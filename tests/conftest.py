@@ -26,6 +26,13 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def scenario_config(folder: Path) -> Path:
+    """A config mapping the scripted logs' domains to their accounts."""
+    cfg = folder / "logstats.yaml"
+    cfg.write_text("timezone: UTC\naccounts:\n  domains: {alice.test: alice, bob.test: bob}\n")
+    return cfg
+
+
 def all_stats(db: Path, *extra: str) -> dict[str, dict[str, str]]:
     out = run_cli("query", "emailtrack", "--db", str(db), "--all", "--format", "json", *extra)
     return json.loads(out.stdout)

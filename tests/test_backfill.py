@@ -15,7 +15,7 @@ from logstats.ingest import Ingestor
 from logstats.model import StatsRequest
 from logstats.query import emailtrack_row
 from logstats.store import Store
-from tests.conftest import all_stats, run_cli
+from tests.conftest import all_stats, run_cli, scenario_config
 from tests.logmaker import as_strings, exim_log
 
 WINDOW = StatsRequest(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
@@ -129,8 +129,7 @@ def test_cli_backfill_and_query(tmp_path):
     with gzip.open(log, "wt") as f:
         f.write("".join(line + "\n" for line in script.lines))
     db = tmp_path / "cli.duckdb"
-    cfg = tmp_path / "logstats.yaml"
-    cfg.write_text("timezone: UTC\naccounts:\n  domains: {alice.test: alice, bob.test: bob}\n")
+    cfg = scenario_config(tmp_path)
     run_cli("backfill", "--config", str(cfg), "--db", str(db), str(log))
     assert as_strings(script.truth) == all_stats(db)
     out = json.loads(run_cli("query", "emailtrack", "--db", str(db), "--account", "alice").stdout)

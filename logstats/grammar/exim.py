@@ -18,9 +18,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-import pyparsing as pp
-
-from logstats.grammar.common import Clock, address, clean, fields, first_ip, to_int
+from logstats.grammar.common import (
+    Clock,
+    address,
+    clean,
+    element,
+    fields,
+    first_ip,
+    match,
+    to_int,
+)
 from logstats.model import (
     Attempt,
     Expired,
@@ -51,21 +58,22 @@ FLAG_LINE = (
     r"(?P<flag><=|=>|->|==|\*\*|\*>|>>|\(=) (?P<addr>\S+)(?: (?P<orig><[^>]*>))?(?P<rest>.*)"
 )
 
-exim_line = pp.Regex(
+exim_line = element(
     rf"^{SYSLOG_HEAD}{JOURNAL_HEAD}{EXIM_STAMP}?{PID}"
     rf"(?:{MESSAGE_ID}(?: {FLAG_LINE}| (?P<note>.*))?$|(?P<text>.*))",
+    "exim_line",
     flags=re.DOTALL,
-).set_name("exim_line")
+)
 
 # -- id-less (and a few id-carrying) lines the counters depend on -----------------------------
-exim_reject = pp.Regex(
+exim_reject = element(
     r"(?P<who>.*?)\b(?P<temp>temporarily )?rejected (?P<stage>RCPT|MAIL|after DATA|"
     r"by local_scan\(\)|connection|EHLO|HELO|DATA|after [A-Z]+)(?: (?P<target>\S+))?"
-    r"(?::? ?(?P<reason>.*))?$"
-).set_name("exim_reject")
-
-exim_completed = pp.Regex(r"Completed(?: QT=\S+)?$").set_name("exim_completed")
-exim_cancelled = pp.Regex(r"cancelled by (?P<by>.*)$").set_name("exim_cancelled")
+    r"(?::? ?(?P<reason>.*))?$",
+    "exim_reject",
+)
+exim_completed = element(r"Completed(?: QT=\S+)?$", "exim_completed")
+exim_cancelled = element(r"cancelled by (?P<by>.*)$", "exim_cancelled")
 
 _IRRELEVANT_TEXT = (
     ("SMTP connection", "connection"),
@@ -122,10 +130,10 @@ class EximParser:
             return Unparsed(bad, line[:512])
         if line[:1] in (" ", "\t") or not line:
             return Ignored("continuation")
-        try:
-            groups = exim_line.parse_string(line).as_dict()
-        except pp.ParseException:
+        m = match(exim_line, line)
+        if m is None:
             return Unparsed("no-rule", line)
+        groups = m.groupdict()
         ts = self._timestamp(groups)
         if ts is None:
             return _frameless(line)
@@ -136,9 +144,9 @@ class EximParser:
         flag = groups.get("flag")
         if flag is None:
             return _note(groups.get("note") or "", ts, scope, qid)
-        return _flag_line(flag, groups, ts, scope, qid)
+        return _flag_line(flag, groups, ts, scope, qid)  # type: ignore[arg-type]
 
-    def _timestamp(self, groups: dict[str, str]) -> datetime | None:
+    def _timestamp(self, groups: dict[str, str | None]) -> datetime | None:
         stamp = groups.get("stamp")
         if stamp is not None:
             return self._clock.iso(stamp, groups.get("offset"))
@@ -187,7 +195,6 @@ def _flag_line(flag: str, g: dict[str, str], ts: datetime, scope: str, qid: str)
         return Ignored("suppressed-delivery")
     recipient = addr.rstrip(":")
     orig = address(g.get("orig"))
-    f = fields(rest)
     if flag in ("=>", "->", ">>"):
         outcome = Outcome.DELIVERED
     elif flag == "==":
@@ -201,24 +208,31 @@ def _flag_line(flag: str, g: dict[str, str], ts: datetime, scope: str, qid: str)
         recipient=recipient,
         outcome=outcome,
         orig_recipient=orig,
-        relay=f.get("H"),
-        transport=f.get("T"),
+        relay=_word_after(rest, " H="),
+        transport=_word_after(rest, " T="),
         cut_through=flag == ">>",
         reply=rest.partition(": ")[2] or None if outcome is not Outcome.DELIVERED else None,
     )
+
+
+def _word_after(text: str, key: str) -> str | None:
+    """The value of one ``key=value`` field (deliveries need only T= and H=)."""
+    at = text.find(key)
+    if at < 0:
+        return None
+    start = at + len(key)
+    end = text.find(" ", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def _note(note: str, ts: datetime, scope: str, qid: str) -> ParseResult:
     if note[:3] in ("<= ", "=> ", "-> ", "== ", "** ", "*> ", ">> ", "(= "):
         return Unparsed("bad-flag-line", note)
     if note.startswith("Completed"):
-        try:
-            exim_completed.parse_string(note)
-        except pp.ParseException:
+        if note != "Completed" and match(exim_completed, note) is None:
             return Unparsed("no-rule", note)
         return Finished(ts, scope, qid)
-    if note.startswith("cancelled by"):
-        exim_cancelled.parse_string(note)
+    if match(exim_cancelled, note) is not None:
         return Expired(ts, scope, qid)
     if "rejected" in note:
         return _reject(note, ts, scope, qid)
@@ -243,10 +257,10 @@ def _idless(text: str, ts: datetime, scope: str) -> ParseResult:
 
 
 def _reject(text: str, ts: datetime, scope: str, qid: str | None) -> ParseResult:
-    try:
-        g = exim_reject.parse_string(text).as_dict()
-    except pp.ParseException:
+    m = match(exim_reject, text)
+    if m is None:
         return Ignored("reject-other")
+    g = m.groupdict()
     stage = g["stage"]
     if stage in ("connection", "EHLO", "HELO"):
         return Ignored("reject-connection")

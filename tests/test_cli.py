@@ -1,0 +1,91 @@
+"""The command line: help texts exist and are documented; errors are one line."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from logstats.cli import build_parser
+from tests.conftest import ROOT, run_cli, scenario_config
+from tests.logmaker import exim_log
+
+COMMANDS = ["backfill", "query emailtrack", "parse", "check-config"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_commands_have_help_and_are_documented(command):
+    """Every subcommand answers --help and is named in the README."""
+    proc = run_cli(*command.split(), "--help")
+    assert "usage: logstats" in proc.stdout
+    assert f"logstats {command}" in (ROOT / "README.md").read_text()
+
+
+def test_parser_lists_the_documented_commands():
+    """The documented commands are exactly the parser's."""
+    sub = build_parser()._subparsers._group_actions[0]
+    assert {"backfill", "query", "parse", "check-config"} == set(sub.choices)
+
+
+def test_parse_report(tmp_path):
+    """`logstats parse` reports lines, parsed, irrelevant and unknown, with samples."""
+    log = tmp_path / "mainlog"
+    lines = [
+        *exim_log(5).lines,
+        "garbage without a stamp",
+        "2024-01-01 00:00:00 Start queue run: pid=1",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    out = run_cli("parse", str(log)).stdout
+    assert f"{len(lines)} lines, {len(lines) - 2} parsed, 1 irrelevant, 1 unknown" in out
+    assert "[no-timestamp] garbage without a stamp" in out
+
+
+def test_missing_file_and_missing_db(tmp_path):
+    """A missing log or database is one clear line, exit 1."""
+    proc = run_cli(
+        "backfill", "--db", str(tmp_path / "x.duckdb"), str(tmp_path / "nope.log"), check=False
+    )
+    assert (1, "logstats: error: ") == (proc.returncode, proc.stderr[:17])
+    proc = run_cli(
+        "query", "emailtrack", "--db", str(tmp_path / "none.duckdb"), "--all", check=False
+    )
+    assert 1 == proc.returncode
+    assert "does not exist" in proc.stderr
+
+
+def test_query_failure_is_a_cpanel_envelope(tmp_path):
+    """For one account, a failure is answered as cpanelresult with result 0 and a reason."""
+    import json
+
+    proc = run_cli(
+        "query",
+        "emailtrack",
+        "--db",
+        str(tmp_path / "none.duckdb"),
+        "--account",
+        "alice",
+        check=False,
+    )
+    body = json.loads(proc.stdout)["cpanelresult"]
+    assert 0 == body["event"]["result"]
+    assert "does not exist" in body["event"]["reason"]
+
+
+def test_binary_junk_and_huge_lines_are_counted_not_fatal(tmp_path):
+    """Binary junk and a 10 MB line in a log are counted; the good lines still count."""
+    script = exim_log(11)
+    log = tmp_path / "junk.log.gz"
+    with gzip.open(log, "wb") as f:
+        f.write(b"\x00\x01\x02\xff\xfe binary junk\n")
+        f.write(b"x" * 10_000_000 + b"\n")
+        f.write(("\n".join(script.lines) + "\n").encode())
+    db = tmp_path / "j.duckdb"
+    cfg = scenario_config(tmp_path)
+    proc = run_cli("backfill", "--mta", "exim", "--config", str(cfg), "--db", str(db), str(log))
+    assert '"too-long": 1' in proc.stderr
+    assert '"binary": 1' in proc.stderr or '"no-timestamp": 1' in proc.stderr
+    from tests.conftest import all_stats
+    from tests.logmaker import as_strings
+
+    assert as_strings(script.truth) == all_stats(db)
