@@ -48,6 +48,8 @@ class Config:
     orphan_ttl: timedelta = timedelta(hours=1)
     batch_lines: int = 50000
     max_line_length: int = 65536
+    workers: int = 0  # parser processes for large files; 0: one per core, 1: none
+    parallel_bytes: int = 8 << 20  # files smaller than this are parsed in-process
     sources: tuple[Source, ...] = ()
 
     def tz(self) -> tzinfo:
@@ -146,7 +148,7 @@ _SCHEMA: dict[str, Any] = {
         "sender_domain_fallback": bool,
     },
     "correlation": {"ttl": "duration", "orphan_ttl": "duration", "filter_relays": list},
-    "ingest": {"batch_lines": int, "max_line_length": int},
+    "ingest": {"batch_lines": int, "max_line_length": int, "workers": int},
     "sources": list,
 }
 
@@ -232,5 +234,6 @@ def load(path: str | None) -> Config:
         ),
         batch_lines=ingest.get("batch_lines", defaults.batch_lines),
         max_line_length=ingest.get("max_line_length", defaults.max_line_length),
+        workers=ingest.get("workers", defaults.workers),
         sources=tuple(sources),
     )

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from logstats.model import (
     REMOTE,
@@ -78,6 +79,14 @@ class Policy:
         return False
 
 
+_COLUMN = {
+    Outcome.SEND: 0,
+    Outcome.DELIVERED: 1,
+    Outcome.DEFERRED: 2,
+    Outcome.FAILED: 3,
+    Outcome.REJECTED: 5,
+    Outcome.EXPIRED: 6,
+}
 _LOCAL_AGENTS = frozenset(("local", "virtual", "pipe", "lmtp", "maildrop", "dovecot"))
 
 
@@ -109,31 +118,37 @@ class Correlator:
         self.dropped: set[Key] = set()
         self.expired_messages = 0
         self.last_ts: datetime | None = None
+        # hourly counter deltas since the last drain: (epoch hour, account, sender domain)
+        # -> sends, successes, defers, fails, bytes, rejects, expired, local successes, bytes
+        self.counters: dict[tuple[int, str, str], list[int]] = {}
+        self.events_since: datetime | None = None  # keep Event rows only from here on
+        self._hour_ts: datetime | None = None
+        self._hour = 0
+        self._handoffs = sum(1 for k in self.messages if k[0] == HANDOFF_SCOPE)
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Received: self._received,
+            Attempt: self._attempt,
+            Finished: self._finished,
+            Expired: self._expired,
+            Notice: self._notice,
+            Rejected: self._rejected,
+        }
 
     # -- public API --------------------------------------------------------------------------
     def feed(self, record: Record) -> None:
         self.last_ts = record.ts
-        match record:
-            case Received():
-                self._received(record)
-            case Attempt():
-                self._attempt(record)
-            case Finished():
-                self._finished(record)
-            case Expired():
-                self._expired(record)
-            case Notice():
-                self._notice(record)
-            case Rejected():
-                self._rejected(record)
+        self._handlers[type(record)](record)
 
-    def drain(self) -> tuple[list[Event], list[Message], set[Key]]:
-        """Events since the last drain, messages to persist, keys to delete."""
+    def drain(
+        self,
+    ) -> tuple[dict[tuple[int, str, str], list[int]], list[Event], list[Message], set[Key]]:
+        """Counters and events since the last drain, messages to persist, keys to delete."""
+        counters, self.counters = self.counters, {}
         events, self.events = self.events, []
         upsert = [self.messages[k] for k in self.dirty if k in self.messages]
         dropped = self.dropped - self.dirty.intersection(self.messages)
         self.dirty, self.dropped = set(), set()
-        return events, upsert, dropped
+        return counters, events, upsert, dropped
 
     def expire(self, now: datetime) -> int:
         """Forget messages idle for longer than the TTL; count their waiting outcomes."""
@@ -155,8 +170,9 @@ class Correlator:
         msg = self.messages.get(key)
         if msg is None:
             msg = Message(scope=key[0], queue_id=key[1], first_seen=ts, last_seen=ts)
-            handoff = self.messages.pop((HANDOFF_SCOPE, key[1]), None)
+            handoff = self.messages.pop((HANDOFF_SCOPE, key[1]), None) if self._handoffs else None
             if handoff is not None:
+                self._handoffs -= 1
                 self.dropped.add((HANDOFF_SCOPE, key[1]))
                 msg.origin = handoff.origin
                 msg.account = handoff.account
@@ -165,7 +181,7 @@ class Correlator:
                 msg.accepted_at = handoff.accepted_at
             self.messages[key] = msg
         msg.last_seen = ts
-        self._touch(key)
+        self.dirty.add(key)
         return msg
 
     def _touch(self, key: Key) -> None:
@@ -180,6 +196,7 @@ class Correlator:
         msg = self._get((r.scope, r.queue_id), r.ts)
         if r.sender is not None and msg.sender is None:
             msg.sender = r.sender
+            msg.domain = None
         if r.size is not None and (msg.size == 0 or r.complete):
             msg.size = r.size
         if r.nrcpt is not None:
@@ -261,6 +278,7 @@ class Correlator:
                 accepted_at=msg.accepted_at,
             )
             self.messages[(HANDOFF_SCOPE, a.handoff_id)] = hop
+            self._handoffs += 1
             self._touch((HANDOFF_SCOPE, a.handoff_id))
             return
         self._emit(msg, a.outcome, a.ts, a.recipient, account, local=_is_local(a))
@@ -313,18 +331,21 @@ class Correlator:
             account = self.policy.account_for_id(r.auth_id)
         elif msg is not None and (msg.auth_id or msg.uid is not None or msg.local_user):
             account = self._resolve(msg)
-        self.events.append(
-            Event(
-                ts=r.ts,
-                mta=self.mta,
-                scope=r.scope,
-                queue_id=r.queue_id or "",
-                account=account,
-                sender_domain=_domain(r.sender),
-                outcome=Outcome.REJECTED,
-                recipient=r.recipient or "",
+        domain = _domain(r.sender)
+        self._count(r.ts, account, domain, Outcome.REJECTED, 0, False)
+        if self.events_since is None or r.ts >= self.events_since:
+            self.events.append(
+                Event(
+                    r.ts,
+                    self.mta,
+                    r.scope,
+                    r.queue_id or "",
+                    account,
+                    domain,
+                    Outcome.REJECTED,
+                    r.recipient or "",
+                )
             )
-        )
 
     def _emit(
         self,
@@ -336,17 +357,40 @@ class Correlator:
         *,
         local: bool = False,
     ) -> None:
-        self.events.append(
-            Event(
-                ts=ts,
-                mta=self.mta,
-                scope=msg.scope,
-                queue_id=msg.queue_id,
-                account=account or msg.account or UNKNOWN,
-                sender_domain=_domain(msg.sender),
-                outcome=outcome,
-                recipient=recipient,
-                size=msg.size,
-                local=local,
+        account = account or msg.account or UNKNOWN
+        domain = msg.domain
+        if domain is None:
+            domain = msg.domain = _domain(msg.sender)
+        self._count(ts, account, domain, outcome, msg.size, local)
+        if self.events_since is None or ts >= self.events_since:
+            self.events.append(
+                Event(
+                    ts,
+                    self.mta,
+                    msg.scope,
+                    msg.queue_id,
+                    account,
+                    domain,
+                    outcome,
+                    recipient,
+                    msg.size,
+                    local,
+                )
             )
-        )
+
+    def _count(
+        self, ts: datetime, account: str, domain: str, outcome: Outcome, size: int, local: bool
+    ) -> None:
+        """Add one outcome to the hourly counters of this batch."""
+        if ts is not self._hour_ts:
+            self._hour_ts, self._hour = ts, int(ts.timestamp()) // 3600
+        key = (self._hour, account, domain)
+        row = self.counters.get(key)
+        if row is None:
+            row = self.counters[key] = [0] * 9
+        row[_COLUMN[outcome]] += 1
+        if outcome is Outcome.DELIVERED:
+            row[4] += size
+            if local:
+                row[7] += 1
+                row[8] += size

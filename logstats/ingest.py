@@ -8,9 +8,12 @@ so an interruption anywhere leaves a store the next run continues from.
 from __future__ import annotations
 
 import glob
+import multiprocessing
+import os
 import re
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,9 +21,9 @@ from pathlib import Path
 from logstats.config import Config
 from logstats.correlate import Correlator
 from logstats.errors import SourceError
-from logstats.grammar import Clock, detect_mta, make_parser
-from logstats.model import Ignored, Position, Unparsed
-from logstats.sources import FileInfo, inspect, read_lines
+from logstats.grammar import ChunkParse, Clock, detect_mta, make_parser, parse_chunk, parse_lines
+from logstats.model import Position
+from logstats.sources import FileInfo, file_size, inspect, read_chunks, split_lines
 from logstats.store import Batch, Store
 
 _ISO = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[-+]\d\d:?\d\d)?")
@@ -78,6 +81,7 @@ class Ingestor:
         self.policy = config.policy()
         self.tz = config.tz()
         self.correlators: dict[str, Correlator] = {}
+        self._executor: ProcessPoolExecutor | None = None
 
     def correlator(self, mta: str) -> Correlator:
         c = self.correlators.get(mta)
@@ -117,36 +121,25 @@ class Ingestor:
         clock = Clock(self.tz, datetime.fromtimestamp(info.mtime, UTC))
         if known is not None:
             clock.restore(known.year, known.month)
-        parser = make_parser(mta, clock, self.config.max_line_length)
         correlator = self.correlator(mta)
+        correlator.events_since = self.now() - timedelta(days=self.config.retention_days)
         feed = correlator.feed
         batch_lines = self.config.batch_lines
         pending_lines = 0
         unparsed: Counter[str] = Counter()
         samples: dict[str, str] = {}
-        for chunk in read_lines(
-            info.path,
-            offset,
-            final=info.compressed,
-            max_line_length=self.config.max_line_length,
-        ):
-            if chunk.too_long:
-                unparsed["too-long"] += chunk.too_long
-            for line in chunk.lines:
-                result = parser.parse(line)
-                if isinstance(result, Ignored):
-                    report.ignored += 1
-                elif isinstance(result, Unparsed):
-                    unparsed[result.reason] += 1
-                    samples.setdefault(result.reason, result.text[:500])
-                else:
-                    report.records += 1
-                    feed(result)
-            n = len(chunk.lines) + chunk.too_long
-            report.lines += n
-            pending_lines += n
-            lines_done += n
-            offset = chunk.end_offset
+        for parsed, end_offset in self._parsed(info, mta, offset, clock):
+            for record in parsed.records:
+                feed(record)
+            report.records += len(parsed.records)
+            report.ignored += parsed.ignored
+            unparsed.update(parsed.unparsed)
+            for reason, text in parsed.samples.items():
+                samples.setdefault(reason, text)
+            report.lines += parsed.lines
+            pending_lines += parsed.lines
+            lines_done += parsed.lines
+            offset = end_offset
             if pending_lines >= batch_lines:
                 self._commit(
                     mta=mta,
@@ -176,6 +169,62 @@ class Ingestor:
         )
         return report
 
+    def _parsed(
+        self, info: FileInfo, mta: str, offset: int, clock: Clock
+    ) -> Iterator[tuple[ChunkParse, int]]:
+        """Parsed chunks in file order: in this process for small files, else in workers."""
+        max_len = self.config.max_line_length
+        chunks = read_chunks(info.path, offset, final=info.compressed, max_line_length=max_len)
+        workers = self.config.workers
+        if workers == 0:
+            workers = os.cpu_count() or 1
+        size = file_size(info.path) - offset
+        if workers < 2 or size < self.config.parallel_bytes:
+            parser = make_parser(mta, clock, max_len)
+            for raw in chunks:
+                lines, too_long = split_lines(raw.body, max_len)
+                parsed = parse_lines(parser, lines)
+                if too_long or raw.too_long:
+                    parsed.unparsed["too-long"] += too_long + raw.too_long
+                    parsed.lines += too_long + raw.too_long
+                yield parsed, raw.end_offset
+            return
+        pool = self._pool(workers)
+        inflight: deque[tuple[Future[ChunkParse], int, int]] = deque()
+        for raw in chunks:
+            inflight.append(
+                (
+                    pool.submit(parse_chunk, mta, self.tz, info.mtime, max_len, raw.body),
+                    raw.end_offset,
+                    raw.too_long,
+                )
+            )
+            if len(inflight) > 2 * workers:
+                yield self._result(inflight.popleft())
+        while inflight:
+            yield self._result(inflight.popleft())
+
+    @staticmethod
+    def _result(item: tuple[Future[ChunkParse], int, int]) -> tuple[ChunkParse, int]:
+        future, end_offset, too_long = item
+        parsed = future.result()
+        if too_long:
+            parsed.unparsed["too-long"] += too_long
+            parsed.lines += too_long
+        return parsed, end_offset
+
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
     def _commit(
         self,
         *,
@@ -192,11 +241,12 @@ class Ingestor:
         correlator = self.correlator(mta)
         if correlator.last_ts is not None:
             correlator.expire(correlator.last_ts)
-        events, upsert, dropped = correlator.drain()
+        counters, events, upsert, dropped = correlator.drain()
         year, month = clock.state()
         batch = Batch(
             mta=mta,
             events=events,
+            counters=counters,
             upsert=upsert,
             dropped=dropped,
             positions=[
@@ -215,7 +265,6 @@ class Ingestor:
             unparsed=dict(unparsed),
             samples=samples,
         )
-        now = self.now()
-        self.store.commit(batch, events_since=now - timedelta(days=self.config.retention_days))
+        self.store.commit(batch)
         report.events += len(events)
         report.unparsed.update(unparsed)

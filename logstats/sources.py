@@ -86,16 +86,38 @@ def inspect(path: str, sample: int = 50) -> FileInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RawChunk:
+    body: bytes  # complete lines, each ending in a newline (or the final unterminated one)
+    end_offset: int  # byte offset just past the body
+    too_long: int  # lines skipped because they exceeded the limit
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     lines: list[str]
     end_offset: int  # byte offset just past the last line of this chunk
     too_long: int  # lines skipped for their length
 
 
-def read_lines(
+def split_lines(body: bytes, max_line_length: int) -> tuple[list[str], int]:
+    """Decode (bad bytes become U+FFFD) and split; over-long lines are dropped and counted."""
+    lines = body.decode("utf-8", "replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if any(len(x) > max_line_length for x in lines):
+        kept = [x for x in lines if len(x) <= max_line_length]
+        return kept, len(lines) - len(kept)
+    return lines, 0
+
+
+def read_chunks(
     path: str, offset: int, *, final: bool, max_line_length: int, chunk_size: int = CHUNK
-) -> Iterator[Chunk]:
-    """Complete lines from ``offset`` (uncompressed bytes), a chunk at a time."""
+) -> Iterator[RawChunk]:
+    """Complete lines from ``offset`` (uncompressed bytes), as raw chunks.
+
+    A line longer than ``max_line_length`` that spans chunks is skipped up to its newline
+    and counted once in ``too_long``.
+    """
     with open_binary(path) as f:
         if offset:
             _skip(f, offset, path)
@@ -111,14 +133,12 @@ def read_lines(
                 break
             buf = tail + data
             last = buf.rfind(b"\n")
-            too_long = 0
             if last < 0:
                 if skipping or len(buf) > max_line_length:
-                    too_long = 0 if skipping else 1
-                    skipping = True
                     pos += len(buf)
                     tail = b""
-                    yield Chunk([], pos, too_long)
+                    yield RawChunk(b"", pos, 0 if skipping else 1)
+                    skipping = True
                 else:
                     tail = buf
                 continue
@@ -128,16 +148,22 @@ def read_lines(
                 pos += cut + 1
                 body = body[cut + 1 :]
                 skipping = False
-            lines = body.decode("utf-8", "replace").split("\n")
-            lines.pop()  # after the final newline
             pos += len(body)
-            if any(len(x) > max_line_length for x in lines):
-                too_long += sum(1 for x in lines if len(x) > max_line_length)
-                lines = [x for x in lines if len(x) <= max_line_length]
-            yield Chunk(lines, pos, too_long)
+            yield RawChunk(body, pos, 0)
         if final and tail and not skipping:
             pos += len(tail)
-            yield Chunk([tail.decode("utf-8", "replace")], pos, 0)
+            yield RawChunk(tail, pos, 0)
+
+
+def read_lines(
+    path: str, offset: int, *, final: bool, max_line_length: int, chunk_size: int = CHUNK
+) -> Iterator[Chunk]:
+    """Complete, decoded lines from ``offset``, a chunk at a time."""
+    for raw in read_chunks(
+        path, offset, final=final, max_line_length=max_line_length, chunk_size=chunk_size
+    ):
+        lines, too_long = split_lines(raw.body, max_line_length)
+        yield Chunk(lines, raw.end_offset, raw.too_long + too_long)
 
 
 def _skip(f: io.BufferedIOBase, offset: int, path: str) -> None:

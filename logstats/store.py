@@ -94,6 +94,8 @@ class Batch:
 
     mta: str
     events: list[Event] = field(default_factory=list)
+    # hourly deltas from the correlator; None: computed from ``events``
+    counters: dict[tuple[int, str, str], list[int]] | None = None
     upsert: list[Message] = field(default_factory=list)
     dropped: set[tuple[str, str]] = field(default_factory=set)
     positions: list[Position] = field(default_factory=list)
@@ -134,10 +136,11 @@ def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], l
                 row[5] += 1
             case Outcome.EXPIRED:
                 row[6] += 1
-    return {
-        (datetime.fromtimestamp(h * 3600, UTC).replace(tzinfo=None), *rest): row
-        for (h, *rest), row in by_hour.items()
-    }
+    return {(_hour(h), *rest): row for (h, *rest), row in by_hour.items()}  # type: ignore[misc]
+
+
+def _hour(epoch_hour: int) -> datetime:
+    return datetime.fromtimestamp(epoch_hour * 3600, UTC).replace(tzinfo=None)
 
 
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
@@ -244,7 +247,12 @@ class Store:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            self._write_counters(batch.events)
+            if batch.counters is None:
+                self._write_counters(aggregate(batch.events))
+            else:
+                self._write_counters(
+                    {(_hour(h), batch.mta, a, d): row for (h, a, d), row in batch.counters.items()}
+                )
             self._write_events(batch.events, events_since)
             self._write_pending(batch)
             self._write_positions(batch.mta, batch.positions)
@@ -254,8 +262,7 @@ class Store:
             con.execute("ROLLBACK")
             raise
 
-    def _write_counters(self, events: list[Event]) -> None:
-        rows = aggregate(events)
+    def _write_counters(self, rows: dict[tuple[datetime, str, str, str], list[int]]) -> None:
         if not rows:
             return
         cols: list[list[Any]] = [[] for _ in range(4 + len(COUNTER_COLUMNS))]

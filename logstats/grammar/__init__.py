@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 
 from logstats.grammar.common import Clock
-from logstats.model import Mta, ParseResult
+from logstats.model import Ignored, Mta, ParseResult, Record, Unparsed
 
-__all__ = ["Clock", "LineParser", "detect_mta", "make_parser"]
+__all__ = ["ChunkParse", "Clock", "LineParser", "detect_mta", "make_parser", "parse_lines"]
 
 
 class LineParser(Protocol):
@@ -29,6 +32,55 @@ def make_parser(mta: str, clock: Clock, max_line_length: int = 65536) -> LinePar
 
         return PostfixParser(clock, max_line_length)
     raise ValueError(f"unknown MTA {mta!r}")
+
+
+@dataclass(slots=True)
+class ChunkParse:
+    """What the grammar made of a run of lines: records in order, the rest counted."""
+
+    records: list[Record] = field(default_factory=list)
+    ignored: int = 0
+    unparsed: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, str] = field(default_factory=dict)
+    lines: int = 0
+
+
+def parse_lines(parser: LineParser, lines: list[str]) -> ChunkParse:
+    out = ChunkParse(lines=len(lines))
+    records = out.records
+    unparsed = out.unparsed
+    parse = parser.parse
+    ignored = 0
+    for line in lines:
+        result = parse(line)
+        if type(result) is Ignored:
+            ignored += 1
+        elif type(result) is Unparsed:
+            unparsed[result.reason] += 1
+            out.samples.setdefault(result.reason, result.text[:500])
+        else:
+            records.append(result)  # type: ignore[arg-type]
+    out.ignored = ignored
+    return out
+
+
+def parse_chunk(
+    mta: str, tz: tzinfo, reference: float, max_line_length: int, body: bytes
+) -> ChunkParse:
+    """Decode and parse one raw chunk (run in worker processes: no shared state).
+
+    The chunk gets a clock of its own, so a yearless stamp takes the latest year that does
+    not put it after the file's modification time (``reference``).
+    """
+    from logstats.sources import split_lines
+
+    lines, too_long = split_lines(body, max_line_length)
+    clock = Clock(tz, datetime.fromtimestamp(reference, UTC))
+    out = parse_lines(make_parser(mta, clock, max_line_length), lines)
+    if too_long:
+        out.unparsed["too-long"] += too_long
+        out.lines += too_long
+    return out
 
 
 def detect_mta(lines: list[str]) -> str | None:

@@ -144,7 +144,7 @@ class EximParser:
         flag = groups.get("flag")
         if flag is None:
             return _note(groups.get("note") or "", ts, scope, qid)
-        return _flag_line(flag, groups, ts, scope, qid)  # type: ignore[arg-type]
+        return _flag_line(flag, groups, ts, scope, qid)
 
     def _timestamp(self, groups: dict[str, str | None]) -> datetime | None:
         stamp = groups.get("stamp")
