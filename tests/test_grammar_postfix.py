@@ -73,8 +73,9 @@ def test_bsd_stamps_in_configured_zone():
     """A BSD stamp is local time in the configured zone; all three day paddings work."""
     p = PostfixParser(Clock(ZoneInfo("Europe/Berlin"), datetime(2024, 12, 1, tzinfo=UTC)))
     line = " mx postfix/qmgr[1]: 0D7037A4: removed"
-    stamps = [p.parse(s + line).ts for s in ("Jul  4 12:00:00", "Jul 04 12:00:00",
-                                              "Jul 4 12:00:00")]
+    stamps = [
+        p.parse(s + line).ts for s in ("Jul  4 12:00:00", "Jul 04 12:00:00", "Jul 4 12:00:00")
+    ]
     assert [datetime(2024, 7, 4, 10, 0, tzinfo=UTC)] * 3 == stamps
 
 
@@ -83,8 +84,10 @@ def test_bsd_year_rolls_over_at_new_year():
     p = parser(datetime(2025, 1, 2, tzinfo=UTC))
     dec = p.parse("Dec 31 23:59:59 mx postfix/qmgr[1]: 0D7037A4: removed")
     jan = p.parse("Jan  1 00:00:01 mx postfix/qmgr[1]: 0D7037A5: removed")
-    assert (datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC),
-            datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)) == (dec.ts, jan.ts)
+    assert (
+        datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC),
+    ) == (dec.ts, jan.ts)
 
 
 @pytest.mark.parametrize("line", ["", "   ", "\t"])
@@ -108,8 +111,10 @@ def test_scope_separates_instances():
         ("Jan  1 00:00:00 mx postfix/smtpd[1]: " + "x" * 70000, "too-long"),
         ("\ufffd\ufffd\ufffd garbage", "no-timestamp"),
         ("Jan  1 00:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT", "no-rule"),
-        ("Jan  1 00:00:00 mx postfix/bounce[1]: 0D7037A4: sender non-delivery notification:",
-         "no-rule"),
+        (
+            "Jan  1 00:00:00 mx postfix/bounce[1]: 0D7037A4: sender non-delivery notification:",
+            "no-rule",
+        ),
     ],
 )
 def test_bad_input_is_a_value(line, reason):
@@ -117,6 +122,17 @@ def test_bad_input_is_a_value(line, reason):
     r = parser().parse(line)
     assert isinstance(r, Unparsed)
     assert reason == r.reason
+
+
+def test_truncated_and_mangled_samples_never_raise():
+    """Every prefix of every annotated line, and each with bytes swapped, is a value."""
+    p = parser()
+    for s in SAMPLES:
+        line = s.line
+        for cut in range(0, len(line), 3):
+            assert p.parse(line[:cut]) is not None
+            assert p.parse(line[:cut] + "\ufffd" + line[cut + 1 :]) is not None
+            assert p.parse(line[:cut] + ")[<:, " + line[cut:]) is not None
 
 
 # -- the conformance corpus ---------------------------------------------------------------
@@ -173,8 +189,11 @@ def observe() -> tuple[dict[str, dict[str, int]], list[str]]:
     for path in corpus_paths():
         results = corpus_results(path)
         for line, r in results:
-            if counted(line) and _STAMP.match(line) and isinstance(r, Unparsed) and (
-                line not in _MALFORMED
+            if (
+                counted(line)
+                and _STAMP.match(line)
+                and isinstance(r, Unparsed)
+                and (line not in _MALFORMED)
             ):
                 missed.append(f"{path.name}: {line[:160]} -> {r.reason}")
         unknown = Counter(r.reason for _, r in results if isinstance(r, Unparsed))
