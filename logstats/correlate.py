@@ -256,10 +256,10 @@ class Correlator:
     def _count_attempt(self, msg: Message, a: Attempt, account: str) -> None:
         rcpt = a.recipient if a.orig_recipient is None else f"{a.recipient}<{a.orig_recipient}"
         if a.outcome is Outcome.DEFERRED:
-            mark = f"{rcpt}|{a.ts.isoformat()}"
-            if mark in msg.deferrals:
-                return
-            msg.deferrals.append(mark)
+            # every deferral line is an event (two in one second are two attempts); a file
+            # read again is kept from counting twice by its checkpoint, not here
+            if rcpt not in msg.deferrals:
+                msg.deferrals.append(rcpt)
             self._emit(msg, Outcome.DEFERRED, a.ts, a.recipient, account)
             return
         if rcpt in msg.done:
@@ -301,8 +301,7 @@ class Correlator:
         msg = self.messages.get((e.scope, e.queue_id))
         if msg is None or not msg.received:
             return
-        deferred = {d.split("|", 1)[0] for d in msg.deferrals}
-        open_rcpts = deferred - set(msg.done)
+        open_rcpts = set(msg.deferrals) - set(msg.done)
         if msg.nrcpt:
             outstanding = max(msg.nrcpt - len(msg.done), 0)
         else:

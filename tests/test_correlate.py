@@ -1,0 +1,192 @@
+"""Correlation rules, record by record (no grammar involved)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from logstats.correlate import Correlator, Policy
+from logstats.model import (
+    REMOTE,
+    SYSTEM,
+    UNKNOWN,
+    Attempt,
+    Expired,
+    Finished,
+    Notice,
+    Outcome,
+    Received,
+    Rejected,
+)
+
+T = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+POLICY = Policy(domains={"alice.test": "alice"}, uid_name={1001: "bob"}.get)
+D, F, S = Outcome.DELIVERED, Outcome.FAILED, Outcome.DEFERRED
+
+
+def at(seconds: int) -> datetime:
+    return T + timedelta(seconds=seconds)
+
+
+def totals(c: Correlator) -> dict[str, list[int]]:
+    """Per account: sends, successes, defers, fails, bytes, rejects, expired."""
+    out: dict[str, list[int]] = {}
+    counters, _, _, _ = c.drain()
+    for (_, account, _), row in counters.items():
+        acc = out.setdefault(account, [0] * 7)
+        for i in range(7):
+            acc[i] += row[i]
+    return out
+
+
+def postfix_receipt(c: Correlator, qid: str, **kw: object) -> None:
+    c.feed(Received(at(0), "mx/postfix", qid, False, client_ip="10.0.0.1",
+                    auth_id=kw.get("sasl")))  # type: ignore[arg-type]
+    c.feed(Received(at(1), "mx/postfix", qid, True, sender=str(kw.get("sender", "a@x.test")),
+                    size=int(kw.get("size", 100)), nrcpt=int(kw.get("nrcpt", 1))))  # type: ignore[call-overload]
+
+
+def test_postfix_pieces_join_and_sasl_maps_through_domain():
+    """smtpd sasl_username + qmgr from= are one message of the mapped account."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "A1", sasl="alice@alice.test", size=500, nrcpt=2)
+    c.feed(Attempt(at(2), "mx/postfix", "A1", "r1@y", D))
+    c.feed(Attempt(at(2), "mx/postfix", "A1", "r2@y", F))
+    c.feed(Finished(at(3), "mx/postfix", "A1"))
+    assert {"alice": [1, 1, 0, 1, 500, 0, 0]} == totals(c)
+    assert {} == c.messages
+
+
+def test_qmgr_repeats_on_retry_count_one_send():
+    """A deferred Postfix message re-enters the active queue: still one send."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "B1")
+    c.feed(Attempt(at(2), "mx/postfix", "B1", "r@y", S))
+    c.feed(Received(at(600), "mx/postfix", "B1", True, sender="a@x.test", size=100, nrcpt=1))
+    c.feed(Attempt(at(601), "mx/postfix", "B1", "r@y", S))
+    assert {REMOTE: [1, 0, 2, 0, 0, 0, 0]} == totals(c)
+
+
+def test_queue_id_reuse_after_removed():
+    """A short Postfix id reused after `removed` is a new message."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "C1")
+    c.feed(Finished(at(2), "mx/postfix", "C1"))
+    postfix_receipt(c, "C1", sasl="alice@alice.test")
+    assert {REMOTE: [1, 0, 0, 0, 0, 0, 0], "alice": [1, 0, 0, 0, 0, 0, 0]} == totals(c)
+
+
+def test_filter_hop_is_one_message():
+    """A hand-off to a content filter is not a delivery; the re-injected message is the
+    same message (no second send) and its deliveries count for the original account."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "D1", sasl="alice@alice.test", size=100)
+    c.feed(Attempt(at(2), "mx/postfix", "D1", "r@y", D, relay="127.0.0.1[127.0.0.1]:10024",
+                   handoff_id="D2"))
+    c.feed(Finished(at(3), "mx/postfix", "D1"))
+    c.feed(Received(at(3), "mx/postfix", "D2", False, client_ip="127.0.0.1"))
+    c.feed(Received(at(3), "mx/postfix", "D2", True, sender="alice@alice.test", size=180,
+                    nrcpt=1))
+    c.feed(Attempt(at(4), "mx/postfix", "D2", "r@y", D, relay="mx.y[192.0.2.1]:25"))
+    c.feed(Finished(at(5), "mx/postfix", "D2"))
+    assert {"alice": [1, 1, 0, 0, 180, 0, 0]} == totals(c)
+
+
+def test_handoff_to_a_remote_relay_is_a_delivery():
+    """`queued as` from a remote relay is an ordinary delivery."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "E1")
+    c.feed(Attempt(at(2), "mx/postfix", "E1", "r@y", D, relay="mx.y[192.0.2.1]:25",
+                   handoff_id="XYZ"))
+    assert {REMOTE: [1, 1, 0, 0, 100, 0, 0]} == totals(c)
+
+
+def test_bounce_notification_is_system_mail():
+    """Postfix bounce notifications are sends of the system pseudo-account."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "F1", sasl="alice@alice.test")
+    c.feed(Attempt(at(2), "mx/postfix", "F1", "r@y", F))
+    c.feed(Received(at(2), "mx/postfix", "F2", False, message_id="x@y"))
+    c.feed(Notice(at(2), "mx/postfix", "F1", "F2"))
+    c.feed(Received(at(2), "mx/postfix", "F2", True, sender="", size=2000, nrcpt=1))
+    c.feed(Attempt(at(3), "mx/postfix", "F2", "alice@alice.test", D))
+    assert {"alice": [1, 0, 0, 1, 0, 0, 0], SYSTEM: [1, 1, 0, 0, 2000, 0, 0]} == totals(c)
+
+
+def test_expired_fails_each_outstanding_recipient():
+    """status=expired fails every recipient not yet delivered or failed."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "G1", nrcpt=3)
+    c.feed(Attempt(at(2), "mx/postfix", "G1", "r1@y", D))
+    c.feed(Attempt(at(2), "mx/postfix", "G1", "r2@y", S))
+    c.feed(Expired(at(9), "mx/postfix", "G1"))
+    assert {REMOTE: [1, 1, 1, 2, 100, 0, 0]} == totals(c)
+
+
+def test_cut_through_before_receipt():
+    """Exim `>>` logged before `<=` waits for the receipt and counts for its account."""
+    c = Correlator("exim", POLICY)
+    c.feed(Attempt(at(0), "", "1a-1", "r@y", D, relay="127.0.0.1", cut_through=True))
+    c.feed(Received(at(1), "", "1a-1", True, sender="u@h", size=10, local_user="bob",
+                    protocol="local"))
+    assert {"bob": [1, 1, 0, 0, 10, 0, 0]} == totals(c)
+
+
+def test_orphans_without_receipt_expire_to_unknown():
+    """Outcomes whose receipt never comes count for -unknown- after orphan_ttl."""
+    c = Correlator("exim", POLICY)
+    c.feed(Attempt(at(0), "", "1b-1", "r@y", D, relay="h"))
+    c.expire(at(10))
+    assert {} == totals(c)
+    c.expire(at(2 * 3600))
+    assert {UNKNOWN: [0, 1, 0, 0, 0, 0, 0]} == totals(c)
+
+
+def test_ttl_expires_stale_messages_and_counts_them():
+    """A message idle past the TTL is forgotten and counted as expired."""
+    c = Correlator("exim", Policy(ttl=timedelta(days=1)))
+    c.feed(Received(at(0), "", "1c-1", True, sender="a@b", size=1, client_ip="1.2.3.4"))
+    assert 1 == c.expire(at(3 * 86400))
+    assert {REMOTE: [1, 0, 0, 0, 0, 0, 1]} == totals(c)
+    assert {} == c.messages
+
+
+def test_final_outcomes_and_receipts_count_once_per_recipient():
+    """A recipient is delivered (or failed) once and a message received once, even if the
+    line comes twice; deferrals are attempts, so two in the same second are two."""
+    c = Correlator("exim", POLICY)
+    c.feed(Received(at(0), "", "1d-1", True, sender="a@b", size=5, auth_id="alice@alice.test"))
+    for _ in range(2):
+        c.feed(Attempt(at(1), "", "1d-1", "r@y", S))
+        c.feed(Attempt(at(2), "", "1d-1", "r@y", D, relay="h"))
+        c.feed(Received(at(0), "", "1d-1", True, sender="a@b", size=5))
+    assert {"alice": [1, 1, 2, 0, 5, 0, 0]} == totals(c)
+
+
+def test_rejects():
+    """A permanent RCPT reject is a send and a failure of -remote- unless identified;
+    temporary and non-RCPT rejects count nothing."""
+    c = Correlator("postfix", POLICY)
+    c.feed(Rejected(at(0), "mx/postfix", None, "RCPT", sender="s@x", recipient="r@y"))
+    c.feed(Rejected(at(0), "mx/postfix", None, "RCPT", recipient="r@y", temporary=True))
+    c.feed(Rejected(at(0), "mx/postfix", None, "DATA", recipient="r@y"))
+    c.feed(Received(at(0), "mx/postfix", "H1", False, auth_id="alice@alice.test"))
+    c.feed(Rejected(at(1), "mx/postfix", "H1", "RCPT", recipient="r@y"))
+    c.feed(Received(at(0), "mx/postfix", "H2", False, uid=1001))
+    c.feed(Rejected(at(1), "mx/postfix", "H2", "RCPT", recipient="r@y"))
+    assert {REMOTE: [0, 0, 0, 0, 0, 1, 0], "alice": [0, 0, 0, 0, 0, 1, 0],
+            "bob": [0, 0, 0, 0, 0, 1, 0]} == totals(c)
+
+
+def test_exim_account_order():
+    """Exim: P=local U= wins over A=; an address id maps by domain; else -remote-;
+    bounces (R=, U=mailnull) are system mail."""
+    c = Correlator("exim", POLICY)
+    c.feed(Received(at(0), "", "1", True, sender="x@h", local_user="carol", protocol="local",
+                    auth_id="alice@alice.test"))
+    c.feed(Received(at(0), "", "2", True, sender="x@h", auth_id="alice@alice.test"))
+    c.feed(Received(at(0), "", "3", True, sender="x@h", auth_id="dave@other.test"))
+    c.feed(Received(at(0), "", "4", True, sender="x@h", client_ip="192.0.2.1"))
+    c.feed(Received(at(0), "", "5", True, sender="", parent_id="4", local_user="Debian-exim",
+                    protocol="local"))
+    assert {m.queue_id: m.account for m in c.messages.values()} == {
+        "1": "carol", "2": "alice", "3": "other.test", "4": REMOTE, "5": SYSTEM}
