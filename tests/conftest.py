@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Real Exim and Postfix scenario fixtures (tests/mta): session-scoped, started once.
+pytest_plugins = ["tests.mta.fixtures"]
+
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``logstats ARGS`` in a fresh process, as an operator runs it."""

@@ -1,0 +1,261 @@
+"""The logical scenario run against every MTA, and the ground truth computed from it.
+
+The truth is computed from this script alone (what is submitted, as whom, to which
+recipients, and how :func:`tests.mta.sink.answer_for` answers each attempt), never from
+an MTA log. The one exception is message *size* (TOTALSIZE): the script cannot know the
+exact byte count the MTA logs (it adds Received:, Date:, ... headers), so
+:meth:`Truth.with_sizes` takes a ``key -> size`` map the runner reads from the MTA's own
+receipt record and cross-checks against the bytes the sink received (see runner.py).
+
+Timeline (phases): phase 0 = submission with the MTA's immediate delivery attempt;
+phase k >= 1 = forced queue run k (Exim ``-qff``, Postfix ``postqueue -f``). Before
+phase k the sink starts accepting every ``later...`` address whose
+``LATER_OK[address] == k``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .sink import answer_for
+
+HOSTNAME = "mx.logstats.test"
+"""The MTAs' own host name (local domain; qualify domain of local submitters)."""
+LOCAL_DOMAINS = frozenset({HOSTNAME, "local.test"})
+PASSWORD = "s3cret-pw"
+QUEUE_RUNS = 2
+DOMAINS = {"alice.test": "alice", "bob.test": "bob"}
+"""Domain -> account table given to logstats (config ``accounts.domains``)."""
+
+COUNTERS = (
+    "SENDCOUNT",
+    "SUCCESSCOUNT",
+    "DEFERCOUNT",
+    "FAILCOUNT",
+    "DEFERFAILCOUNT",
+    "TOTALSIZE",
+    "INPROGRESSCOUNT",
+)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One SMTP transaction or local sendmail call of the script."""
+
+    key: str
+    account: str
+    how: Literal["auth", "local", "anon"]
+    login: str | None
+    """SASL login name (auth) or Unix user (local)."""
+    sender: str
+    recipients: tuple[str, ...]
+    """All RCPTs in order, including the ones the MTA rejects at RCPT time."""
+    rejected: tuple[str, ...] = ()
+    subject: str = ""
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return tuple(r for r in self.recipients if r not in self.rejected)
+
+    @property
+    def message_id(self) -> str:
+        return f"<{self.key}@scenario.logstats.test>"
+
+
+SUBMISSIONS: tuple[Submission, ...] = (
+    # alice authenticates as alice@alice.test (-> account via the domain table)
+    Submission(
+        "m1",
+        "alice",
+        "auth",
+        "alice@alice.test",
+        "alice@alice.test",
+        ("ok-a1@remote.test", "ok-a2@remote.test", "lsuser2@local.test"),
+    ),
+    Submission(
+        "m2",
+        "alice",
+        "auth",
+        "alice@alice.test",
+        "alice@alice.test",
+        ("fail-a1@remote.test", "ok-a3@remote.test"),
+    ),
+    Submission(
+        "m3", "alice", "auth", "alice@alice.test", "alice@alice.test", ("defer-a1@remote.test",)
+    ),
+    # bob authenticates with the bare user name "bob"
+    Submission(
+        "m4", "bob", "auth", "bob", "bob@bob.test", ("later-b1@remote.test", "ok-b1@remote.test")
+    ),
+    Submission("m5", "bob", "auth", "bob", "bob@bob.test", ("ok-b2@remote.test",)),
+    # lsuser1 submits locally with the MTA's sendmail
+    Submission(
+        "m6",
+        "lsuser1",
+        "local",
+        "lsuser1",
+        f"lsuser1@{HOSTNAME}",
+        ("ok-u1@remote.test", "lsuser2@local.test"),
+    ),
+    Submission(
+        "m7", "lsuser1", "local", "lsuser1", f"lsuser1@{HOSTNAME}", ("fail-u1@remote.test",)
+    ),
+    # unauthenticated SMTP client: local delivery is allowed, relaying is not
+    Submission("m8", "-remote-", "anon", None, "stranger@elsewhere.test", ("lsuser2@local.test",)),
+    Submission(
+        "m9",
+        "-remote-",
+        "anon",
+        None,
+        "stranger@elsewhere.test",
+        ("lsuser2@local.test", "relay-r1@remote.test"),
+        rejected=("relay-r1@remote.test",),
+    ),
+    Submission(
+        "m10",
+        "-remote-",
+        "anon",
+        None,
+        "stranger@elsewhere.test",
+        ("nosuchuser@local.test",),
+        rejected=("nosuchuser@local.test",),
+    ),
+    Submission(
+        "m11", "lsuser1", "local", "lsuser1", f"lsuser1@{HOSTNAME}", ("later-u1@remote.test",)
+    ),
+    Submission(
+        "m12", "bob", "auth", "bob", "bob@bob.test", ("defer-b2@remote.test", "fail-b3@remote.test")
+    ),
+)
+
+LATER_OK: dict[str, int] = {"later-u1@remote.test": 1, "later-b1@remote.test": 2}
+"""``later...`` address -> first phase in which the sink answers 250."""
+
+
+def is_local(address: str) -> bool:
+    return address.rsplit("@", 1)[-1].lower() in LOCAL_DOMAINS
+
+
+def outcome(address: str, phase: int) -> int:
+    """SMTP-style outcome of one delivery attempt of ``address`` in ``phase``."""
+    if is_local(address):
+        return 250  # local users exist (lsuser1, lsuser2); unknown ones are rejected at RCPT
+    now_ok = {a for a, k in LATER_OK.items() if k <= phase}
+    return answer_for(address, now_ok)
+
+
+@dataclass
+class Message:
+    """A message the MTA accepted (scripted, or a bounce the MTA generates)."""
+
+    key: str
+    account: str
+    sender: str
+    pending: list[str]
+    delivered: int = 0
+    deferrals: int = 0
+    bounce_of: str | None = None
+
+
+@dataclass
+class Truth:
+    """Per-account counters (without sizes) plus what is needed to add sizes."""
+
+    counts: dict[str, Counter[str]]
+    messages: dict[str, Message]
+    expected_lines: list[Counter[str]]
+    """Per phase: cumulative number of delivery-outcome log lines per recipient address."""
+    rejected_rcpts: int
+    bounces: dict[str, str] = field(default_factory=dict)
+    """bounce key -> key of the message it reports on."""
+
+    def with_sizes(self, sizes: dict[str, int]) -> dict[str, dict[str, int]]:
+        """Final truth ``{account: {COUNTER: int}}``; TOTALSIZE = sum(size x deliveries)."""
+        out: dict[str, dict[str, int]] = {}
+        for account, counter in self.counts.items():
+            row = {name: int(counter.get(name, 0)) for name in COUNTERS}
+            row["TOTALSIZE"] = sum(
+                sizes[m.key] * m.delivered
+                for m in self.messages.values()
+                if m.account == account and m.delivered
+            )
+            row["DEFERFAILCOUNT"] = row["DEFERCOUNT"] + row["FAILCOUNT"]
+            out[account] = row
+        return dict(sorted(out.items()))
+
+
+def simulate(
+    submissions: tuple[Submission, ...] = SUBMISSIONS, queue_runs: int = QUEUE_RUNS
+) -> Truth:
+    """Play the script and count, per account, what the contract says must be counted.
+
+    Rules: SENDCOUNT +1 per accepted message and +1 per RCPT rejected at SMTP time
+    (the latter always ``-remote-`` here: only unauthenticated clients get rejects);
+    each attempt per recipient is one success (250), deferral (451) or failure (550);
+    a message with failures in an attempt makes the MTA send one bounce (account
+    ``-system-``) to the sender, delivered in the same phase; a message with deferred
+    recipients after the last queue run is in progress.
+    """
+    counts: dict[str, Counter[str]] = {}
+    messages: dict[str, Message] = {}
+    lines: Counter[str] = Counter()
+    expected: list[Counter[str]] = []
+    bounces: dict[str, str] = {}
+    rejected = 0
+
+    def acc(name: str) -> Counter[str]:
+        return counts.setdefault(name, Counter())
+
+    def attempt(msg: Message, phase: int, new: list[Message]) -> None:
+        still: list[str] = []
+        failed = 0
+        for rcpt in msg.pending:
+            lines[rcpt] += 1
+            code = outcome(rcpt, phase)
+            if code == 250:
+                acc(msg.account)["SUCCESSCOUNT"] += 1
+                msg.delivered += 1
+            elif code == 451:
+                acc(msg.account)["DEFERCOUNT"] += 1
+                msg.deferrals += 1
+                still.append(rcpt)
+            else:
+                acc(msg.account)["FAILCOUNT"] += 1
+                failed += 1
+        msg.pending = still
+        if failed and msg.sender:
+            bkey = f"bounce-{msg.key}-{phase}"
+            bounces[bkey] = msg.key
+            bounce = Message(bkey, "-system-", "", [msg.sender], bounce_of=msg.key)
+            acc("-system-")["SENDCOUNT"] += 1
+            messages[bkey] = bounce
+            new.append(bounce)
+
+    for phase in range(queue_runs + 1):
+        todo: list[Message] = []
+        if phase == 0:
+            for sub in submissions:
+                for _ in sub.rejected:
+                    acc(sub.account if sub.how != "anon" else "-remote-")["SENDCOUNT"] += 1
+                    acc(sub.account if sub.how != "anon" else "-remote-")["FAILCOUNT"] += 1
+                    rejected += 1
+                if sub.accepted:
+                    msg = Message(sub.key, sub.account, sub.sender, list(sub.accepted))
+                    messages[sub.key] = msg
+                    acc(sub.account)["SENDCOUNT"] += 1
+                    todo.append(msg)
+        else:
+            todo = [m for m in messages.values() if m.pending]
+        while todo:
+            new: list[Message] = []
+            for msg in todo:
+                attempt(msg, phase, new)
+            todo = new
+        expected.append(Counter(lines))
+
+    for msg in messages.values():
+        if msg.pending:
+            acc(msg.account)["INPROGRESSCOUNT"] += 1
+    return Truth(counts, messages, expected, rejected, bounces)
