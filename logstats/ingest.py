@@ -23,7 +23,7 @@ from logstats.correlate import Correlator
 from logstats.errors import SourceError
 from logstats.grammar import ChunkParse, Clock, detect_mta, make_parser, parse_chunk, parse_lines
 from logstats.model import Position
-from logstats.sources import FileInfo, file_size, inspect, read_chunks, split_lines
+from logstats.sources import CHUNK, FileInfo, file_size, inspect, read_chunks, split_lines
 from logstats.store import Batch, Store
 
 _ISO = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[-+]\d\d:?\d\d)?")
@@ -74,8 +74,11 @@ def first_timestamp(info: FileInfo, clock: Clock) -> datetime | None:
 
 
 class Ingestor:
-    def __init__(self, store: Store, config: Config, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: Store, config: Config, now: Callable[[], datetime], chunk_size: int = CHUNK
+    ) -> None:
         self.store = store
+        self.chunk_size = chunk_size  # bytes read at a time; a batch ends on a chunk boundary
         self.config = config
         self.now = now
         self.policy = config.policy()
@@ -174,7 +177,13 @@ class Ingestor:
     ) -> Iterator[tuple[ChunkParse, int]]:
         """Parsed chunks in file order: in this process for small files, else in workers."""
         max_len = self.config.max_line_length
-        chunks = read_chunks(info.path, offset, final=info.compressed, max_line_length=max_len)
+        chunks = read_chunks(
+            info.path,
+            offset,
+            final=info.compressed,
+            max_line_length=max_len,
+            chunk_size=self.chunk_size,
+        )
         workers = self.config.workers
         if workers == 0:
             workers = os.cpu_count() or 1
