@@ -173,6 +173,11 @@ class Correlator:
             handoff = self.messages.pop((HANDOFF_SCOPE, key[1]), None) if self._handoffs else None
             if handoff is not None:
                 self._handoffs -= 1
+                if handoff.message_id and self.messages.pop(
+                    (HANDOFF_SCOPE, "<" + handoff.message_id), None
+                ):
+                    self._handoffs -= 1
+                    self.dropped.add((HANDOFF_SCOPE, "<" + handoff.message_id))
                 self.dropped.add((HANDOFF_SCOPE, key[1]))
                 msg.origin = handoff.origin
                 msg.account = handoff.account
@@ -209,11 +214,15 @@ class Correlator:
             msg.uid = r.uid
         if r.client_ip and not msg.client_ip:
             msg.client_ip = r.client_ip
+        if r.message_id and not msg.message_id:
+            msg.message_id = r.message_id
         if r.parent_id or (r.local_user == "mailnull" and r.sender == ""):
             msg.system = True
         if not r.complete or msg.received:
             return
         msg.received = True
+        if msg.origin is None and msg.message_id and self._handoffs:
+            self._link_by_message_id(msg)
         if msg.accepted_at is None:
             msg.accepted_at = r.ts
         if msg.account is None:
@@ -222,6 +231,23 @@ class Correlator:
             self._emit(msg, Outcome.SEND, r.ts, "")
         if msg.orphans:
             self._flush_orphans(msg, msg.account)
+
+    def _link_by_message_id(self, msg: Message) -> None:
+        """A message re-injected by a filter on this host continues the original one."""
+        if not self.policy.is_filter_hop(msg.client_ip):
+            return
+        key = (HANDOFF_SCOPE, "<" + str(msg.message_id))
+        hop = self.messages.pop(key, None)
+        if hop is None:
+            return
+        self._handoffs -= 1
+        self.dropped.add(key)
+        msg.origin, msg.account, msg.system = hop.origin, hop.account, hop.system
+        msg.accepted_at = hop.accepted_at
+        other = (HANDOFF_SCOPE, hop.queue_id)  # the same hop, announced by queue id
+        if self.messages.pop(other, None) is not None:
+            self._handoffs -= 1
+            self.dropped.add(other)
 
     def _resolve(self, msg: Message) -> str:
         p = self.policy
@@ -265,7 +291,11 @@ class Correlator:
         if rcpt in msg.done:
             return  # a replayed line, or a duplicate the MTA logged twice
         msg.done[rcpt] = a.outcome.value
-        if a.outcome is Outcome.DELIVERED and a.handoff_id and self.policy.is_filter_hop(a.relay):
+        if (
+            a.outcome is Outcome.DELIVERED
+            and a.handoff_id
+            and (self.policy.is_filter_hop(a.relay) or (a.reply or "").startswith("forwarded as"))
+        ):
             hop = Message(
                 scope=HANDOFF_SCOPE,
                 queue_id=a.handoff_id,
@@ -276,10 +306,16 @@ class Correlator:
                 sender=msg.sender,
                 system=msg.system,
                 accepted_at=msg.accepted_at,
+                message_id=msg.message_id,
             )
             self.messages[(HANDOFF_SCOPE, a.handoff_id)] = hop
             self._handoffs += 1
-            self._touch((HANDOFF_SCOPE, a.handoff_id))
+            self.dirty.add((HANDOFF_SCOPE, a.handoff_id))
+            if msg.message_id:  # a filter that re-injects under its own id (Exim + amavis)
+                mid = (HANDOFF_SCOPE, "<" + msg.message_id)
+                self.messages[mid] = hop
+                self._handoffs += 1
+                self.dirty.add(mid)
             return
         self._emit(msg, a.outcome, a.ts, a.recipient, account, local=_is_local(a))
 

@@ -39,10 +39,18 @@ def totals(c: Correlator) -> dict[str, list[int]]:
 
 
 def postfix_receipt(c: Correlator, qid: str, **kw: object) -> None:
-    c.feed(Received(at(0), "mx/postfix", qid, False, client_ip="10.0.0.1",
-                    auth_id=kw.get("sasl")))  # type: ignore[arg-type]
-    c.feed(Received(at(1), "mx/postfix", qid, True, sender=str(kw.get("sender", "a@x.test")),
-                    size=int(kw.get("size", 100)), nrcpt=int(kw.get("nrcpt", 1))))  # type: ignore[call-overload]
+    c.feed(Received(at(0), "mx/postfix", qid, False, client_ip="10.0.0.1", auth_id=kw.get("sasl")))  # type: ignore[arg-type]
+    c.feed(
+        Received(
+            at(1),
+            "mx/postfix",
+            qid,
+            True,
+            sender=str(kw.get("sender", "a@x.test")),
+            size=int(kw.get("size", 100)),
+            nrcpt=int(kw.get("nrcpt", 1)),
+        )
+    )  # type: ignore[call-overload]
 
 
 def test_postfix_pieces_join_and_sasl_maps_through_domain():
@@ -80,12 +88,14 @@ def test_filter_hop_is_one_message():
     same message (no second send) and its deliveries count for the original account."""
     c = Correlator("postfix", POLICY)
     postfix_receipt(c, "D1", sasl="alice@alice.test", size=100)
-    c.feed(Attempt(at(2), "mx/postfix", "D1", "r@y", D, relay="127.0.0.1[127.0.0.1]:10024",
-                   handoff_id="D2"))
+    c.feed(
+        Attempt(
+            at(2), "mx/postfix", "D1", "r@y", D, relay="127.0.0.1[127.0.0.1]:10024", handoff_id="D2"
+        )
+    )
     c.feed(Finished(at(3), "mx/postfix", "D1"))
     c.feed(Received(at(3), "mx/postfix", "D2", False, client_ip="127.0.0.1"))
-    c.feed(Received(at(3), "mx/postfix", "D2", True, sender="alice@alice.test", size=180,
-                    nrcpt=1))
+    c.feed(Received(at(3), "mx/postfix", "D2", True, sender="alice@alice.test", size=180, nrcpt=1))
     c.feed(Attempt(at(4), "mx/postfix", "D2", "r@y", D, relay="mx.y[192.0.2.1]:25"))
     c.feed(Finished(at(5), "mx/postfix", "D2"))
     assert {"alice": [1, 1, 0, 0, 180, 0, 0]} == totals(c)
@@ -95,8 +105,9 @@ def test_handoff_to_a_remote_relay_is_a_delivery():
     """`queued as` from a remote relay is an ordinary delivery."""
     c = Correlator("postfix", POLICY)
     postfix_receipt(c, "E1")
-    c.feed(Attempt(at(2), "mx/postfix", "E1", "r@y", D, relay="mx.y[192.0.2.1]:25",
-                   handoff_id="XYZ"))
+    c.feed(
+        Attempt(at(2), "mx/postfix", "E1", "r@y", D, relay="mx.y[192.0.2.1]:25", handoff_id="XYZ")
+    )
     assert {REMOTE: [1, 1, 0, 0, 100, 0, 0]} == totals(c)
 
 
@@ -126,8 +137,9 @@ def test_cut_through_before_receipt():
     """Exim `>>` logged before `<=` waits for the receipt and counts for its account."""
     c = Correlator("exim", POLICY)
     c.feed(Attempt(at(0), "", "1a-1", "r@y", D, relay="127.0.0.1", cut_through=True))
-    c.feed(Received(at(1), "", "1a-1", True, sender="u@h", size=10, local_user="bob",
-                    protocol="local"))
+    c.feed(
+        Received(at(1), "", "1a-1", True, sender="u@h", size=10, local_user="bob", protocol="local")
+    )
     assert {"bob": [1, 1, 0, 0, 10, 0, 0]} == totals(c)
 
 
@@ -173,20 +185,118 @@ def test_rejects():
     c.feed(Rejected(at(1), "mx/postfix", "H1", "RCPT", recipient="r@y"))
     c.feed(Received(at(0), "mx/postfix", "H2", False, uid=1001))
     c.feed(Rejected(at(1), "mx/postfix", "H2", "RCPT", recipient="r@y"))
-    assert {REMOTE: [0, 0, 0, 0, 0, 1, 0], "alice": [0, 0, 0, 0, 0, 1, 0],
-            "bob": [0, 0, 0, 0, 0, 1, 0]} == totals(c)
+    assert {
+        REMOTE: [0, 0, 0, 0, 0, 1, 0],
+        "alice": [0, 0, 0, 0, 0, 1, 0],
+        "bob": [0, 0, 0, 0, 0, 1, 0],
+    } == totals(c)
 
 
 def test_exim_account_order():
     """Exim: P=local U= wins over A=; an address id maps by domain; else -remote-;
     bounces (R=, U=mailnull) are system mail."""
     c = Correlator("exim", POLICY)
-    c.feed(Received(at(0), "", "1", True, sender="x@h", local_user="carol", protocol="local",
-                    auth_id="alice@alice.test"))
+    c.feed(
+        Received(
+            at(0),
+            "",
+            "1",
+            True,
+            sender="x@h",
+            local_user="carol",
+            protocol="local",
+            auth_id="alice@alice.test",
+        )
+    )
     c.feed(Received(at(0), "", "2", True, sender="x@h", auth_id="alice@alice.test"))
     c.feed(Received(at(0), "", "3", True, sender="x@h", auth_id="dave@other.test"))
     c.feed(Received(at(0), "", "4", True, sender="x@h", client_ip="192.0.2.1"))
-    c.feed(Received(at(0), "", "5", True, sender="", parent_id="4", local_user="Debian-exim",
-                    protocol="local"))
+    c.feed(
+        Received(
+            at(0),
+            "",
+            "5",
+            True,
+            sender="",
+            parent_id="4",
+            local_user="Debian-exim",
+            protocol="local",
+        )
+    )
     assert {m.queue_id: m.account for m in c.messages.values()} == {
-        "1": "carol", "2": "alice", "3": "other.test", "4": REMOTE, "5": SYSTEM}
+        "1": "carol",
+        "2": "alice",
+        "3": "other.test",
+        "4": REMOTE,
+        "5": SYSTEM,
+    }
+
+
+def test_exim_filter_reinjection_links_by_message_id():
+    """Exim -> amavis (127.0.0.1:10024, "queued as X") -> Exim again from 127.0.0.1 with
+    the same Message-ID: one message, one send, the hop is not a delivery."""
+    c = Correlator("exim", POLICY)
+    c.feed(
+        Received(
+            at(0),
+            "",
+            "1e-1",
+            True,
+            sender="alice@alice.test",
+            size=50,
+            auth_id="alice@alice.test",
+            message_id="m1@alice.test",
+        )
+    )
+    c.feed(
+        Attempt(
+            at(1),
+            "",
+            "1e-1",
+            "r@y",
+            D,
+            relay="127.0.0.1",
+            transport="amavis",
+            handoff_id="4PbC4x469Jz3tBr",
+        )
+    )
+    c.feed(Finished(at(1), "", "1e-1"))
+    c.feed(
+        Received(
+            at(2),
+            "",
+            "1e-2",
+            True,
+            sender="alice@alice.test",
+            size=90,
+            client_ip="127.0.0.1",
+            message_id="m1@alice.test",
+        )
+    )
+    c.feed(Attempt(at(3), "", "1e-2", "r@y", D, relay="mx.y"))
+    c.feed(Finished(at(3), "", "1e-2"))
+    assert {"alice": [1, 1, 0, 0, 90, 0, 0]} == totals(c)
+    assert {} == c.messages
+
+
+def test_postfix_local_forward_is_the_same_message():
+    """`status=sent (forwarded as NEWID)` continues the message under NEWID."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "K1", sasl="alice@alice.test")
+    c.feed(
+        Attempt(
+            at(2),
+            "mx/postfix",
+            "K1",
+            "alias@here",
+            D,
+            relay="local",
+            transport="local",
+            handoff_id="K2",
+            reply="forwarded as K2",
+        )
+    )
+    c.feed(Finished(at(2), "mx/postfix", "K1"))
+    c.feed(Received(at(2), "mx/postfix", "K2", True, sender="a@x.test", size=120, nrcpt=1))
+    c.feed(Attempt(at(3), "mx/postfix", "K2", "user@elsewhere", D, relay="mx[192.0.2.3]:25"))
+    assert {"alice": [1, 1, 0, 0, 120, 0, 0]} == totals(c)

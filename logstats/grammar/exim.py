@@ -210,9 +210,19 @@ def _flag_line(flag: str, g: dict[str, str], ts: datetime, scope: str, qid: str)
         orig_recipient=orig,
         relay=_word_after(rest, " H="),
         transport=_word_after(rest, " T="),
+        handoff_id=_queued_as(rest) if outcome is Outcome.DELIVERED else None,
         cut_through=flag == ">>",
         reply=rest.partition(": ")[2] or None if outcome is not Outcome.DELIVERED else None,
     )
+
+
+def _queued_as(rest: str) -> str | None:
+    """The next hop's queue id from the confirmation (``C="250 ... queued as X"``)."""
+    at = rest.find("queued as ")
+    if at < 0 or ' C="' not in rest:
+        return None
+    token = rest[at + 10 :].partition(" ")[0].rstrip('").;,')
+    return token or None
 
 
 def _word_after(text: str, key: str) -> str | None:

@@ -345,6 +345,8 @@ def _delivery(
     handoff = None
     if reply and outcome is Outcome.DELIVERED:
         at = reply.rfind("queued as ")
+        if at < 0 and reply.startswith("forwarded as "):
+            at = 3  # "forwarded as NEWID": a local alias re-injected the message as NEWID
         if at >= 0:
             token = reply[at + 10 :].partition(" ")[0].rstrip(").;,")
             handoff = token if token.isalnum() else None
