@@ -14,13 +14,17 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from logstats import config as config_mod
 from logstats.errors import LogstatsError
 from logstats.model import Ignored, Mta, StatsRequest, Unparsed
+
+if TYPE_CHECKING:
+    from logstats.ingest import Ingestor
+    from logstats.sources import FileInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -208,6 +212,29 @@ class _ProgressBar:
         sys.stderr.write("\n")
 
 
+def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any) -> int:
+    bar = _ProgressBar() if sys.stderr.isatty() else None
+    t0 = time.monotonic()
+    report = ingestor.ingest(info, mta, bar)
+    if bar is not None:
+        bar.done()
+    seconds = time.monotonic() - t0
+    log.info(
+        "file_read" if report.skipped is None else "file_skipped",
+        path=report.path,
+        mta=mta,
+        lines=report.lines,
+        records=report.records,
+        irrelevant=report.ignored,
+        unknown=sum(report.unparsed.values()),
+        unknown_by_reason=dict(report.unparsed),
+        events=report.events,
+        lines_per_s=round(report.lines / seconds) if seconds > 0 else None,
+        reason=report.skipped,
+    )
+    return report.lines
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from logstats.ingest import Ingestor
     from logstats.store import Store
@@ -216,35 +243,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     log = structlog.get_logger()
     with Store(_db(args, cfg)) as store:
         ingestor = Ingestor(store, cfg, now=lambda: datetime.now(UTC))
-        plan = ingestor.plan(args.paths, args.mta)
-        total_lines = 0
-        started = time.monotonic()
-        for info, mta in plan:
-            bar = _ProgressBar() if sys.stderr.isatty() else None
-            t0 = time.monotonic()
-            report = ingestor.ingest(info, mta, bar)
-            if bar is not None:
-                bar.done()
-            seconds = time.monotonic() - t0
-            total_lines += report.lines
-            log.info(
-                "file_read" if report.skipped is None else "file_skipped",
-                path=report.path,
-                mta=mta,
-                lines=report.lines,
-                records=report.records,
-                irrelevant=report.ignored,
-                unknown=sum(report.unparsed.values()),
-                unknown_by_reason=dict(report.unparsed),
-                events=report.events,
-                lines_per_s=round(report.lines / seconds) if seconds > 0 else None,
-                reason=report.skipped,
-            )
+        try:
+            plan = ingestor.plan(args.paths, args.mta)
+            total_lines = 0
+            started = time.monotonic()
+            for info, mta in plan:
+                total_lines += _backfill_file(ingestor, info, mta, log)
+        finally:
+            ingestor.close()
+        pruned = store.prune(datetime.now(UTC) - timedelta(days=cfg.retention_days))
         seconds = time.monotonic() - started
         log.info(
             "backfill_done",
             files=len(plan),
             lines=total_lines,
+            events_pruned=pruned,
             seconds=round(seconds, 3),
             lines_per_s=round(total_lines / seconds) if seconds > 0 else None,
         )

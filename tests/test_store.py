@@ -137,3 +137,12 @@ def test_compact_keeps_sums(tmp_path):
         store.compact()
         assert before == store.account_stats(ALL)
         assert 1 == store.con.execute("SELECT count(*) FROM counters").fetchone()[0]
+
+
+def test_retention_prunes_events_keeps_counters(tmp_path):
+    """Events older than the horizon are deleted; counters stay."""
+    with Store(tmp_path / "r.duckdb") as store:
+        store.commit(batch(4))
+        assert 4 == store.prune(datetime(2024, 6, 1, tzinfo=UTC))
+        assert 0 == store.con.execute("SELECT count(*) FROM events").fetchone()[0]
+        assert 4 == store.account_stats(ALL)[0].sendcount
