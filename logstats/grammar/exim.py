@@ -111,10 +111,6 @@ _NOTE_KINDS = (
 )
 
 
-def _scope(groups: dict[str, str | None]) -> str:
-    return groups["sys_host"] or groups["j_host"] or groups["i_host"] or ""
-
-
 class EximParser:
     """Parses the lines of one Exim log file (carries the file's ``Clock``)."""
 
@@ -130,30 +126,37 @@ class EximParser:
             return Unparsed(bad, line[:512])
         if line[:1] in (" ", "\t") or not line:
             return Ignored("continuation")
+        if line[4:5] == "-" and line[:4].isdigit() and _MAY_COUNT.search(line) is None:
+            # prefilter: an Exim-stamped line with no flag and no countable word is noise
+            return Ignored(_noise_kind(line))
         m = match(exim_line, line)
         if m is None:
             return Unparsed("no-rule", line)
-        groups = m.groupdict()
-        ts = self._timestamp(groups)
-        if ts is None:
+        stamp, sys_stamp = m.group("stamp", "sys_stamp")
+        if stamp is None and sys_stamp is None:
             return _frameless(line)
-        scope = _scope(groups)
-        qid = groups.get("id")
-        if qid is None:
-            return _idless(groups.get("text") or "", ts, scope)
-        flag = groups.get("flag")
+        qid, flag = m.group("id", "flag")
         if flag is None:
-            return _note(groups.get("note") or "", ts, scope, qid)
-        return _flag_line(flag, groups, ts, scope, qid)
-
-    def _timestamp(self, groups: dict[str, str | None]) -> datetime | None:
-        stamp = groups.get("stamp")
+            # lines that carry nothing countable are classified before any time is parsed
+            text = m["text"] if qid is None else m["note"]
+            kind = _irrelevant(text or "", qid is not None)
+            if kind is not None:
+                return Ignored(kind)
         if stamp is not None:
-            return self._clock.iso(stamp, groups.get("offset"))
-        sys_stamp = groups.get("sys_stamp")
-        if sys_stamp is not None:
-            return self._clock.bsd(sys_stamp)
-        return None
+            ts = self._clock.iso(stamp, m["offset"])
+        else:
+            ts = self._clock.bsd(sys_stamp)
+        if ts is None:
+            return Unparsed("bad-timestamp", line)
+        scope = m["sys_host"] or m["j_host"] or m["i_host"] or ""
+        if qid is None:
+            return _idless(m["text"] or "", ts, scope)
+        if flag is None:
+            return _note(m["note"] or "", ts, scope, qid)
+        return _flag_line(flag, m, ts, scope, qid)
+
+
+_NOISE_KINDS = _IRRELEVANT_TEXT + tuple((f" {prefix}", kind) for prefix, kind in _NOTE_KINDS)
 
 
 def _frameless(line: str) -> ParseResult:
@@ -164,9 +167,42 @@ def _frameless(line: str) -> ParseResult:
     return Unparsed("no-timestamp", line)
 
 
-def _flag_line(flag: str, g: dict[str, str], ts: datetime, scope: str, qid: str) -> ParseResult:
+def _irrelevant(text: str, has_id: bool) -> str | None:
+    """The reason a line without a flag counts for nothing, or None if it may count."""
+    if "rejected" in text:
+        return None
+    if has_id:
+        if text.startswith(("Completed", "cancelled by")) or text[:3] in _FLAGS:
+            return None
+        for prefix, kind in _NOTE_KINDS:
+            if text.startswith(prefix):
+                return kind
+        return "message-note"
+    if _FLAG_WITHOUT_ID.match(text):
+        return None
+    for prefix, kind in _IRRELEVANT_TEXT:
+        if prefix in text:
+            return kind
+    return "no-message"
+
+
+# Everything a counted line contains at least one of; the rest is classified by substring.
+_MAY_COUNT = re.compile(r" (?:<=|=>|->|==|\*\*|\*>|>>|\(=) |Completed|rejected|cancelled by")
+
+
+def _noise_kind(line: str) -> str:
+    for prefix, kind in _NOISE_KINDS:
+        if prefix in line:
+            return kind
+    return "no-message"
+
+
+_FLAGS = frozenset(("<= ", "=> ", "-> ", "== ", "** ", "*> ", ">> ", "(= "))
+
+
+def _flag_line(flag: str, g: re.Match[str], ts: datetime, scope: str, qid: str) -> ParseResult:
     addr = g["addr"]
-    rest = g.get("rest") or ""
+    rest = g["rest"] or ""
     if flag in ("<=", "(="):
         f = fields(rest)
         protocol = f.get("P")
@@ -194,7 +230,7 @@ def _flag_line(flag: str, g: dict[str, str], ts: datetime, scope: str, qid: str)
     if flag == "*>":
         return Ignored("suppressed-delivery")
     recipient = addr.rstrip(":")
-    orig = address(g.get("orig"))
+    orig = address(g["orig"])
     if flag in ("=>", "->", ">>"):
         outcome = Outcome.DELIVERED
     elif flag == "==":
@@ -236,7 +272,7 @@ def _word_after(text: str, key: str) -> str | None:
 
 
 def _note(note: str, ts: datetime, scope: str, qid: str) -> ParseResult:
-    if note[:3] in ("<= ", "=> ", "-> ", "== ", "** ", "*> ", ">> ", "(= "):
+    if note[:3] in _FLAGS:
         return Unparsed("bad-flag-line", note)
     if note.startswith("Completed"):
         if note != "Completed" and match(exim_completed, note) is None:
