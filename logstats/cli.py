@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 from logstats import config as config_mod
 from logstats.errors import LogstatsError
-from logstats.model import Ignored, Mta, StatsRequest, Unparsed
+from logstats.model import Ignored, Mta, Unparsed
 
 if TYPE_CHECKING:
     from logstats.ingest import Ingestor
@@ -31,9 +32,10 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "logstats.yaml"
 
 
-def configure_logging() -> None:
+def configure_logging(stream: TextIO = sys.stderr) -> None:
+    """Console output on a terminal, JSON lines otherwise (systemd's journal)."""
     renderer: Any
-    if sys.stderr.isatty():
+    if stream.isatty() and "JOURNAL_STREAM" not in os.environ:
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -43,8 +45,8 @@ def configure_logging() -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
     )
 
 
@@ -152,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many unknown lines to print (default 10)",
     )
 
+    sv = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="follow the configured logs and answer queries (the systemd service)",
+        description="Follow the logs listed under `sources` in the config through appends, "
+        "rotation and truncation, count every line exactly once, and answer queries on "
+        "serve.socket. SIGTERM commits and exits 0; SIGHUP reloads the config.",
+    )
+    sv.set_defaults(shape=None)
+
     cc = sub.add_parser(
         "check-config",
         parents=[common],
@@ -171,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_query(args)
         if args.command == "parse":
             return cmd_parse(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_check_config(args)
     except LogstatsError as exc:
         print(f"logstats: error: {exc}", file=sys.stderr)
@@ -278,53 +292,56 @@ def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from logstats import query
+    from logstats import api, query
     from logstats.store import Store
 
     cfg = _load(args)
+    db = _db(args, cfg)
+    params = {
+        "account": args.account or "",
+        "all": "1" if args.all else "",
+        "start": args.start.isoformat() if args.start else "",
+        "end": args.end.isoformat() if args.end else "",
+        "days": str(args.days or ""),
+        "deliverytype": args.deliverytype or "",
+        "nosize": "1" if args.nosize else "",
+        "nosuccess": "1" if args.nosuccess else "",
+    }
+    params = {k: v for k, v in params.items() if v}
     try:
-        start, end = _window(args)
-        with Store(_db(args, cfg), read_only=True) as store:
-            rows = store.account_stats(StatsRequest(start, end, args.account))
-    except LogstatsError as exc:
+        _window(args)
+        answer = _ask_daemon(cfg.socket, db, params)
+        if answer is None:
+            with Store(db, read_only=True) as store:
+                answer = api.emailtrack(store.con, params)
+    except (LogstatsError, api.BadRequest) as exc:
         if args.all:
-            raise
+            raise LogstatsError(str(exc)) from exc
         print(json.dumps(query.emailtrack_error(str(exc)), indent=2))
         return 1
-    if args.deliverytype in ("remote", "remote_or_faildefer"):
-        rows = [
-            replace(
-                r,
-                successcount=r.successcount - r.local_successcount,
-                totalsize=r.totalsize - r.local_totalsize,
-            )
-            for r in rows
-        ]
-    elif args.deliverytype == "local":
-        rows = [
-            replace(r, successcount=r.local_successcount, totalsize=r.local_totalsize) for r in rows
-        ]
-    if args.all:
-        if args.format == "json":
-            out = {
-                r.account: query.emailtrack_row(r, nosize=args.nosize, nosuccess=args.nosuccess)
-                for r in rows
-            }
-            print(json.dumps(out, indent=2))
-        else:
-            print(query.emailtrack_table(rows))
-        return 0
-    from logstats.model import AccountStats
-
-    stats = rows[0] if rows else AccountStats(account=args.account)
-    print(
-        json.dumps(
-            query.emailtrack_stats(stats, nosize=args.nosize, nosuccess=args.nosuccess), indent=2
-        )
-    )
+    if args.all and args.format != "json":
+        print(query.emailtrack_table(answer))
+    else:
+        print(json.dumps(answer, indent=2))
+    if not args.all and answer["cpanelresult"]["event"]["result"] != 1:
+        return 1
     return 0
+
+
+def _ask_daemon(socket_path: str, db: str, params: dict[str, str]) -> dict[str, Any] | None:
+    """The answer from a running ``logstats serve`` for this database, else None."""
+    from logstats import api
+
+    if not os.path.exists(socket_path):
+        return None
+    try:
+        status, health = api.get(socket_path, "/healthz", {})
+        if status != 200 or os.path.realpath(health.get("db", "")) != os.path.realpath(db):
+            return None
+        status, answer = api.get(socket_path, "/v1/emailtrack", params)
+    except (OSError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
@@ -374,6 +391,23 @@ def cmd_parse(args: argparse.Namespace) -> int:
             print(f"first unknown lines ({len(shown)}):")
             print("\n".join(shown))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from logstats.daemon import Daemon
+
+    configure_logging(sys.stdout)  # the service logs to stdout: systemd keeps it
+    cfg = _load(args)
+    if args.db:
+        cfg = replace(cfg, db=args.db)
+    if not cfg.sources:
+        raise LogstatsError(
+            f"{cfg.path or 'built-in defaults'}: no `sources` to follow "
+            "(list the MTA logs under sources:)"
+        )
+    return Daemon(cfg, structlog.get_logger()).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

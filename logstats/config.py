@@ -23,6 +23,7 @@ from logstats.correlate import Policy
 from logstats.errors import ConfigError
 
 DEFAULT_DB = "/var/lib/logstats/logstats.duckdb"
+DEFAULT_SOCKET = "/run/logstats/logstats.sock"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -51,6 +52,10 @@ class Config:
     workers: int = 0  # parser processes for large files; 0: one per core, 1: none
     parallel_bytes: int = 8 << 20  # files smaller than this are parsed in-process
     sources: tuple[Source, ...] = ()
+    socket: str = DEFAULT_SOCKET  # the daemon's HTTP socket (queries while it runs)
+    batch_seconds: float = 0.25  # a batch is committed at most this long after its first line
+    poll_seconds: float = 1.0  # files are checked at least this often (lost inotify events)
+    commit_retries: int = 5  # failed commits retried with back-off before the daemon exits
 
     def tz(self) -> tzinfo:
         if self.timezone is None:
@@ -150,6 +155,12 @@ _SCHEMA: dict[str, Any] = {
     "correlation": {"ttl": "duration", "orphan_ttl": "duration", "filter_relays": list},
     "ingest": {"batch_lines": int, "max_line_length": int, "workers": int},
     "sources": list,
+    "serve": {
+        "socket": str,
+        "batch_seconds": "seconds",
+        "poll_seconds": "seconds",
+        "commit_retries": int,
+    },
 }
 
 
@@ -165,6 +176,11 @@ def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> Non
             _check(value, kind, dotted, where)
         elif kind == "duration":
             parse_duration(value, dotted, where)
+        elif kind == "seconds":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(
+                    f"{where}: {dotted}: expected a positive number of seconds, got {value!r}"
+                )
         elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{where}: {dotted}: expected a positive integer, got {value!r}")
         elif kind is not int and not isinstance(value, kind):
@@ -194,6 +210,7 @@ def load(path: str | None) -> Config:
     accounts = data.get("accounts", {})
     corr = data.get("correlation", {})
     ingest = data.get("ingest", {})
+    serve = data.get("serve", {})
     timezone = data.get("timezone")
     if timezone is not None:
         try:
@@ -236,4 +253,8 @@ def load(path: str | None) -> Config:
         max_line_length=ingest.get("max_line_length", defaults.max_line_length),
         workers=ingest.get("workers", defaults.workers),
         sources=tuple(sources),
+        socket=resolve(serve["socket"]) if "socket" in serve else defaults.socket,
+        batch_seconds=float(serve.get("batch_seconds", defaults.batch_seconds)),
+        poll_seconds=float(serve.get("poll_seconds", defaults.poll_seconds)),
+        commit_retries=serve.get("commit_retries", defaults.commit_retries),
     )

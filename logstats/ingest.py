@@ -121,6 +121,12 @@ class Ingestor:
             return report
         offset = known.byte_offset if known else 0
         lines_done = known.lines if known else 0
+        if known is not None and not info.compressed and file_size(info.path) < offset:
+            report.skipped = (
+                f"shorter ({file_size(info.path)} bytes) than when it was read as {known.path} "
+                f"({offset} bytes): a partial copy? nothing read"
+            )
+            return report
         clock = Clock(self.tz, datetime.fromtimestamp(info.mtime, UTC))
         if known is not None:
             clock.restore(known.year, known.month)

@@ -6,6 +6,7 @@ them here.  The shapes follow the documents in the project's API seeds exactly.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from logstats.model import AccountStats
@@ -71,15 +72,54 @@ def emailtrack_error(reason: str) -> dict[str, Any]:
     }
 
 
-def emailtrack_table(stats: list[AccountStats]) -> str:
-    """All accounts as an aligned text table (the CLI's default for ``--all``)."""
-    header = ("ACCOUNT", *EMAILTRACK_FIELDS)
-    rows = [header] + [(s.account, *emailtrack_row(s).values()) for s in stats]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+def emailtrack_table(rows: dict[str, dict[str, str]]) -> str:
+    """``{account: row}`` as an aligned text table (the CLI's default for ``--all``)."""
+    fields = next(iter(rows.values())).keys() if rows else EMAILTRACK_FIELDS
+    header = ("ACCOUNT", *fields)
+    table = [header] + [(account, *row.values()) for account, row in rows.items()]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = []
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
-        ]
+    for r in table:
+        cells = [r[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def apply_deliverytype(stats: list[AccountStats], deliverytype: str | None) -> list[AccountStats]:
+    """cPanel's deliverytype filter on SUCCESSCOUNT and TOTALSIZE.
+
+    ``local``: deliveries on this host only; ``remote``: deliveries to other hosts only;
+    ``remote_or_faildefer``: remote deliveries, and deferrals and failures as they are.
+    """
+    if deliverytype in ("remote", "remote_or_faildefer"):
+        return [
+            replace(
+                s,
+                successcount=s.successcount - s.local_successcount,
+                totalsize=s.totalsize - s.local_totalsize,
+            )
+            for s in stats
+        ]
+    if deliverytype == "local":
+        return [
+            replace(s, successcount=s.local_successcount, totalsize=s.local_totalsize)
+            for s in stats
+        ]
+    return stats
+
+
+def emailtrack_answer(
+    stats: list[AccountStats],
+    *,
+    account: str | None,
+    deliverytype: str | None = None,
+    nosize: bool = False,
+    nosuccess: bool = False,
+) -> dict[str, Any]:
+    """One account's ``cpanelresult``, or (``account`` None) ``{account: row}`` for all."""
+    stats = apply_deliverytype(stats, deliverytype)
+    if account is None:
+        return {s.account: emailtrack_row(s, nosize=nosize, nosuccess=nosuccess) for s in stats}
+    one = next((s for s in stats if s.account == account), AccountStats(account=account))
+    return emailtrack_stats(one, nosize=nosize, nosuccess=nosuccess)

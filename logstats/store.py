@@ -244,19 +244,29 @@ class Store:
     # -- writing -----------------------------------------------------------------------------
     def commit(self, batch: Batch, *, events_since: datetime | None = None) -> None:
         """Write one batch in one transaction; on any error nothing is written."""
+        self.commit_many([batch], events_since=events_since)
+
+    def commit_many(
+        self, batches: Sequence[Batch], *, events_since: datetime | None = None
+    ) -> None:
+        """Write batches (one per MTA) in one transaction; on any error nothing is written."""
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            if batch.counters is None:
-                self._write_counters(aggregate(batch.events))
-            else:
-                self._write_counters(
-                    {(_hour(h), batch.mta, a, d): row for (h, a, d), row in batch.counters.items()}
-                )
-            self._write_events(batch.events, events_since)
-            self._write_pending(batch)
-            self._write_positions(batch.mta, batch.positions)
-            self._write_unparsed(batch)
+            for batch in batches:
+                if batch.counters is None:
+                    self._write_counters(aggregate(batch.events))
+                else:
+                    self._write_counters(
+                        {
+                            (_hour(h), batch.mta, a, d): row
+                            for (h, a, d), row in batch.counters.items()
+                        }
+                    )
+                self._write_events(batch.events, events_since)
+                self._write_pending(batch)
+                self._write_positions(batch.mta, batch.positions)
+                self._write_unparsed(batch)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -411,45 +421,67 @@ class Store:
 
     def account_stats(self, req: StatsRequest) -> list[AccountStats]:
         """EmailTrack numbers per account for the window (hour granularity, end exclusive)."""
-        start = _naive(req.start).replace(minute=0, second=0, microsecond=0)
-        end = _naive(req.end)
-        where = "bucket >= ? AND bucket < ?"
-        params: list[Any] = [start, end]
-        pwhere = "received AND NOT continuation AND accepted_at >= ? AND accepted_at < ?"
-        pparams: list[Any] = [start, end]
-        if req.account is not None:
-            where += " AND account = ?"
-            params.append(req.account)
-            pwhere += " AND account = ?"
-            pparams.append(req.account)
-        counts = self.con.execute(
-            "SELECT account, sum(sends + rejects), sum(successes), sum(defers), "
-            "sum(fails + rejects), sum(bytes), sum(local_successes), sum(local_bytes) "
-            f"FROM counters WHERE {where} GROUP BY account",
-            params,
+        return account_stats(self.con, req)
+
+    def last_of_path(self, path: str) -> Position | None:
+        """The newest checkpoint of a path (the file that path named when last read)."""
+        row = self.con.execute(
+            "SELECT head_hash, path, inode, byte_offset, lines, mtime, done, year, month "
+            "FROM checkpoints WHERE path = ? ORDER BY updated_at DESC LIMIT 1",
+            [path],
+        ).fetchone()
+        return Position(*row) if row else None
+
+    def position(self, head_hash: str) -> Position | None:
+        row = self.con.execute(
+            "SELECT head_hash, path, inode, byte_offset, lines, mtime, done, year, month "
+            "FROM checkpoints WHERE head_hash = ?",
+            [head_hash],
+        ).fetchone()
+        return Position(*row) if row else None
+
+
+def account_stats(con: duckdb.DuckDBPyConnection, req: StatsRequest) -> list[AccountStats]:
+    """EmailTrack numbers per account (any connection or cursor: readers use their own)."""
+    start = _naive(req.start).replace(minute=0, second=0, microsecond=0)
+    end = _naive(req.end)
+    where = "bucket >= ? AND bucket < ?"
+    params: list[Any] = [start, end]
+    pwhere = "received AND NOT continuation AND accepted_at >= ? AND accepted_at < ?"
+    pparams: list[Any] = [start, end]
+    if req.account is not None:
+        where += " AND account = ?"
+        params.append(req.account)
+        pwhere += " AND account = ?"
+        pparams.append(req.account)
+    counts = con.execute(
+        "SELECT account, sum(sends + rejects), sum(successes), sum(defers), "
+        "sum(fails + rejects), sum(bytes), sum(local_successes), sum(local_bytes) "
+        f"FROM counters WHERE {where} GROUP BY account",
+        params,
+    ).fetchall()
+    progress = dict(
+        con.execute(
+            f"SELECT account, count(*) FROM pending WHERE {pwhere} GROUP BY account",
+            pparams,
         ).fetchall()
-        progress = dict(
-            self.con.execute(
-                f"SELECT account, count(*) FROM pending WHERE {pwhere} GROUP BY account",
-                pparams,
-            ).fetchall()
+    )
+    out: dict[str, AccountStats] = {}
+    for acct, sends, succ, defers, fails, size, lsucc, lsize in counts:
+        out[acct] = AccountStats(
+            account=acct,
+            sendcount=int(sends),
+            successcount=int(succ),
+            defercount=int(defers),
+            failcount=int(fails),
+            totalsize=int(size),
+            inprogresscount=int(progress.pop(acct, 0)),
+            local_successcount=int(lsucc),
+            local_totalsize=int(lsize),
         )
-        out: dict[str, AccountStats] = {}
-        for acct, sends, succ, defers, fails, size, lsucc, lsize in counts:
-            out[acct] = AccountStats(
-                account=acct,
-                sendcount=int(sends),
-                successcount=int(succ),
-                defercount=int(defers),
-                failcount=int(fails),
-                totalsize=int(size),
-                inprogresscount=int(progress.pop(acct, 0)),
-                local_successcount=int(lsucc),
-                local_totalsize=int(lsize),
-            )
-        for acct, n in progress.items():
-            out[acct] = AccountStats(account=acct, inprogresscount=int(n))
-        return [out[k] for k in sorted(out)]
+    for acct, n in progress.items():
+        out[acct] = AccountStats(account=acct, inprogresscount=int(n))
+    return [out[k] for k in sorted(out)]
 
 
 def _now() -> datetime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,9 +53,10 @@ SETTINGS = settings(
 def test_one_pass_equals_truth(tmp_path, seed):
     """One pass over a scripted log gives exactly the script's numbers for every account."""
     script = exim_log(seed)
-    log = tmp_path / f"one{seed}.log"
+    run = uuid.uuid4().hex  # hypothesis reuses tmp_path across examples
+    log = tmp_path / f"one{seed}-{run}.log"
     write(log, script.lines)
-    db = tmp_path / f"one{seed}.duckdb"
+    db = tmp_path / f"one{seed}-{run}.duckdb"
     backfill(db, log)
     assert as_strings(script.truth) == stats(db)
 
@@ -66,8 +68,9 @@ def test_split_with_restart_equals_one_pass(tmp_path, seed, cut):
     read a third time counts exactly what one pass counts."""
     script = exim_log(seed)
     k = int(len(script.lines) * cut)
-    log = tmp_path / f"split{seed}-{k}.log"
-    db = tmp_path / f"split{seed}-{k}.duckdb"
+    run = uuid.uuid4().hex  # hypothesis reuses tmp_path across examples
+    log = tmp_path / f"split{seed}-{k}-{run}.log"
+    db = tmp_path / f"split{seed}-{k}-{run}.duckdb"
     write(log, script.lines[:k])
     backfill(db, log)
     with log.open("a") as f:
@@ -179,8 +182,9 @@ def test_real_log_split_anywhere_equals_truth(tmp_path, mta, cut):
     text = (SAMPLES / f"{mta}.log").read_text()
     lines = text.splitlines(keepends=True)
     k = int(len(lines) * cut)
-    log = tmp_path / f"{mta}-{k}.log"
-    db = tmp_path / f"{mta}-{k}.duckdb"
+    run = uuid.uuid4().hex  # hypothesis reuses tmp_path across examples
+    log = tmp_path / f"{mta}-{k}-{run}.log"
+    db = tmp_path / f"{mta}-{k}-{run}.duckdb"
     cfg = Config(
         timezone="UTC",
         domains={"alice.test": "alice", "bob.test": "bob"},
@@ -195,3 +199,20 @@ def test_real_log_split_anywhere_equals_truth(tmp_path, mta, cut):
             for info, kind in ing.plan([str(log)], mta):
                 ing.ingest(info, kind)
     assert as_strings(_sample_truth(mta)) == stats(db)
+
+
+def test_file_shorter_than_its_checkpoint_is_skipped_not_fatal(tmp_path):
+    """A plain file with a known first line but fewer bytes than were read (a partial copy)
+    is reported and skipped; the other files are still read."""
+    full, other = exim_log(21), exim_log(22)
+    log = tmp_path / "mainlog"
+    write(log, full.lines)
+    db = tmp_path / "s.duckdb"
+    backfill(db, log)
+    partial = tmp_path / "partial-copy"
+    write(partial, full.lines[: len(full.lines) // 2])
+    second = tmp_path / "other"
+    write(second, [line.replace("2024-12-31", "2025-02-01") for line in other.lines])
+    proc = run_cli("backfill", "--db", str(db), str(partial), str(second))
+    assert "a partial copy? nothing read" in proc.stderr
+    assert "file_read" in proc.stderr

@@ -10,7 +10,7 @@ from logstats.cli import build_parser
 from tests.conftest import ROOT, run_cli, scenario_config
 from tests.logmaker import exim_log
 
-COMMANDS = ["backfill", "query emailtrack", "parse", "check-config"]
+COMMANDS = ["backfill", "query emailtrack", "parse", "serve", "check-config"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -24,7 +24,7 @@ def test_commands_have_help_and_are_documented(command):
 def test_parser_lists_the_documented_commands():
     """The documented commands are exactly the parser's."""
     sub = build_parser()._subparsers._group_actions[0]
-    assert {"backfill", "query", "parse", "check-config"} == set(sub.choices)
+    assert {"backfill", "query", "parse", "serve", "check-config"} == set(sub.choices)
 
 
 def test_parse_report(tmp_path):

@@ -1,0 +1,467 @@
+"""``logstats serve``: follow the configured logs, count exactly once, answer queries.
+
+One thread (this loop) owns the followers, the correlators and the read-write DuckDB
+connection.  The watchdog observer only wakes it; a timer wakes it too, because inotify
+can lose events and some filesystems have none.  Work is committed in batches, bounded by
+size (``ingest.batch_lines``) and by age (``serve.batch_seconds``), each in one transaction
+with the files' checkpoints and the in-flight messages: after ``kill -9`` the next start
+continues from the last commit, and nothing is lost or counted twice.
+
+SIGTERM/SIGINT commit the open batch and exit 0; SIGHUP reloads the configuration
+(account map, sources) without losing a line.  A commit that fails (disk full) is rolled
+back and retried with back-off; after ``serve.commit_retries`` failures the daemon exits
+1 so that systemd restarts it from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import duckdb
+
+from logstats import config as config_mod
+from logstats.api import ApiServer
+from logstats.correlate import Correlator
+from logstats.errors import ConfigError
+from logstats.follow import Follower
+from logstats.grammar import Clock, LineParser, detect_mta, make_parser, parse_lines
+from logstats.model import Position
+from logstats.notify import Notifier
+from logstats.sources import split_lines
+from logstats.store import Batch, Store
+
+Log = Any  # a structlog bound logger
+
+
+@dataclass(slots=True)
+class _Open:
+    """What is waiting to be committed."""
+
+    lines: int = 0
+    first_at: float | None = None
+    positions: dict[str, tuple[str, Position]] = field(default_factory=dict)  # head -> mta, pos
+    unparsed: dict[str, Counter[str]] = field(default_factory=dict)
+    samples: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: config_mod.Config,
+        log: Log,
+        notifier: Notifier | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.notifier = notifier or Notifier.from_env()
+        self.monotonic = monotonic
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.reload_requested = False
+        self.followers: dict[str, Follower] = {}
+        self.parsers: dict[str, tuple[LineParser, Clock]] = {}
+        self.correlators: dict[str, Correlator] = {}
+        self.open = _Open()
+        self.unsaved: list[_Pending] = []
+        self.failures = 0
+        self.retry_at = 0.0
+        self.total_lines = 0
+        self.rate_window: list[tuple[float, int]] = []
+        self.last_sample: dict[str, float] = {}
+        self.last_prune = 0.0
+
+    # -- life cycle --------------------------------------------------------------------------
+    def run(self) -> int:
+        self.store = Store(self.config.db)
+        try:
+            return self._run()
+        finally:
+            self.store.close()
+
+    def _run(self) -> int:
+        policy = self.config.policy()
+        for mta in ("exim", "postfix"):
+            self.correlators[mta] = Correlator(mta, policy, self.store.pending(mta))
+        self._sync_followers()
+        api = ApiServer(self.config.socket, self.store.con, self.status)
+        threading.Thread(target=api.serve_forever, name="api", daemon=True).start()
+        observer = self._observe()
+        self._signals()
+        self._poll_all()
+        self._commit(force=True)
+        self.notifier.ready(self._status_line())
+        self.log.info(
+            "serve_ready",
+            sources=list(self.followers),
+            socket=self.config.socket,
+            db=self.config.db,
+        )
+        code = 0
+        try:
+            code = self._loop()
+        finally:
+            self.notifier.stopping()
+            if observer is not None:
+                observer.stop()
+            api.shutdown_and_remove()
+            for follower in self.followers.values():
+                follower.close()
+        self.log.info("serve_stopped", lines=self.total_lines, exit_code=code)
+        return code
+
+    def _loop(self) -> int:
+        ping = self.notifier.watchdog_interval()
+        last_ping = last_status = self.monotonic()
+        while not self.stop.is_set():
+            self.wake.wait(self._timeout())
+            self.wake.clear()
+            if self.reload_requested:
+                self._reload()
+            self._poll_all()
+            if not self._commit(force=False):
+                return 1
+            now = self.monotonic()
+            if ping is not None and now - last_ping >= ping:
+                self.notifier.watchdog()
+                last_ping = now
+            if now - last_status >= 5.0:
+                self.notifier.status(self._status_line())
+                last_status = now
+            if now - self.last_prune > 3600:
+                self.last_prune = now
+                self._prune()
+        self._poll_all()
+        return 0 if self._commit(force=True, final=True) else 1
+
+    def _timeout(self) -> float:
+        timeout = self.config.poll_seconds
+        if self.open.first_at is not None:
+            due = self.open.first_at + self.config.batch_seconds - self.monotonic()
+            timeout = min(timeout, max(due, 0.0))
+        if self.unsaved:
+            timeout = min(timeout, max(self.retry_at - self.monotonic(), 0.0))
+        return timeout
+
+    def _signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.stop.set()
+            self.wake.set()
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self.reload_requested = True
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _observe(self) -> Any:
+        """inotify (watchdog) on the sources' folders; polling covers what it misses."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - watchdog is a dependency
+            return None
+        wake = self.wake
+
+        class Waker(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        observer = Observer()
+        folders = {os.path.dirname(os.path.abspath(p)) for p in self.followers}
+        try:
+            for folder in folders:
+                if os.path.isdir(folder):
+                    observer.schedule(Waker(), folder, recursive=False)
+            observer.start()
+        except OSError as exc:
+            self.log.warning("inotify_unavailable", error=str(exc), fallback="polling")
+            return None
+        return observer
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        self.notifier.reloading()
+        path = self.config.path
+        try:
+            new = config_mod.load(path)
+        except ConfigError as exc:
+            self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
+            self.notifier.ready(self._status_line())
+            return
+        if new.db != self.config.db:
+            self.log.warning(
+                "reload_db_ignored",
+                db=new.db,
+                running=self.config.db,
+                hint="a new store.path takes effect on restart",
+            )
+            new = config_mod.Config(**{**_fields(new), "db": self.config.db})
+        self.config = new
+        policy = new.policy()
+        for correlator in self.correlators.values():
+            correlator.policy = policy
+        self._sync_followers()
+        self.log.info("config_reloaded", path=path, sources=list(self.followers))
+        self.notifier.ready(self._status_line())
+
+    def _sync_followers(self) -> None:
+        wanted: dict[str, str | None] = {}
+        for source in self.config.sources:
+            for path in _expand(source.path):
+                wanted[path] = source.mta
+        for path in list(self.followers):
+            if path not in wanted:
+                self.followers.pop(path).close()
+        for path, mta in wanted.items():
+            if path not in self.followers:
+                self.followers[path] = Follower(
+                    path,
+                    mta or "",
+                    self.store.position,
+                    self.store.last_of_path,
+                    self.config.max_line_length,
+                )
+
+    # -- reading -----------------------------------------------------------------------------
+    def _poll_all(self) -> None:
+        for follower in self.followers.values():
+            for piece in follower.poll():
+                self._take(follower, piece.body, piece.position, piece.too_long)
+            for note in follower.notes:
+                self.log.warning(note.event, path=note.path, detail=note.detail)
+            follower.notes.clear()
+
+    def _take(self, follower: Follower, body: bytes, pos: Position, too_long: int) -> None:
+        lines, dropped = split_lines(body, self.config.max_line_length)
+        if not follower.mta:
+            follower.mta = detect_mta(lines) or ""
+            if not follower.mta:
+                self.log.warning(
+                    "source_mta_unknown", path=follower.path, hint="set sources[].mta in the config"
+                )
+                return
+        mta = follower.mta
+        parser, clock = self._parser(mta, pos)
+        parsed = parse_lines(parser, lines)
+        correlator = self.correlators[mta]
+        for record in parsed.records:
+            correlator.feed(record)
+        year, month = clock.state()
+        op = self.open
+        op.positions[pos.head_hash] = (
+            mta,
+            Position(
+                pos.head_hash,
+                pos.path,
+                pos.inode,
+                pos.byte_offset,
+                pos.lines,
+                pos.mtime,
+                pos.done,
+                year,
+                month,
+            ),
+        )
+        n = len(lines) + dropped + too_long
+        if dropped or too_long:
+            parsed.unparsed["too-long"] += dropped + too_long
+        if parsed.unparsed:
+            op.unparsed.setdefault(mta, Counter()).update(parsed.unparsed)
+            samples = op.samples.setdefault(mta, {})
+            for reason, text in parsed.samples.items():
+                samples.setdefault(reason, text)
+                self._sample(mta, reason, text)
+        op.lines += n
+        self.total_lines += n
+        if op.first_at is None:
+            op.first_at = self.monotonic()
+
+    def _parser(self, mta: str, pos: Position) -> tuple[LineParser, Clock]:
+        entry = self.parsers.get(pos.head_hash)
+        if entry is None:
+            known = self.store.position(pos.head_hash)
+            clock = Clock(self.config.tz(), datetime.fromtimestamp(pos.mtime, UTC))
+            if known is not None:
+                clock.restore(known.year, known.month)
+            entry = (make_parser(mta, clock, self.config.max_line_length), clock)
+            self.parsers[pos.head_hash] = entry
+        return entry
+
+    def _sample(self, mta: str, reason: str, text: str) -> None:
+        now = self.monotonic()
+        if now - self.last_sample.get(reason, -1e9) >= 60.0:
+            self.last_sample[reason] = now
+            self.log.warning("unknown_line", mta=mta, reason=reason, sample=text[:300])
+
+    # -- committing --------------------------------------------------------------------------
+    def _commit(self, *, force: bool, final: bool = False) -> bool:
+        """Commit if the open batch is due; False when the daemon must exit."""
+        op = self.open
+        now = self.monotonic()
+        due = (
+            force
+            or op.lines >= self.config.batch_lines
+            or (op.first_at is not None and now - op.first_at >= self.config.batch_seconds)
+        )
+        if self.unsaved and now < self.retry_at and not final:
+            return True
+        if not due and not self.unsaved:
+            return True
+        if due:
+            self.unsaved.append(self._drain())
+        started = time.perf_counter()
+        try:
+            self.store.commit_many(self._merge(self.unsaved))
+        except duckdb.Error as exc:
+            self.failures += 1
+            backoff = min(0.5 * 2 ** (self.failures - 1), 30.0)
+            self.retry_at = now + backoff
+            self.log.error(
+                "commit_failed",
+                error=str(exc),
+                attempt=self.failures,
+                retry_in_s=backoff,
+                rolled_back=True,
+            )
+            if self.failures > self.config.commit_retries:
+                self.log.error("giving_up", hint="restarting resumes from the last commit")
+                return False
+            return not final or self._retry_final()
+        ms = (time.perf_counter() - started) * 1000
+        lines = sum(b.lines for b in self.unsaved)
+        if lines:
+            batches = self._merge(self.unsaved)
+            self.log.info(
+                "batch_committed",
+                lines=lines,
+                events=sum(
+                    sum(row[:4]) + row[5] for b in batches for row in (b.counters or {}).values()
+                ),
+                unknown=sum(sum(b.unparsed.values()) for b in batches),
+                lag_s=self._lag(),
+                ms=round(ms, 1),
+            )
+        self.unsaved.clear()
+        self.failures = 0
+        self._count_rate(lines)
+        return True
+
+    def _retry_final(self) -> bool:
+        while self.unsaved and self.failures <= self.config.commit_retries:
+            time.sleep(max(self.retry_at - self.monotonic(), 0.0))
+            try:
+                self.store.commit_many(self._merge(self.unsaved))
+            except duckdb.Error as exc:
+                self.failures += 1
+                self.retry_at = self.monotonic() + min(0.5 * 2 ** (self.failures - 1), 30.0)
+                self.log.error("commit_failed", error=str(exc), attempt=self.failures)
+                continue
+            self.unsaved.clear()
+            return True
+        return not self.unsaved
+
+    def _drain(self) -> _Pending:
+        op, self.open = self.open, _Open()
+        now = datetime.now(UTC)
+        pending = _Pending(lines=op.lines)
+        for mta, correlator in self.correlators.items():
+            correlator.expire(now)
+            correlator.events_since = now - timedelta(days=self.config.retention_days)
+            counters, events, upsert, dropped = correlator.drain()
+            pending.batches.append(
+                Batch(
+                    mta=mta,
+                    events=events,
+                    counters=counters,
+                    upsert=upsert,
+                    dropped=dropped,
+                    positions=[p for m, p in op.positions.values() if m == mta],
+                    unparsed=dict(op.unparsed.get(mta, {})),
+                    samples=op.samples.get(mta, {}),
+                )
+            )
+        return pending
+
+    @staticmethod
+    def _merge(unsaved: list[_Pending]) -> list[Batch]:
+        return [b for p in unsaved for b in p.batches]
+
+    def _prune(self) -> None:
+        horizon = datetime.now(UTC) - timedelta(days=self.config.retention_days)
+        try:
+            removed = self.store.prune(horizon)
+        except duckdb.Error as exc:
+            self.log.error("prune_failed", error=str(exc))
+            return
+        if removed:
+            self.log.info("events_pruned", rows=removed, older_than=horizon.isoformat())
+
+    # -- status ------------------------------------------------------------------------------
+    def _count_rate(self, lines: int) -> None:
+        now = self.monotonic()
+        self.rate_window.append((now, lines))
+        self.rate_window = [(t, n) for t, n in self.rate_window if now - t <= 60.0]
+
+    def _rate(self) -> float:
+        if not self.rate_window:
+            return 0.0
+        span = max(self.monotonic() - self.rate_window[0][0], 1.0)
+        return sum(n for _, n in self.rate_window) / span
+
+    def _lag(self) -> float | None:
+        newest = max((c.last_ts for c in self.correlators.values() if c.last_ts), default=None)
+        if newest is None:
+            return None
+        return round((datetime.now(UTC) - newest).total_seconds(), 3)
+
+    def _status_line(self) -> str:
+        lag = self._lag()
+        lag_text = "-" if lag is None else f"{lag:.1f}s"
+        return f"{self._rate():.0f} lines/s, lag {lag_text}, {len(self.followers)} sources"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "db": self.config.db,
+            "lines": self.total_lines,
+            "lines_per_s": round(self._rate(), 1),
+            "lag_s": self._lag(),
+            "sources": sorted(self.followers),
+            "in_flight": sum(len(c.messages) for c in self.correlators.values()),
+        }
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A drained batch (one ``Batch`` per MTA) not yet committed."""
+
+    lines: int
+    batches: list[Batch] = field(default_factory=list)
+
+
+def _expand(pattern: str) -> list[str]:
+    import glob
+
+    if glob.has_magic(pattern):
+        return sorted(p for p in glob.glob(pattern) if not _looks_rotated(p))
+    return [pattern]
+
+
+def _looks_rotated(path: str) -> bool:
+    tail = path.rsplit("/", 1)[-1]
+    return tail.endswith((".gz", ".bz2", ".xz")) or tail.rsplit(".", 1)[-1].isdigit()
+
+
+def _fields(cfg: config_mod.Config) -> dict[str, Any]:
+    return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}

@@ -1,0 +1,311 @@
+"""Follow one log path through appends, rotation and truncation.
+
+These log files are appended to by the MTA (or syslog) and are, from time to time, rotated
+or truncated by logrotate, ``exicyclog`` or cPanel:
+
+* **rename + create** (logrotate's default, exicyclog): the path names a new inode.  The
+  old file may still get a last line from a writer holding it open, so it is drained to
+  its end through the handle we already hold, then the new file is read from its start.
+* **delete + re-create**: the same, seen as a missing path for a while.
+* **copytruncate**: the same inode shrinks (or starts with a different first line).  The
+  lines written between our last read and the copy are in the copy, which has the old
+  first line: it is found among the siblings by that fingerprint and read from our offset.
+* **compressed later** (``.1`` -> ``.2.gz``): a file is identified by the hash of its first
+  line, not by name or inode, so the compressed copy is recognised and not read twice.
+* **rotated while stopped**: at start, if the path's last checkpoint names a different
+  first line, that predecessor is looked up among the siblings and finished first.
+
+Only complete lines are handed on; a partial last line waits for its newline.  A line
+longer than the limit is skipped up to its newline and counted.  ``poll()`` does all of
+this without sleeping; the daemon decides when to call it (watchdog wake-up or timer).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from logstats.errors import SourceError
+from logstats.model import Position
+from logstats.sources import compression, open_binary, read_chunks
+
+READ = 1 << 20
+HEAD_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class Piece:
+    """Complete lines read from one file, and where that file stands afterwards."""
+
+    body: bytes
+    position: Position
+    too_long: int = 0
+
+
+@dataclass(slots=True)
+class Note:
+    """Something worth a log line: rotation, truncation, a missing or unreadable file."""
+
+    event: str  # source_rotated, source_truncated, source_missing, source_error, ...
+    path: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Open:
+    path: str
+    fh: BinaryIO
+    inode: int
+    head_hash: str
+    offset: int
+    lines: int
+    mtime: float
+    skipping: bool = False
+
+
+def head_hash_of(fh: BinaryIO) -> str:
+    """Hash of the first complete line ("" while there is none)."""
+    fh.seek(0)
+    head = fh.read(HEAD_LIMIT)
+    nl = head.find(b"\n")
+    return hashlib.sha1(head[: nl + 1]).hexdigest() if nl >= 0 else ""
+
+
+def siblings(path: str) -> list[str]:
+    """Rotated copies of ``path``: ``path.1``, ``path.2.gz``, ``path-20240101`` ..."""
+    base = glob.escape(path)
+    found = set(glob.glob(base + ".*")) | set(glob.glob(base + "-*"))
+    found.discard(path)
+    return sorted(found, key=lambda p: os.stat(p).st_mtime if os.path.exists(p) else 0.0)
+
+
+def file_head_hash(path: str) -> str:
+    with open_binary(path) as f:
+        head = f.read(HEAD_LIMIT)
+    nl = head.find(b"\n")
+    if nl >= 0:
+        return hashlib.sha1(head[: nl + 1]).hexdigest()
+    return hashlib.sha1(head).hexdigest() if head and compression(path) else ""
+
+
+@dataclass(slots=True)
+class Follower:
+    """The state of one followed path; ``poll()`` returns what is new since last time."""
+
+    path: str
+    mta: str
+    checkpoint: Callable[[str], Position | None]  # head hash -> stored position
+    last_of_path: Callable[[str], Position | None]  # path -> its newest stored position
+    max_line_length: int = 65536
+    current: _Open | None = None
+    missing_reported: bool = False
+    error_reported: str = ""
+    notes: list[Note] = field(default_factory=list)
+    started: bool = False
+
+    def poll(self) -> list[Piece]:
+        pieces: list[Piece] = []
+        if not self.started:
+            self.started = True
+            pieces += self._finish_predecessor()
+        if self.current is None and not self._open(pieces):
+            return pieces
+        cur = self.current
+        assert cur is not None
+        pieces += self._read(cur, final=False)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not self.missing_reported:
+                self.notes.append(Note("source_missing", self.path, "waiting for it to return"))
+                self.missing_reported = True
+            return pieces
+        except OSError as exc:
+            self._error(f"cannot stat: {exc.strerror}")
+            return pieces
+        self.missing_reported = False
+        if st.st_ino != cur.inode:
+            pieces += self._read(cur, final=True)  # drain the renamed or deleted file
+            cur.fh.close()
+            self.current = None
+            self.notes.append(
+                Note("source_rotated", self.path, f"inode {cur.inode} -> {st.st_ino}")
+            )
+            if self._open(pieces):
+                assert self.current is not None
+                pieces += self._read(self.current, final=False)
+        elif st.st_size < cur.offset or self._head_changed(cur):
+            pieces += self._truncated(cur)
+        return pieces
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.fh.close()
+            self.current = None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _error(self, detail: str) -> None:
+        if detail != self.error_reported:
+            self.notes.append(Note("source_error", self.path, detail))
+            self.error_reported = detail
+
+    def _open(self, pieces: list[Piece]) -> bool:
+        try:
+            fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - held across polls
+        except FileNotFoundError:
+            if not self.missing_reported:
+                self.notes.append(Note("source_missing", self.path, "waiting for it to appear"))
+                self.missing_reported = True
+            return False
+        except OSError as exc:
+            self._error(f"cannot open: {exc.strerror} (will retry)")
+            return False
+        self.missing_reported = False
+        self.error_reported = ""
+        head = head_hash_of(fh)
+        if not head:
+            fh.close()  # no complete first line yet: no identity, try again later
+            return False
+        st = os.fstat(fh.fileno())
+        known = self.checkpoint(head)
+        offset = known.byte_offset if known and not known.done else 0
+        lines = known.lines if known and not known.done else 0
+        if known is not None and known.done:
+            fh.close()
+            return False
+        if st.st_size < offset:
+            offset, lines = 0, 0  # shorter than its checkpoint: truncated and rewritten
+        self.current = _Open(self.path, fh, st.st_ino, head, offset, lines, st.st_mtime)
+        return True
+
+    def _head_changed(self, cur: _Open) -> bool:
+        try:
+            return head_hash_of(cur.fh) not in ("", cur.head_hash)
+        except OSError:
+            return False
+
+    def _truncated(self, cur: _Open) -> list[Piece]:
+        """copytruncate: finish the copy (same first line) from our offset, restart at 0."""
+        pieces: list[Piece] = []
+        for sib in reversed(siblings(self.path)):
+            try:
+                if file_head_hash(sib) != cur.head_hash:
+                    continue
+            except (OSError, SourceError, EOFError):
+                continue
+            pieces += self._read_file(sib, cur.head_hash, cur.offset, cur.lines)
+            break
+        self.notes.append(Note("source_truncated", self.path, f"at byte {cur.offset}"))
+        cur.fh.close()
+        self.current = None
+        if self._open(pieces):
+            assert self.current is not None
+            pieces += self._read(self.current, final=False)
+        return pieces
+
+    def _finish_predecessor(self) -> list[Piece]:
+        """Rotation while stopped: finish the file this path named at the last checkpoint."""
+        last = self.last_of_path(self.path)
+        if last is None or last.done:
+            return []
+        try:
+            if os.path.exists(self.path) and file_head_hash(self.path) == last.head_hash:
+                return []  # still the same file: poll() resumes it
+        except (OSError, SourceError):
+            return []
+        for sib in reversed(siblings(self.path)):
+            try:
+                if file_head_hash(sib) != last.head_hash:
+                    continue
+            except (OSError, SourceError, EOFError):
+                continue
+            self.notes.append(Note("source_rotated_while_stopped", self.path, f"finishing {sib}"))
+            return self._read_file(sib, last.head_hash, last.byte_offset, last.lines)
+        self.notes.append(
+            Note(
+                "source_predecessor_missing",
+                self.path,
+                f"the file last read ({last.head_hash[:12]}) is gone; lines after byte "
+                f"{last.byte_offset} of it cannot be read",
+            )
+        )
+        return []
+
+    def _read_file(self, path: str, head: str, offset: int, lines: int) -> list[Piece]:
+        """Read a finished (rotated, maybe compressed) file to its end."""
+        pieces = []
+        st = os.stat(path)
+        for raw in read_chunks(path, offset, final=True, max_line_length=self.max_line_length):
+            lines += raw.body.count(b"\n") + (0 if raw.body.endswith(b"\n") or not raw.body else 1)
+            pieces.append(
+                Piece(
+                    raw.body,
+                    Position(head, path, st.st_ino, raw.end_offset, lines, st.st_mtime, done=True),
+                    raw.too_long,
+                )
+            )
+        if not pieces:
+            pieces.append(
+                Piece(b"", Position(head, path, st.st_ino, offset, lines, st.st_mtime, done=True))
+            )
+        return pieces
+
+    def _read(self, cur: _Open, *, final: bool) -> list[Piece]:
+        """Complete lines appended to the open file since the last read."""
+        pieces = []
+        cur.fh.seek(cur.offset)
+        pending = b""
+        while True:
+            try:
+                data = cur.fh.read(READ)
+            except OSError as exc:
+                self._error(f"cannot read: {exc.strerror}")
+                break
+            if not data:
+                break
+            buf = pending + data
+            too_long = 0
+            if cur.skipping:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    cur.offset += len(buf)
+                    pending = b""
+                    continue
+                cur.offset += nl + 1
+                buf = buf[nl + 1 :]
+                cur.skipping = False
+            last = buf.rfind(b"\n")
+            if last < 0:
+                if len(buf) > self.max_line_length:
+                    cur.offset += len(buf)
+                    cur.skipping = True
+                    pending = b""
+                    pieces.append(self._piece(cur, b"", 1))
+                else:
+                    pending = buf
+                continue
+            body, pending = buf[: last + 1], buf[last + 1 :]
+            cur.offset += len(body)
+            cur.lines += body.count(b"\n")
+            pieces.append(self._piece(cur, body, too_long))
+        if final and pending and not cur.skipping:
+            cur.offset += len(pending)
+            cur.lines += 1
+            pieces.append(self._piece(cur, pending, 0))
+        return pieces
+
+    def _piece(self, cur: _Open, body: bytes, too_long: int) -> Piece:
+        return Piece(
+            body,
+            Position(cur.head_hash, cur.path, cur.inode, cur.offset, cur.lines, cur.mtime),
+            too_long,
+        )
+
+
+def existing(path: str) -> bool:
+    return Path(path).exists()
