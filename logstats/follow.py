@@ -117,6 +117,9 @@ class Follower:
             return pieces
         cur = self.current
         assert cur is not None
+        if self._was_truncated(cur):
+            # before reading: the bytes after our offset belong to new content now
+            return pieces + self._truncated(cur)
         pieces += self._read(cur, final=False)
         try:
             st = os.stat(self.path)
@@ -139,8 +142,6 @@ class Follower:
             if self._open(pieces):
                 assert self.current is not None
                 pieces += self._read(self.current, final=False)
-        elif st.st_size < cur.offset or self._head_changed(cur):
-            pieces += self._truncated(cur)
         return pieces
 
     def close(self) -> None:
@@ -183,8 +184,11 @@ class Follower:
         self.current = _Open(self.path, fh, st.st_ino, head, offset, lines, st.st_mtime)
         return True
 
-    def _head_changed(self, cur: _Open) -> bool:
+    def _was_truncated(self, cur: _Open) -> bool:
+        """copytruncate: the open file shrank, or starts with another first line."""
         try:
+            if os.fstat(cur.fh.fileno()).st_size < cur.offset:
+                return True
             return head_hash_of(cur.fh) not in ("", cur.head_hash)
         except OSError:
             return False
@@ -297,6 +301,10 @@ class Follower:
             cur.offset += len(pending)
             cur.lines += 1
             pieces.append(self._piece(cur, pending, 0))
+        elif len(pending) > self.max_line_length:
+            cur.offset += len(pending)  # an over-long line still being written: skip it
+            cur.skipping = True
+            pieces.append(self._piece(cur, b"", 1))
         return pieces
 
     def _piece(self, cur: _Open, body: bytes, too_long: int) -> Piece:
