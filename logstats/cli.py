@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -257,14 +258,31 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     log = structlog.get_logger()
     with Store(_db(args, cfg)) as store:
         ingestor = Ingestor(store, cfg, now=lambda: datetime.now(UTC))
+
+        def interrupt(signum: int, frame: object) -> None:
+            if ingestor.interrupted:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now (the store stays consistent)
+            ingestor.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, interrupt)
         try:
             plan = ingestor.plan(args.paths, args.mta)
             total_lines = 0
             started = time.monotonic()
             for info, mta in plan:
                 total_lines += _backfill_file(ingestor, info, mta, log)
+                if ingestor.interrupted:
+                    break
         finally:
+            signal.signal(signal.SIGINT, previous)
             ingestor.close()
+        if ingestor.interrupted:
+            log.warning(
+                "backfill_interrupted",
+                lines=total_lines,
+                hint="every batch read so far is stored; run the same command to continue",
+            )
+            return 130
         pruned = store.prune(datetime.now(UTC) - timedelta(days=cfg.retention_days))
         seconds = time.monotonic() - started
         log.info(

@@ -11,6 +11,7 @@ import glob
 import multiprocessing
 import os
 import re
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -85,6 +86,7 @@ class Ingestor:
         self.tz = config.tz()
         self.correlators: dict[str, Correlator] = {}
         self._executor: ProcessPoolExecutor | None = None
+        self.interrupted = False  # set (from a signal handler) to stop after this batch
 
     def correlator(self, mta: str) -> Correlator:
         c = self.correlators.get(mta)
@@ -165,6 +167,9 @@ class Ingestor:
                 unparsed, samples = Counter(), {}
             if progress is not None:
                 progress(info.path, report.lines, offset)
+            if self.interrupted:
+                report.skipped = "interrupted"
+                break
         self._commit(
             mta=mta,
             info=info,
@@ -231,7 +236,9 @@ class Ingestor:
     def _pool(self, workers: int) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_sigint,
             )
         return self._executor
 
@@ -283,3 +290,8 @@ class Ingestor:
         self.store.commit(batch)
         report.events += len(events)
         report.unparsed.update(unparsed)
+
+
+def _ignore_sigint() -> None:
+    """Parser workers leave Ctrl-C to the main process, which stops after its batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -7,7 +7,7 @@ import gzip
 import pytest
 
 from logstats.cli import build_parser
-from tests.conftest import ROOT, run_cli, scenario_config
+from tests.conftest import ROOT, all_stats, run_cli, scenario_config
 from tests.logmaker import exim_log
 
 COMMANDS = ["backfill", "query emailtrack", "parse", "serve", "check-config"]
@@ -89,3 +89,48 @@ def test_binary_junk_and_huge_lines_are_counted_not_fatal(tmp_path):
     from tests.logmaker import as_strings
 
     assert as_strings(script.truth) == all_stats(db)
+
+
+def test_ctrl_c_leaves_a_store_the_next_run_completes(tmp_path):
+    """SIGINT during a backfill exits 130 after the batch in hand; running the same
+    command again gives exactly what one uninterrupted run gives."""
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "big.log"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "genlog.py"),
+            "--mta",
+            "exim",
+            "--lines",
+            "300000",
+            "--out",
+            str(log),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"accounts: {{userdomains: {log}.userdomains}}\ntimezone: UTC\n"
+        "ingest: {batch_lines: 20000}\n"
+    )
+    args = ["backfill", "--config", str(cfg)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logstats", *args, "--db", str(tmp_path / "a.duckdb"), str(log)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    while not (tmp_path / "a.duckdb").exists() and proc.poll() is None:
+        pass  # the store exists: the run is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert 130 == proc.returncode, err
+    assert "Traceback" not in err
+    run_cli(*args, "--db", str(tmp_path / "a.duckdb"), str(log))
+    run_cli(*args, "--db", str(tmp_path / "b.duckdb"), str(log))
+    assert all_stats(tmp_path / "b.duckdb") == all_stats(tmp_path / "a.duckdb")
