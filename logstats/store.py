@@ -12,6 +12,7 @@ tables only.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -183,9 +184,17 @@ class Store:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
+                holder = re.search(r"held in (.*?) \(PID (\d+)\)", str(exc))
+                who = (
+                    f"process {holder.group(2)} ({holder.group(1)})"
+                    if holder
+                    else "another process"
+                )
                 raise StoreLockedError(
-                    f"database {self.path} is locked by another process (is `logstats serve` "
-                    "running? stop it, or query through it)"
+                    f"database {self.path} is locked by {who}: a running `logstats serve` or "
+                    "`logstats backfill`. Queries go through a running `logstats serve`; to "
+                    "backfill, stop the service (systemctl stop logstats), run backfill, start it "
+                    "again"
                 ) from exc
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         except duckdb.Error as exc:

@@ -121,7 +121,7 @@ def test_locked_database_gives_a_clear_error(tmp_path):
     )
     try:
         assert "ok" == holder.stdout.readline().strip()
-        with pytest.raises(StoreLockedError, match="locked by another process"):
+        with pytest.raises(StoreLockedError, match=rf"locked by process {holder.pid} "):
             Store(path)
     finally:
         holder.stdin.close()
