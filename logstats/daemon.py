@@ -79,6 +79,7 @@ class Daemon:
         self.rate_window: list[tuple[float, int]] = []
         self.last_sample: dict[str, float] = {}
         self.last_prune = 0.0
+        self.backlog = False
 
     # -- life cycle --------------------------------------------------------------------------
     def run(self) -> int:
@@ -144,6 +145,8 @@ class Daemon:
         return 0 if self._commit(force=True, final=True) else 1
 
     def _timeout(self) -> float:
+        if self.backlog:
+            return 0.0  # catching up: read on at once (commits are bounded by batch_lines)
         timeout = self.config.poll_seconds
         if self.open.first_at is not None:
             due = self.open.first_at + self.config.batch_seconds - self.monotonic()
@@ -236,8 +239,11 @@ class Daemon:
 
     # -- reading -----------------------------------------------------------------------------
     def _poll_all(self) -> None:
+        self.backlog = False
         for follower in self.followers.values():
-            for piece in follower.poll():
+            pieces = follower.poll()
+            self.backlog = self.backlog or follower.more
+            for piece in pieces:
                 self._take(follower, piece.body, piece.position, piece.too_long)
             for note in follower.notes:
                 self.log.warning(note.event, path=note.path, detail=note.detail)

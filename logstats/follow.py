@@ -25,7 +25,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +35,7 @@ from logstats.model import Position
 from logstats.sources import compression, open_binary, read_chunks
 
 READ = 1 << 20
+READ_BUDGET = 8 << 20  # bytes one poll reads at most
 HEAD_LIMIT = 64 * 1024
 
 
@@ -107,20 +108,37 @@ class Follower:
     error_reported: str = ""
     notes: list[Note] = field(default_factory=list)
     started: bool = False
+    chunk_size: int = READ  # bytes per read
+    more: bool = False  # the last poll stopped at its budget: poll again right away
+    _finishing: Iterator[Piece] | None = None  # a finished file still being read
 
-    def poll(self) -> list[Piece]:
+    def poll(self, max_bytes: int = READ_BUDGET) -> list[Piece]:
+        """What is new since the last poll, at most about ``max_bytes`` of it (``more`` tells
+        whether there is more to read right away: a backlog is caught up in bounded steps)."""
+        self.more = False
+        budget = [max_bytes]
         pieces: list[Piece] = []
         if not self.started:
             self.started = True
-            pieces += self._finish_predecessor()
+            self._finishing = self._predecessor()
+        if self._finishing is not None:
+            pieces += self._pull(budget)
+            if self._finishing is not None:
+                self.more = True
+                return pieces  # older lines first: the rest of them on the next poll
         if self.current is None and not self._open(pieces):
             return pieces
         cur = self.current
         assert cur is not None
         if self._was_truncated(cur):
             # before reading: the bytes after our offset belong to new content now
-            return pieces + self._truncated(cur)
-        pieces += self._read(cur, final=False)
+            self._truncated(cur)
+            self.more = True
+            return pieces
+        pieces += self._read(cur, False, budget)
+        if budget[0] <= 0:
+            self.more = True
+            return pieces
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -133,15 +151,28 @@ class Follower:
             return pieces
         self.missing_reported = False
         if st.st_ino != cur.inode:
-            pieces += self._read(cur, final=True)  # drain the renamed or deleted file
+            pieces += self._read(cur, True, budget)  # drain the renamed or deleted file
+            if budget[0] <= 0:
+                self.more = True
+                return pieces  # not drained yet: switch on a later poll
             cur.fh.close()
             self.current = None
             self.notes.append(
                 Note("source_rotated", self.path, f"inode {cur.inode} -> {st.st_ino}")
             )
-            if self._open(pieces):
-                assert self.current is not None
-                pieces += self._read(self.current, final=False)
+            self.more = True  # the new file is read on the next poll
+        return pieces
+
+    def _pull(self, budget: list[int]) -> list[Piece]:
+        """Continue reading a finished file (predecessor or copytruncate copy)."""
+        assert self._finishing is not None
+        pieces = []
+        for piece in self._finishing:
+            pieces.append(piece)
+            budget[0] -= len(piece.body)
+            if budget[0] <= 0:
+                return pieces
+        self._finishing = None
         return pieces
 
     def close(self) -> None:
@@ -193,35 +224,30 @@ class Follower:
         except OSError:
             return False
 
-    def _truncated(self, cur: _Open) -> list[Piece]:
+    def _truncated(self, cur: _Open) -> None:
         """copytruncate: finish the copy (same first line) from our offset, restart at 0."""
-        pieces: list[Piece] = []
         for sib in reversed(siblings(self.path)):
             try:
                 if file_head_hash(sib) != cur.head_hash:
                     continue
             except (OSError, SourceError, EOFError):
                 continue
-            pieces += self._read_file(sib, cur.head_hash, cur.offset, cur.lines)
+            self._finishing = self._read_file(sib, cur.head_hash, cur.offset, cur.lines)
             break
         self.notes.append(Note("source_truncated", self.path, f"at byte {cur.offset}"))
         cur.fh.close()
         self.current = None
-        if self._open(pieces):
-            assert self.current is not None
-            pieces += self._read(self.current, final=False)
-        return pieces
 
-    def _finish_predecessor(self) -> list[Piece]:
+    def _predecessor(self) -> Iterator[Piece] | None:
         """Rotation while stopped: finish the file this path named at the last checkpoint."""
         last = self.last_of_path(self.path)
         if last is None or last.done:
-            return []
+            return None
         try:
             if os.path.exists(self.path) and file_head_hash(self.path) == last.head_hash:
-                return []  # still the same file: poll() resumes it
+                return None  # still the same file: poll() resumes it
         except (OSError, SourceError):
-            return []
+            return None
         for sib in reversed(siblings(self.path)):
             try:
                 if file_head_hash(sib) != last.head_hash:
@@ -238,35 +264,42 @@ class Follower:
                 f"{last.byte_offset} of it cannot be read",
             )
         )
-        return []
+        return None
 
-    def _read_file(self, path: str, head: str, offset: int, lines: int) -> list[Piece]:
-        """Read a finished (rotated, maybe compressed) file to its end."""
-        pieces = []
+    def _read_file(self, path: str, head: str, offset: int, lines: int) -> Iterator[Piece]:
+        """Read a finished (rotated, maybe compressed) file to its end, a chunk at a time.
+
+        Only its last piece is marked ``done``: an interrupted read resumes from the last
+        committed piece."""
         st = os.stat(path)
-        for raw in read_chunks(path, offset, final=True, max_line_length=self.max_line_length):
+        chunks = read_chunks(
+            path,
+            offset,
+            final=True,
+            max_line_length=self.max_line_length,
+            chunk_size=self.chunk_size,
+        )
+        last: Piece | None = None
+        for raw in chunks:
             lines += raw.body.count(b"\n") + (0 if raw.body.endswith(b"\n") or not raw.body else 1)
-            pieces.append(
-                Piece(
-                    raw.body,
-                    Position(head, path, st.st_ino, raw.end_offset, lines, st.st_mtime, done=True),
-                    raw.too_long,
-                )
-            )
-        if not pieces:
-            pieces.append(
-                Piece(b"", Position(head, path, st.st_ino, offset, lines, st.st_mtime, done=True))
-            )
-        return pieces
+            if last is not None:
+                yield last
+            position = Position(head, path, st.st_ino, raw.end_offset, lines, st.st_mtime)
+            last = Piece(raw.body, position, raw.too_long)
+        if last is None:
+            last = Piece(b"", Position(head, path, st.st_ino, offset, lines, st.st_mtime))
+        p = last.position
+        done = Position(p.head_hash, p.path, p.inode, p.byte_offset, p.lines, p.mtime, done=True)
+        yield Piece(last.body, done, last.too_long)
 
-    def _read(self, cur: _Open, *, final: bool) -> list[Piece]:
-        """Complete lines appended to the open file since the last read."""
+    def _read(self, cur: _Open, final: bool, budget: list[int]) -> list[Piece]:
+        """Complete lines appended to the open file since the last read (within budget)."""
         pieces = []
         cur.fh.seek(cur.offset)
         pending = b""
-        while True:
+        while budget[0] > 0:
             try:
-                data = cur.fh.read(READ)
+                data = cur.fh.read(self.chunk_size)
             except OSError as exc:
                 self._error(f"cannot read: {exc.strerror}")
                 break
@@ -296,7 +329,10 @@ class Follower:
             body, pending = buf[: last + 1], buf[last + 1 :]
             cur.offset += len(body)
             cur.lines += body.count(b"\n")
+            budget[0] -= len(body)
             pieces.append(self._piece(cur, body, too_long))
+        if budget[0] <= 0:
+            return pieces  # the partial tail, if any, is read again next time
         if final and pending and not cur.skipping:
             cur.offset += len(pending)
             cur.lines += 1

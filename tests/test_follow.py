@@ -29,6 +29,13 @@ class Checkpoints:
             self.by_path[p.position.path] = p.position
         return text
 
+    def read(self, f: Follower, max_bytes: int = 1 << 20) -> bytes:
+        """Poll until the follower has nothing more to read right away; commit each poll."""
+        text = self.commit(f.poll(max_bytes))
+        while f.more:
+            text += self.commit(f.poll(max_bytes))
+        return text
+
     def follower(self, path: Path, max_line_length: int = 65536) -> Follower:
         return Follower(str(path), "exim", self.by_head.get, self.by_path.get, max_line_length)
 
@@ -48,10 +55,10 @@ def test_appends_and_partial_lines(tmp_path):
     log.write_bytes(lines(3) + b"2024-01-01 00:00:00 par")
     cp = Checkpoints()
     f = cp.follower(log)
-    assert lines(3) == cp.commit(f.poll())
-    assert b"" == cp.commit(f.poll())
+    assert lines(3) == cp.read(f)
+    assert b"" == cp.read(f)
     append(log, b"tial\n" + lines(2, 3))
-    assert b"2024-01-01 00:00:00 partial\n" + lines(2, 3) == cp.commit(f.poll())
+    assert b"2024-01-01 00:00:00 partial\n" + lines(2, 3) == cp.read(f)
 
 
 def test_rename_and_create_drains_the_old_file_first(tmp_path):
@@ -60,12 +67,12 @@ def test_rename_and_create_drains_the_old_file_first(tmp_path):
     log.write_bytes(lines(3))
     cp = Checkpoints()
     f = cp.follower(log)
-    cp.commit(f.poll())
+    cp.read(f)
     with log.open("ab") as writer:  # a writer still holding the old file
         log.rename(tmp_path / "mainlog.1")
         writer.write(lines(2, 3))
     log.write_bytes(lines(2, 100, tag="N"))
-    assert lines(2, 3) + lines(2, 100, tag="N") == cp.commit(f.poll())
+    assert lines(2, 3) + lines(2, 100, tag="N") == cp.read(f)
     assert ["source_rotated"] == [n.event for n in f.notes]
 
 
@@ -75,14 +82,14 @@ def test_delete_and_recreate(tmp_path):
     log.write_bytes(lines(2))
     cp = Checkpoints()
     f = cp.follower(log)
-    cp.commit(f.poll())
+    cp.read(f)
     with log.open("ab") as writer:
         writer.write(lines(1, 2))
     log.unlink()
-    assert lines(1, 2) == cp.commit(f.poll())  # drained; the path is missing
+    assert lines(1, 2) == cp.read(f)  # drained; the path is missing
     assert "source_missing" in [n.event for n in f.notes]
     log.write_bytes(lines(2, 50, tag="N"))
-    assert lines(2, 50, tag="N") == cp.commit(f.poll())
+    assert lines(2, 50, tag="N") == cp.read(f)
 
 
 def test_copytruncate_reads_the_copy_from_the_last_offset(tmp_path):
@@ -91,13 +98,13 @@ def test_copytruncate_reads_the_copy_from_the_last_offset(tmp_path):
     log.write_bytes(lines(3))
     cp = Checkpoints()
     f = cp.follower(log)
-    cp.commit(f.poll())
+    cp.read(f)
     append(log, lines(2, 3))  # not yet read when logrotate copies and truncates
     (tmp_path / "mainlog.1").write_bytes(log.read_bytes())
     with log.open("r+b") as t:
         t.truncate(0)
     append(log, lines(4, 200, tag="N"))  # longer than before: size alone would not tell
-    assert lines(2, 3) + lines(4, 200, tag="N") == cp.commit(f.poll())
+    assert lines(2, 3) + lines(4, 200, tag="N") == cp.read(f)
     assert "source_truncated" in [n.event for n in f.notes]
 
 
@@ -107,13 +114,13 @@ def test_rotation_while_stopped_finishes_the_predecessor(tmp_path):
     log = tmp_path / "mainlog"
     log.write_bytes(lines(3))
     cp = Checkpoints()
-    cp.commit(cp.follower(log).poll())
+    cp.read(cp.follower(log))
     append(log, lines(2, 3))  # written after the last commit, before the stop
     with gzip.open(tmp_path / "mainlog.1.gz", "wb") as gz:
         gz.write(log.read_bytes())
     log.write_bytes(lines(1, 500, tag="N"))
     f = cp.follower(log)  # a new daemon process
-    assert lines(2, 3) + lines(1, 500, tag="N") == cp.commit(f.poll())
+    assert lines(2, 3) + lines(1, 500, tag="N") == cp.read(f)
     assert "source_rotated_while_stopped" in [n.event for n in f.notes]
 
 
@@ -122,9 +129,9 @@ def test_restart_resumes_at_the_checkpoint(tmp_path):
     log = tmp_path / "mainlog"
     log.write_bytes(lines(3))
     cp = Checkpoints()
-    cp.commit(cp.follower(log).poll())
+    cp.read(cp.follower(log))
     append(log, lines(2, 3))
-    assert lines(2, 3) == cp.commit(cp.follower(log).poll())
+    assert lines(2, 3) == cp.read(cp.follower(log))
 
 
 def test_missing_file_that_appears_later(tmp_path):
@@ -132,11 +139,11 @@ def test_missing_file_that_appears_later(tmp_path):
     log = tmp_path / "maillog"
     cp = Checkpoints()
     f = cp.follower(log)
-    assert b"" == cp.commit(f.poll())
-    assert b"" == cp.commit(f.poll())
+    assert b"" == cp.read(f)
+    assert b"" == cp.read(f)
     assert ["source_missing"] == [n.event for n in f.notes]
     log.write_bytes(lines(2))
-    assert lines(2) == cp.commit(f.poll())
+    assert lines(2) == cp.read(f)
 
 
 def test_unreadable_file_is_reported_and_retried(tmp_path, monkeypatch):
@@ -155,12 +162,12 @@ def test_unreadable_file_is_reported_and_retried(tmp_path, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", denied)
-    assert b"" == cp.commit(f.poll())
-    assert b"" == cp.commit(f.poll())
+    assert b"" == cp.read(f)
+    assert b"" == cp.read(f)
     assert ["source_error"] == [n.event for n in f.notes]
     assert "Permission denied" in f.notes[0].detail
     monkeypatch.undo()
-    assert lines(2) == cp.commit(f.poll())
+    assert lines(2) == cp.read(f)
 
 
 def test_overlong_line_is_skipped_across_polls(tmp_path):
@@ -176,4 +183,29 @@ def test_overlong_line_is_skipped_across_polls(tmp_path):
     append(log, b"y" * 300)
     assert 0 == sum(p.too_long for p in f.poll())
     append(log, b"z\n" + lines(1, 1))
-    assert lines(1, 1) == cp.commit(f.poll())
+    assert lines(1, 1) == cp.read(f)
+
+
+def test_a_backlog_is_read_in_bounded_polls(tmp_path):
+    """A large backlog (also a rotated predecessor) comes in polls of bounded size, in
+    order, and nothing is lost or repeated."""
+    log = tmp_path / "mainlog"
+    log.write_bytes(lines(10))
+    cp = Checkpoints()
+    cp.read(cp.follower(log))
+    append(log, lines(2000, 10))
+    log.rename(tmp_path / "mainlog.1")
+    log.write_bytes(lines(2000, 5000, tag="N"))
+    f = cp.follower(log)
+    f.chunk_size = 1024
+    seen = b""
+    polls = 0
+    while True:
+        pieces = f.poll(max_bytes=4096)
+        assert sum(len(p.body) for p in pieces) <= 4096 + 1024 + 64  # + one chunk, one line
+        seen += cp.commit(pieces)
+        polls += 1
+        if not f.more:
+            break
+    assert lines(2000, 10) + lines(2000, 5000, tag="N") == seen
+    assert polls > 20
