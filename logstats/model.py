@@ -231,3 +231,58 @@ class AccountStats:
     inprogresscount: int = 0
     local_successcount: int = 0
     local_totalsize: int = 0
+
+
+# ---------------------------------------------------------------------------
+# store -> query (the vendor shapes: Mailgun, SendGrid, SMTPeter, Prometheus)
+# ---------------------------------------------------------------------------
+
+
+class Resolution(StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+class Dimension(StrEnum):
+    """What a series can be grouped or filtered by."""
+
+    ACCOUNT = "account"
+    SENDER_DOMAIN = "domain"  # the envelope sender's domain (Mailgun's "domain")
+    RECIPIENT_DOMAIN = "recipient_domain"
+    PROVIDER = "provider"  # a named group of recipient domains / MX hosts (config)
+    IP = "ip"  # the sending IP, where the log has it
+    TAG = "tag"  # from a logged header or a config rule (SendGrid "category")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRequest:
+    """A window (UTC, end exclusive), filters, and an optional grouping."""
+
+    start: datetime
+    end: datetime
+    resolution: Resolution | None = Resolution.DAY  # None: one total over the window
+    accounts: tuple[str, ...] | None = None  # None: every account
+    filters: tuple[tuple[Dimension, str], ...] = ()  # e.g. ((Dimension.TAG, "newsletter"),)
+    group: Dimension | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    """Counts for one time bucket (and one group value)."""
+
+    bucket: datetime | None  # start of the hour/day/month in UTC; None for a window total
+    key: str | None  # the group's value; None when not grouped
+    accepted_outgoing: int = 0  # messages sent by accounts (authenticated, local)
+    accepted_incoming: int = 0  # messages from outside (-remote-), including RCPT rejects
+    delivered: int = 0  # recipients delivered
+    failed_temporary: int = 0  # deferral events
+    failed_permanent: int = 0  # recipients failed, expired or rejected
+    rejected: int = 0  # of failed_permanent: SMTP-time RCPT rejects
+    bytes: int = 0  # message size over deliveries
+    first: datetime | None = None  # first activity in the bucket
+    last: datetime | None = None  # last activity in the bucket
+
+    @property
+    def accepted(self) -> int:
+        return self.accepted_outgoing + self.accepted_incoming
