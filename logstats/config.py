@@ -53,7 +53,7 @@ class Config:
     parallel_bytes: int = 8 << 20  # files smaller than this are parsed in-process
     sources: tuple[Source, ...] = ()
     socket: str = DEFAULT_SOCKET  # the daemon's HTTP socket (queries while it runs)
-    batch_seconds: float = 0.25  # a batch is committed at most this long after its first line
+    batch_seconds: float = 0.5  # a batch is committed at most this long after its first line
     poll_seconds: float = 1.0  # files are checked at least this often (lost inotify events)
     commit_retries: int = 5  # failed commits retried with back-off before the daemon exits
 

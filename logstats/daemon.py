@@ -40,6 +40,7 @@ from logstats.sources import split_lines
 from logstats.store import Batch, Store
 
 Log = Any  # a structlog bound logger
+MIN_POLL_INTERVAL = 0.05  # seconds: inotify wake-ups closer than this share one poll
 
 
 @dataclass(slots=True)
@@ -125,6 +126,9 @@ class Daemon:
         last_ping = last_status = self.monotonic()
         while not self.stop.is_set():
             self.wake.wait(self._timeout())
+            if not self.backlog:
+                # let a burst of inotify events (one per write) become one poll
+                self.stop.wait(MIN_POLL_INTERVAL)
             self.wake.clear()
             if self.reload_requested:
                 self._reload()
@@ -383,16 +387,18 @@ class Daemon:
         now = datetime.now(UTC)
         pending = _Pending(lines=op.lines)
         for mta, correlator in self.correlators.items():
-            correlator.expire(now)
+            if correlator.last_ts is not None:
+                correlator.expire(correlator.last_ts)  # log time, as backfill does
             correlator.events_since = now - timedelta(days=self.config.retention_days)
-            counters, events, upsert, dropped = correlator.drain()
+            d = correlator.drain()
             pending.batches.append(
                 Batch(
                     mta=mta,
-                    events=events,
-                    counters=counters,
-                    upsert=upsert,
-                    dropped=dropped,
+                    events=d.events,
+                    counters=d.counters,
+                    dims=d.dims,
+                    upsert=d.upsert,
+                    dropped=d.dropped,
                     positions=[p for m, p in op.positions.values() if m == mta],
                     unparsed=dict(op.unparsed.get(mta, {})),
                     samples=op.samples.get(mta, {}),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from logstats.sources import compression, open_binary, read_chunks
 READ = 1 << 20
 READ_BUDGET = 8 << 20  # bytes one poll reads at most
 HEAD_LIMIT = 64 * 1024
+HEAD_CHECK_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -67,6 +69,7 @@ class _Open:
     lines: int
     mtime: float
     skipping: bool = False
+    head_checked: float = 0.0
 
 
 def head_hash_of(fh: BinaryIO) -> str:
@@ -212,14 +215,26 @@ class Follower:
             return False
         if st.st_size < offset:
             offset, lines = 0, 0  # shorter than its checkpoint: truncated and rewritten
-        self.current = _Open(self.path, fh, st.st_ino, head, offset, lines, st.st_mtime)
+        skipping = False
+        if offset:
+            # a checkpoint inside a line comes from skipping an over-long one: go on skipping
+            fh.seek(offset - 1)
+            skipping = fh.read(1) != b"\n"
+        self.current = _Open(self.path, fh, st.st_ino, head, offset, lines, st.st_mtime, skipping)
         return True
 
     def _was_truncated(self, cur: _Open) -> bool:
-        """copytruncate: the open file shrank, or starts with another first line."""
+        """copytruncate: the open file shrank, or starts with another first line (a file
+        truncated and written past the old offset between two polls: checked once a second
+        and whenever it grew)."""
         try:
-            if os.fstat(cur.fh.fileno()).st_size < cur.offset:
+            size = os.fstat(cur.fh.fileno()).st_size
+            if size < cur.offset:
                 return True
+            now = time.monotonic()
+            if size == cur.offset and now - cur.head_checked < HEAD_CHECK_SECONDS:
+                return False
+            cur.head_checked = now
             return head_hash_of(cur.fh) not in ("", cur.head_hash)
         except OSError:
             return False

@@ -119,11 +119,14 @@ def read_chunks(
     and counted once in ``too_long``.
     """
     with open_binary(path) as f:
+        skipping = False
         if offset:
-            _skip(f, offset, path)
+            # a checkpoint inside a line can only come from skipping an over-long one:
+            # go on skipping it, without counting it again
+            _skip(f, offset - 1, path)
+            skipping = f.read(1) != b"\n"
         pos = offset
         tail = b""
-        skipping = False
         while True:
             try:
                 data = f.read(chunk_size)
