@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Any
 
 from logstats.model import (
@@ -44,6 +45,7 @@ from logstats.model import (
     Received,
     Record,
     Rejected,
+    Tagged,
 )
 
 Key = tuple[str, str]  # (scope, queue_id)
@@ -60,6 +62,25 @@ class Policy:
     filter_relays: tuple[str, ...] = ("127.0.0.1", "[::1]", "::1", "localhost")
     ttl: timedelta = timedelta(days=7)
     orphan_ttl: timedelta = timedelta(hours=1)
+    # provider name -> recipient-domain or MX-host patterns (fnmatch, lower case)
+    providers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # (tag, "sender" | "recipient", fnmatch pattern on the address, lower case)
+    tag_rules: tuple[tuple[str, str, str], ...] = ()
+
+    def provider_for(self, domain: str, relay: str | None) -> str | None:
+        """The provider a recipient domain (or the MX host it was delivered to) belongs to."""
+        host = (relay or "").split("[", 1)[0].lower()
+        for name, patterns in self.providers.items():
+            for pattern in patterns:
+                if fnmatchcase(domain, pattern) or (host and fnmatchcase(host, pattern)):
+                    return name
+        return None
+
+    def tags_for(self, kind: str, address: str) -> list[str]:
+        addr = address.lower()
+        return [
+            tag for tag, k, pattern in self.tag_rules if k == kind and fnmatchcase(addr, pattern)
+        ]
 
     def account_for_id(self, ident: str) -> str:
         """An authenticated or local identity -> account (an address maps by its domain)."""
@@ -104,6 +125,17 @@ def _domain(addr: str | None) -> str:
     return addr.rsplit("@", 1)[1].lower()
 
 
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """What a batch hands to the store."""
+
+    counters: dict[tuple[int, str, str], list[int]]
+    dims: dict[tuple[int, str, str, str, str], list[int]]
+    events: list[Event]
+    upsert: list[Message]
+    dropped: set[Key]
+
+
 class Correlator:
     """State machine over records of one MTA; produces ``Event``s."""
 
@@ -122,6 +154,9 @@ class Correlator:
         # -> sends, successes, defers, fails, bytes, rejects, expired, local successes, bytes
         self.counters: dict[tuple[int, str, str], list[int]] = {}
         self.events_since: datetime | None = None  # keep Event rows only from here on
+        # (epoch hour, account, sender domain, dimension, value) -> accepted out, accepted in,
+        # delivered, deferred, failed, rejected, bytes, first epoch, last epoch
+        self.dims: dict[tuple[int, str, str, str, str], list[int]] = {}
         self._hour_ts: datetime | None = None
         self._hour = 0
         self._handoffs = sum(1 for k in self.messages if k[0] == HANDOFF_SCOPE)
@@ -132,6 +167,7 @@ class Correlator:
             Expired: self._expired,
             Notice: self._notice,
             Rejected: self._rejected,
+            Tagged: self._tagged,
         }
 
     # -- public API --------------------------------------------------------------------------
@@ -139,16 +175,15 @@ class Correlator:
         self.last_ts = record.ts
         self._handlers[type(record)](record)
 
-    def drain(
-        self,
-    ) -> tuple[dict[tuple[int, str, str], list[int]], list[Event], list[Message], set[Key]]:
+    def drain(self) -> Drained:
         """Counters and events since the last drain, messages to persist, keys to delete."""
         counters, self.counters = self.counters, {}
+        dims, self.dims = self.dims, {}
         events, self.events = self.events, []
         upsert = [self.messages[k] for k in self.dirty if k in self.messages]
         dropped = self.dropped - self.dirty.intersection(self.messages)
         self.dirty, self.dropped = set(), set()
-        return counters, events, upsert, dropped
+        return Drained(counters, dims, events, upsert, dropped)
 
     def expire(self, now: datetime) -> int:
         """Forget messages idle for longer than the TTL; count their waiting outcomes."""
@@ -227,6 +262,10 @@ class Correlator:
             msg.accepted_at = r.ts
         if msg.account is None:
             msg.account = self._resolve(msg)
+        if self.policy.tag_rules and msg.sender:
+            for tag in self.policy.tags_for("sender", msg.sender):
+                if tag not in msg.tags:
+                    msg.tags.append(tag)
         if msg.origin is None:
             self._emit(msg, Outcome.SEND, r.ts, "")
         if msg.orphans:
@@ -286,7 +325,7 @@ class Correlator:
             # read again is kept from counting twice by its checkpoint, not here
             if rcpt not in msg.deferrals:
                 msg.deferrals.append(rcpt)
-            self._emit(msg, Outcome.DEFERRED, a.ts, a.recipient, account)
+            self._emit(msg, Outcome.DEFERRED, a.ts, a.recipient, account, relay=a.relay)
             return
         if rcpt in msg.done:
             return  # a replayed line, or a duplicate the MTA logged twice
@@ -317,7 +356,9 @@ class Correlator:
                 self._handoffs += 1
                 self.dirty.add(mid)
             return
-        self._emit(msg, a.outcome, a.ts, a.recipient, account, local=_is_local(a))
+        if a.interface and not msg.interface:
+            msg.interface = a.interface
+        self._emit(msg, a.outcome, a.ts, a.recipient, account, local=_is_local(a), relay=a.relay)
 
     def _flush_orphans(self, msg: Message, account: str | None) -> None:
         orphans, msg.orphans = msg.orphans, []
@@ -355,6 +396,12 @@ class Correlator:
         if msg.received and msg.account != SYSTEM:
             msg.account = SYSTEM
 
+    def _tagged(self, t: Tagged) -> None:
+        msg = self._get((t.scope, t.queue_id), t.ts)
+        for tag in t.tags:
+            if tag not in msg.tags:
+                msg.tags.append(tag)
+
     def _rejected(self, r: Rejected) -> None:
         if r.temporary or r.stage != "RCPT":
             return
@@ -368,6 +415,10 @@ class Correlator:
             account = self._resolve(msg)
         domain = _domain(r.sender)
         self._count(r.ts, account, domain, Outcome.REJECTED, 0, False)
+        tags = msg.tags if msg is not None else []
+        self._count_dims(
+            r.ts, account, domain, Outcome.REJECTED, 0, tags, None, r.recipient or "", None
+        )
         if self.events_since is None or r.ts >= self.events_since:
             self.events.append(
                 Event(
@@ -391,12 +442,17 @@ class Correlator:
         account: str | None = None,
         *,
         local: bool = False,
+        relay: str | None = None,
     ) -> None:
         account = account or msg.account or UNKNOWN
         domain = msg.domain
         if domain is None:
             domain = msg.domain = _domain(msg.sender)
         self._count(ts, account, domain, outcome, msg.size, local)
+        if outcome is not Outcome.EXPIRED:
+            self._count_dims(
+                ts, account, domain, outcome, msg.size, msg.tags, msg.interface, recipient, relay
+            )
         if self.events_since is None or ts >= self.events_since:
             self.events.append(
                 Event(
@@ -412,6 +468,57 @@ class Correlator:
                     local,
                 )
             )
+
+    def _count_dims(
+        self,
+        ts: datetime,
+        account: str,
+        domain: str,
+        outcome: Outcome,
+        size: int,
+        tags: list[str],
+        interface: str | None,
+        recipient: str,
+        relay: str | None,
+    ) -> None:
+        """Add one outcome to the per-dimension counters (tag, IP, recipient domain, provider)."""
+        values: list[tuple[str, str]] = [("tag", t) for t in tags]
+        if recipient:
+            rdomain = _domain(recipient)
+            values += [
+                ("tag", t) for t in self.policy.tags_for("recipient", recipient) if t not in tags
+            ]
+            if rdomain:
+                values.append(("recipient_domain", rdomain))
+                provider = self.policy.provider_for(rdomain, relay)
+                if provider:
+                    values.append(("provider", provider))
+        if interface:
+            values.append(("ip", interface))
+        if not values:
+            return
+        if ts is not self._hour_ts:
+            self._hour_ts, self._hour = ts, int(ts.timestamp()) // 3600
+        epoch = int(ts.timestamp())
+        incoming = account == REMOTE
+        for kind, value in values:
+            key = (self._hour, account, domain, kind, value)
+            row = self.dims.get(key)
+            if row is None:
+                row = self.dims[key] = [0, 0, 0, 0, 0, 0, 0, epoch, epoch]
+            if outcome is Outcome.SEND or outcome is Outcome.REJECTED:
+                row[1 if incoming else 0] += 1
+            if outcome is Outcome.DELIVERED:
+                row[2] += 1
+                row[6] += size
+            elif outcome is Outcome.DEFERRED:
+                row[3] += 1
+            elif outcome is Outcome.FAILED or outcome is Outcome.REJECTED:
+                row[4] += 1
+                if outcome is Outcome.REJECTED:
+                    row[5] += 1
+            row[7] = min(row[7], epoch)
+            row[8] = max(row[8], epoch)
 
     def _count(
         self, ts: datetime, account: str, domain: str, outcome: Outcome, size: int, local: bool

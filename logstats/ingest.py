@@ -263,14 +263,15 @@ class Ingestor:
         correlator = self.correlator(mta)
         if correlator.last_ts is not None:
             correlator.expire(correlator.last_ts)
-        counters, events, upsert, dropped = correlator.drain()
+        d = correlator.drain()
         year, month = clock.state()
         batch = Batch(
             mta=mta,
-            events=events,
-            counters=counters,
-            upsert=upsert,
-            dropped=dropped,
+            events=d.events,
+            counters=d.counters,
+            dims=d.dims,
+            upsert=d.upsert,
+            dropped=d.dropped,
             positions=[
                 Position(
                     info.head_hash,
@@ -288,7 +289,7 @@ class Ingestor:
             samples=samples,
         )
         self.store.commit(batch)
-        report.events += len(events)
+        report.events += len(d.events)
         report.unparsed.update(unparsed)
 
 

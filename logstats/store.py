@@ -25,10 +25,13 @@ from logstats.errors import SchemaError, StoreError, StoreLockedError
 from logstats.model import (
     AccountStats,
     Attempt,
+    Dimension,
     Event,
     Message,
     Outcome,
     Position,
+    SeriesRequest,
+    SeriesRow,
     StatsRequest,
 )
 
@@ -76,6 +79,31 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ),
 )
 
+MIGRATIONS += (
+    (
+        "0002_dimensions",
+        """
+        CREATE TABLE dims (
+            bucket TIMESTAMP NOT NULL,          -- UTC hour
+            mta VARCHAR NOT NULL,
+            account VARCHAR NOT NULL,
+            sender_domain VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,              -- tag, ip, recipient_domain, provider
+            value VARCHAR NOT NULL,
+            accepted_out BIGINT NOT NULL,       -- messages sent by accounts
+            accepted_in BIGINT NOT NULL,        -- messages from outside (-remote-)
+            delivered BIGINT NOT NULL,
+            deferred BIGINT NOT NULL,
+            failed BIGINT NOT NULL,             -- failed recipients, rejects included
+            rejected BIGINT NOT NULL,
+            bytes BIGINT NOT NULL,
+            first_at TIMESTAMP NOT NULL,        -- first and last activity in the bucket
+            last_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+)
+
 COUNTER_COLUMNS = (
     "sends",
     "successes",
@@ -97,6 +125,8 @@ class Batch:
     events: list[Event] = field(default_factory=list)
     # hourly deltas from the correlator; None: computed from ``events``
     counters: dict[tuple[int, str, str], list[int]] | None = None
+    # hourly per-dimension deltas (tag, ip, recipient domain, provider) from the correlator
+    dims: dict[tuple[int, str, str, str, str], list[int]] = field(default_factory=dict)
     upsert: list[Message] = field(default_factory=list)
     dropped: set[tuple[str, str]] = field(default_factory=set)
     positions: list[Position] = field(default_factory=list)
@@ -272,6 +302,7 @@ class Store:
                             for (h, a, d), row in batch.counters.items()
                         }
                     )
+                self._write_dims(batch.mta, batch.dims)
                 self._write_events(batch.events, events_since)
                 self._write_pending(batch)
                 self._write_positions(batch.mta, batch.positions)
@@ -290,6 +321,18 @@ class Store:
                 cols[i].append(v)
         placeholders = ", ".join(f"unnest(${i + 1})" for i in range(len(cols)))
         self.con.execute(f"INSERT INTO counters SELECT {placeholders}", cols)
+
+    def _write_dims(self, mta: str, dims: dict[tuple[int, str, str, str, str], list[int]]) -> None:
+        if not dims:
+            return
+        cols: list[list[Any]] = [[] for _ in range(15)]
+        for (hour, account, domain, kind, value), row in dims.items():
+            first, last = (_naive(datetime.fromtimestamp(t, UTC)) for t in row[7:9])
+            values = (_hour(hour), mta, account, domain, kind, value, *row[:7], first, last)
+            for i, v in enumerate(values):
+                cols[i].append(v)
+        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(15))
+        self.con.execute(f"INSERT INTO dims SELECT {placeholders}", cols)
 
     def _write_events(self, events: list[Event], since: datetime | None) -> None:
         keep = [e for e in events if since is None or e.ts >= since]
@@ -499,3 +542,88 @@ def _now() -> datetime:
 
 def retention_horizon(now: datetime, days: int) -> datetime:
     return now - timedelta(days=days)
+
+
+_DIM_KINDS = {
+    Dimension.TAG: "tag",
+    Dimension.IP: "ip",
+    Dimension.PROVIDER: "provider",
+    Dimension.RECIPIENT_DOMAIN: "recipient_domain",
+}
+
+
+def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow]:
+    """Counts per time bucket (and group value) for the vendor shapes.
+
+    Account and sender-domain series come from ``counters``; tag, IP, provider and
+    recipient-domain series from ``dims``. A filter on one of the latter combined with a
+    grouping by another is not kept (``ValueError``)."""
+    dim_filters = [(d, v) for d, v in req.filters if d in _DIM_KINDS]
+    kinds = {_DIM_KINDS[d] for d, _ in dim_filters}
+    if req.group in _DIM_KINDS:
+        kinds.add(_DIM_KINDS[req.group])
+    if len(kinds) > 1:
+        raise ValueError(
+            "filtering by one of tag/ip/provider/recipient domain and grouping "
+            "by another is not supported"
+        )
+    where = ["bucket >= ?", "bucket < ?"]
+    params: list[Any] = [
+        _naive(req.start).replace(minute=0, second=0, microsecond=0),
+        _naive(req.end),
+    ]
+    if req.accounts is not None:
+        where.append("list_contains(?, account)")
+        params.append(list(req.accounts))
+    for dim, value in req.filters:
+        if dim is Dimension.ACCOUNT:
+            where.append("account = ?")
+        elif dim is Dimension.SENDER_DOMAIN:
+            where.append("sender_domain = ?")
+        else:
+            where.append("value = ?")
+        params.append(value)
+    bucket = (
+        "NULL::TIMESTAMP"
+        if req.resolution is None
+        else (f"date_trunc('{req.resolution.value}', bucket)")
+    )
+    if kinds:
+        kind = kinds.pop()
+        where.append("kind = ?")
+        params.append(kind)
+        key = "value" if req.group in _DIM_KINDS else "NULL"
+        sql = (
+            f"SELECT {bucket} AS b, {key} AS k, sum(accepted_out), sum(accepted_in), "
+            "sum(delivered), sum(deferred), sum(failed), sum(rejected), sum(bytes), "
+            f"min(first_at), max(last_at) FROM dims WHERE {' AND '.join(where)} "
+            "GROUP BY ALL ORDER BY 1, 2"
+        )
+    else:
+        names = {Dimension.ACCOUNT: "account", Dimension.SENDER_DOMAIN: "sender_domain"}
+        key = names.get(req.group, "NULL") if req.group is not None else "NULL"
+        sql = (
+            f"SELECT {bucket} AS b, {key} AS k, "
+            "sum(CASE WHEN account = '-remote-' THEN 0 ELSE sends + rejects END), "
+            "sum(CASE WHEN account = '-remote-' THEN sends + rejects ELSE 0 END), "
+            "sum(successes), sum(defers), sum(fails + rejects), sum(rejects), sum(bytes), "
+            "min(bucket), max(bucket) + INTERVAL 1 HOUR "
+            f"FROM counters WHERE {' AND '.join(where)} GROUP BY ALL ORDER BY 1, 2"
+        )
+    rows = con.execute(sql, params).fetchall()
+    return [
+        SeriesRow(
+            bucket=_aware(b),
+            key=k,
+            accepted_outgoing=int(ao),
+            accepted_incoming=int(ai),
+            delivered=int(dl),
+            failed_temporary=int(df),
+            failed_permanent=int(fp),
+            rejected=int(rj),
+            bytes=int(by),
+            first=_aware(first),
+            last=_aware(last),
+        )
+        for b, k, ao, ai, dl, df, fp, rj, by, first, last in rows
+    ]

@@ -30,8 +30,7 @@ def at(seconds: int) -> datetime:
 def totals(c: Correlator) -> dict[str, list[int]]:
     """Per account: sends, successes, defers, fails, bytes, rejects, expired."""
     out: dict[str, list[int]] = {}
-    counters, _, _, _ = c.drain()
-    for (_, account, _), row in counters.items():
+    for (_, account, _), row in c.drain().counters.items():
         acc = out.setdefault(account, [0] * 7)
         for i in range(7):
             acc[i] += row[i]

@@ -41,6 +41,19 @@ bracket_ip.set_name("bracket_ip")
 _BRACKET_IP = bracket_ip.re
 
 
+# Headers whose logged value tags a message (Postfix `header_checks` INFO, Exim `logwrite`).
+TAG_HEADERS = ("x-tag", "x-mailgun-tag", "x-category", "x-logstats-tag", "x-smtpeter-tag")
+
+
+def tag_header(text: str) -> tuple[str, ...] | None:
+    """``X-Tag: a, b`` -> ("a", "b") when the header is a tag header, else None."""
+    name, sep, value = text.partition(":")
+    if not sep or name.strip().lower() not in TAG_HEADERS:
+        return None
+    tags = tuple(t.strip() for t in value.split(",") if t.strip())
+    return tags or None
+
+
 def element(pattern: str, name: str, flags: int = 0) -> pp.Regex:
     """A named line-shape element that yields the ``re.Match`` itself.
 

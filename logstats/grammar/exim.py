@@ -26,6 +26,7 @@ from logstats.grammar.common import (
     fields,
     first_ip,
     match,
+    tag_header,
     to_int,
 )
 from logstats.model import (
@@ -37,6 +38,7 @@ from logstats.model import (
     ParseResult,
     Received,
     Rejected,
+    Tagged,
     Unparsed,
 )
 
@@ -174,6 +176,8 @@ def _irrelevant(text: str, has_id: bool) -> str | None:
     if has_id:
         if text.startswith(("Completed", "cancelled by")) or text[:3] in _FLAGS:
             return None
+        if text[:2] in ("X-", "x-") and tag_header(text):
+            return None
         for prefix, kind in _NOTE_KINDS:
             if text.startswith(prefix):
                 return kind
@@ -247,9 +251,19 @@ def _flag_line(flag: str, g: re.Match[str], ts: datetime, scope: str, qid: str) 
         relay=_word_after(rest, " H="),
         transport=_word_after(rest, " T="),
         handoff_id=_queued_as(rest) if outcome is Outcome.DELIVERED else None,
+        interface=_interface(rest),
         cut_through=flag == ">>",
         reply=rest.partition(": ")[2] or None if outcome is not Outcome.DELIVERED else None,
     )
+
+
+def _interface(rest: str) -> str | None:
+    """The local address of ``I=[ip]:port`` (+outgoing_interface / +incoming_interface)."""
+    at = rest.find(" I=[")
+    if at < 0:
+        return None
+    end = rest.find("]", at)
+    return rest[at + 4 : end] if end > 0 else None
 
 
 def _queued_as(rest: str) -> str | None:
@@ -280,6 +294,9 @@ def _note(note: str, ts: datetime, scope: str, qid: str) -> ParseResult:
         return Finished(ts, scope, qid)
     if match(exim_cancelled, note) is not None:
         return Expired(ts, scope, qid)
+    tags = tag_header(note)
+    if tags:
+        return Tagged(ts, scope, qid, tags)
     if "rejected" in note:
         return _reject(note, ts, scope, qid)
     for prefix, kind in _NOTE_KINDS:

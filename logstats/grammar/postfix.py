@@ -30,7 +30,7 @@ from datetime import datetime
 
 import pyparsing as pp
 
-from logstats.grammar.common import Clock, address, clean, fields, first_ip, to_int
+from logstats.grammar.common import Clock, address, clean, fields, first_ip, tag_header, to_int
 from logstats.model import (
     Attempt,
     Expired,
@@ -41,6 +41,7 @@ from logstats.model import (
     ParseResult,
     Received,
     Rejected,
+    Tagged,
     Unparsed,
 )
 
@@ -308,6 +309,10 @@ def _message(
     if sep and (action in _REJECT_ACTIONS or action in _ACTION_KINDS or action == "warning"):
         if action in _REJECT_ACTIONS:
             return _reject(None if qid == "NOQUEUE" else qid, rest, text, ts, scope)
+        if action == "info" and rest.startswith("header ") and qid and qid != "NOQUEUE":
+            tags = tag_header(rest[7:].partition(" from ")[0])
+            if tags:
+                return Tagged(ts, scope, qid, tags)
         if action != "warning":
             return Ignored(_ACTION_KINDS[action])
         if rest.startswith(("header ", "body ")):
