@@ -34,6 +34,39 @@ class Source:
     mta: str | None = None  # None: detected from the content
 
 
+# Recipient domains and MX hosts of the big mailbox providers (extend or override in config).
+DEFAULT_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "google": ("gmail.com", "googlemail.com", "*.google.com", "*.googlemail.com"),
+    "microsoft": (
+        "outlook.com",
+        "hotmail.*",
+        "live.*",
+        "msn.com",
+        "*.outlook.com",
+        "*.protection.outlook.com",
+        "*.hotmail.com",
+    ),
+    "yahoo": ("yahoo.*", "ymail.com", "rocketmail.com", "aol.com", "*.yahoodns.net"),
+    "apple": ("icloud.com", "me.com", "mac.com", "*.icloud.com"),
+    "gmx": ("gmx.*", "web.de", "*.gmx.net", "*.web.de"),
+    "yandex": ("yandex.*", "ya.ru", "*.yandex.net"),
+    "mailru": ("mail.ru", "bk.ru", "inbox.ru", "list.ru", "*.mail.ru"),
+    "proton": ("proton.me", "protonmail.com", "pm.me", "*.protonmail.ch"),
+    "zoho": ("zoho.com", "zohomail.com", "*.zoho.com"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key for the HTTP API and what it may see (an empty scope: no limit there)."""
+
+    key: str
+    accounts: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    name: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str | None = None  # the file this came from
@@ -56,6 +89,12 @@ class Config:
     batch_seconds: float = 0.5  # a batch is committed at most this long after its first line
     poll_seconds: float = 1.0  # files are checked at least this often (lost inotify events)
     commit_retries: int = 5  # failed commits retried with back-off before the daemon exits
+    tcp: str | None = None  # optional HOST:PORT for the HTTP API (loopback unless configured)
+    admins: tuple[str, ...] = ("root",)  # Unix users who see every account over the socket
+    api_keys: tuple[ApiKey, ...] = ()
+    metrics_per_account: bool = False
+    providers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_PROVIDERS)
+    tag_rules: tuple[tuple[str, str, str], ...] = ()  # (tag, sender|recipient, pattern)
 
     def tz(self) -> tzinfo:
         if self.timezone is None:
@@ -87,6 +126,8 @@ class Config:
             filter_relays=self.filter_relays,
             ttl=self.ttl,
             orphan_ttl=self.orphan_ttl,
+            providers=self.providers,
+            tag_rules=self.tag_rules,
         )
 
 
@@ -161,6 +202,9 @@ _SCHEMA: dict[str, Any] = {
         "poll_seconds": "seconds",
         "commit_retries": int,
     },
+    "api": {"tcp": str, "admins": list, "keys": list, "metrics_per_account": bool},
+    "providers": dict,
+    "tags": list,
 }
 
 
@@ -231,6 +275,13 @@ def load(path: str | None) -> Config:
             raise ConfigError(f"{where}: sources[{i}].mta: expected exim or postfix")
         sources.append(Source(resolve(s["path"]), s.get("mta")))
     defaults = Config()
+    api = data.get("api", {})
+    keys = tuple(_api_key(i, k, where) for i, k in enumerate(api.get("keys", [])))
+    providers = _providers(data.get("providers", {}), where)
+    tag_rules = _tag_rules(data.get("tags", []), where)
+    tcp = api.get("tcp")
+    if tcp is not None and (":" not in tcp or not tcp.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"{where}: api.tcp: expected HOST:PORT, got {tcp!r}")
     return Config(
         path=where,
         timezone=timezone,
@@ -257,4 +308,52 @@ def load(path: str | None) -> Config:
         batch_seconds=float(serve.get("batch_seconds", defaults.batch_seconds)),
         poll_seconds=float(serve.get("poll_seconds", defaults.poll_seconds)),
         commit_retries=serve.get("commit_retries", defaults.commit_retries),
+        tcp=tcp,
+        admins=tuple(str(a) for a in api.get("admins", defaults.admins)),
+        api_keys=keys,
+        metrics_per_account=api.get("metrics_per_account", False),
+        providers=providers,
+        tag_rules=tuple(tag_rules),
     )
+
+
+def _api_key(i: int, item: Any, where: str) -> ApiKey:
+    allowed = {"key", "name", "accounts", "domains", "tags"}
+    if not isinstance(item, dict) or not isinstance(item.get("key"), str) or set(item) - allowed:
+        raise ConfigError(
+            f"{where}: api.keys[{i}]: expected {{key: SECRET, name, accounts, domains, tags}}"
+        )
+    scopes = {}
+    for field_name in ("accounts", "domains", "tags"):
+        values = item.get(field_name, [])
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}: api.keys[{i}].{field_name}: expected a list")
+        scopes[field_name] = tuple(str(v) for v in values)
+    return ApiKey(key=item["key"], name=str(item.get("name", "")), **scopes)
+
+
+def _providers(items: dict[str, Any], where: str) -> dict[str, tuple[str, ...]]:
+    providers = dict(DEFAULT_PROVIDERS)
+    for name, patterns in items.items():
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise ConfigError(f"{where}: providers.{name}: expected a list of domain patterns")
+        providers[str(name)] = tuple(p.lower() for p in patterns)
+    return providers
+
+
+def _tag_rules(items: list[Any], where: str) -> list[tuple[str, str, str]]:
+    rules = []
+    for i, rule in enumerate(items):
+        kinds = set(rule) & {"sender", "recipient"} if isinstance(rule, dict) else set()
+        if (
+            not isinstance(rule, dict)
+            or "tag" not in rule
+            or len(kinds) != 1
+            or set(rule) - {"tag", "sender", "recipient"}
+        ):
+            raise ConfigError(
+                f"{where}: tags[{i}]: expected {{tag: NAME, sender|recipient: PATTERN}}"
+            )
+        kind = kinds.pop()
+        rules.append((str(rule["tag"]), kind, str(rule[kind]).lower()))
+    return rules

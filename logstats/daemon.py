@@ -29,15 +29,16 @@ from typing import Any
 import duckdb
 
 from logstats import config as config_mod
-from logstats.api import ApiServer
+from logstats.api import ApiServer, TcpApiServer
 from logstats.correlate import Correlator
 from logstats.errors import ConfigError
 from logstats.follow import Follower
 from logstats.grammar import Clock, LineParser, detect_mta, make_parser, parse_lines
 from logstats.model import Position
 from logstats.notify import Notifier
+from logstats.query import prometheus_text
 from logstats.sources import split_lines
-from logstats.store import Batch, Store
+from logstats.store import Batch, Store, metric_rows
 
 Log = Any  # a structlog bound logger
 MIN_POLL_INTERVAL = 0.05  # seconds: inotify wake-ups closer than this share one poll
@@ -81,6 +82,8 @@ class Daemon:
         self.last_sample: dict[str, float] = {}
         self.last_prune = 0.0
         self.backlog = False
+        self.commit_s = 0.0
+        self.lines_by_source: dict[str, int] = {}
 
     # -- life cycle --------------------------------------------------------------------------
     def run(self) -> int:
@@ -95,8 +98,17 @@ class Daemon:
         for mta in ("exim", "postfix"):
             self.correlators[mta] = Correlator(mta, policy, self.store.pending(mta))
         self._sync_followers()
-        api = ApiServer(self.config.socket, self.store.con, self.status)
-        threading.Thread(target=api.serve_forever, name="api", daemon=True).start()
+        self.servers: list[ApiServer | TcpApiServer] = [
+            ApiServer(self.config.socket, self.store.con, self.status, self.config, self._metrics)
+        ]
+        if self.config.tcp:
+            self.servers.append(
+                TcpApiServer(
+                    self.config.tcp, self.store.con, self.status, self.config, self._metrics
+                )
+            )
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
         observer = self._observe()
         self._signals()
         self._poll_all()
@@ -115,7 +127,8 @@ class Daemon:
             self.notifier.stopping()
             if observer is not None:
                 observer.stop()
-            api.shutdown_and_remove()
+            for server in self.servers:
+                server.shutdown_and_remove()
             for follower in self.followers.values():
                 follower.close()
         self.log.info("serve_stopped", lines=self.total_lines, exit_code=code)
@@ -216,6 +229,8 @@ class Daemon:
             )
             new = config_mod.Config(**{**_fields(new), "db": self.config.db})
         self.config = new
+        for server in self.servers:
+            server.config = new
         policy = new.policy()
         for correlator in self.correlators.values():
             correlator.policy = policy
@@ -295,6 +310,7 @@ class Daemon:
                 self._sample(mta, reason, text)
         op.lines += n
         self.total_lines += n
+        self.lines_by_source[follower.path] = self.lines_by_source.get(follower.path, 0) + n
         if op.first_at is None:
             op.first_at = self.monotonic()
 
@@ -350,6 +366,7 @@ class Daemon:
                 return False
             return not final or self._retry_final()
         ms = (time.perf_counter() - started) * 1000
+        self.commit_s = ms / 1000
         lines = sum(b.lines for b in self.unsaved)
         if lines:
             batches = self._merge(self.unsaved)
@@ -451,7 +468,13 @@ class Daemon:
             "lag_s": self._lag(),
             "sources": sorted(self.followers),
             "in_flight": sum(len(c.messages) for c in self.correlators.values()),
+            "lines_by_source": dict(self.lines_by_source),
+            "commit_s": self.commit_s,
         }
+
+    def _metrics(self, cursor: duckdb.DuckDBPyConnection) -> str:
+        mail, unknown, accounts = metric_rows(cursor, self.config.metrics_per_account)
+        return prometheus_text(self.status(), mail, unknown, accounts)
 
 
 @dataclass(slots=True)

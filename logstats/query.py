@@ -123,3 +123,101 @@ def emailtrack_answer(
         return {s.account: emailtrack_row(s, nosize=nosize, nosuccess=nosuccess) for s in stats}
     one = next((s for s in stats if s.account == account), AccountStats(account=account))
     return emailtrack_stats(one, nosize=nosize, nosuccess=nosuccess)
+
+
+def _metric(
+    lines: list[str],
+    name: str,
+    kind: str,
+    help_text: str,
+    samples: list[tuple[dict[str, str], float]],
+) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        text = ",".join(
+            f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+            for k, v in labels.items()
+        )
+        number = (
+            repr(float(value))
+            if isinstance(value, float) and value != int(value)
+            else str(int(value))
+        )
+        lines.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
+
+
+def prometheus_text(
+    health: dict[str, Any],
+    mail: list[tuple[str, str, int]],
+    unknown: list[tuple[str, str, int]],
+    per_account: list[tuple[str, str, int]] | None = None,
+) -> str:
+    """Prometheus exposition text, rendered fresh from stored rows on every scrape.
+
+    ``mail``: (mta, outcome, count); ``unknown``: (mta, reason, lines); ``per_account``:
+    (account, outcome, count), only when enabled in config (bounded label sets otherwise).
+    """
+    lines: list[str] = []
+    _metric(
+        lines,
+        "logstats_lines_read_total",
+        "counter",
+        "Log lines read, by source.",
+        [({"source": s}, n) for s, n in sorted(health.get("lines_by_source", {}).items())],
+    )
+    _metric(
+        lines,
+        "logstats_unknown_lines_total",
+        "counter",
+        "Lines no grammar rule recognised, by MTA and reason.",
+        [({"mta": m, "reason": r}, n) for m, r, n in unknown],
+    )
+    _metric(
+        lines,
+        "logstats_lag_seconds",
+        "gauge",
+        "Seconds between the newest log line read and now.",
+        [({}, float(health["lag_s"]))] if health.get("lag_s") is not None else [],
+    )
+    _metric(
+        lines,
+        "logstats_commit_seconds",
+        "gauge",
+        "Duration of the last commit.",
+        [({}, float(health.get("commit_s", 0.0)))],
+    )
+    _metric(
+        lines,
+        "logstats_in_flight_messages",
+        "gauge",
+        "Messages accepted and not yet completed, held by the correlator.",
+        [({}, int(health.get("in_flight", 0)))],
+    )
+    _metric(
+        lines,
+        "logstats_mail_total",
+        "counter",
+        "Messages sent and recipients delivered, deferred, failed, rejected, by MTA.",
+        [({"mta": m, "outcome": o}, n) for m, o, n in mail if o != "bytes_delivered"],
+    )
+    _metric(
+        lines,
+        "logstats_delivered_bytes_total",
+        "counter",
+        "Message size summed over deliveries, by MTA.",
+        [({"mta": m}, n) for m, o, n in mail if o == "bytes_delivered"],
+    )
+    if per_account is not None:
+        _metric(
+            lines,
+            "logstats_account_mail_total",
+            "counter",
+            "The same, by account (api.metrics_per_account).",
+            [
+                ({"account": a, "outcome": o}, n)
+                for a, o, n in per_account
+                if o != "bytes_delivered"
+            ],
+        )
+    return "\n".join(lines) + "\n"

@@ -610,7 +610,7 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
             "min(bucket), max(bucket) + INTERVAL 1 HOUR "
             f"FROM counters WHERE {' AND '.join(where)} GROUP BY ALL ORDER BY 1, 2"
         )
-    rows = con.execute(sql, params).fetchall()
+    rows = [r for r in con.execute(sql, params).fetchall() if r[2] is not None]
     return [
         SeriesRow(
             bucket=_aware(b),
@@ -627,3 +627,46 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         )
         for b, k, ao, ai, dl, df, fp, rj, by, first, last in rows
     ]
+
+
+_OUTCOME_SUMS = (
+    ("send", "sends"),
+    ("delivered", "successes"),
+    ("deferred", "defers"),
+    ("failed", "fails"),
+    ("rejected", "rejects"),
+    ("expired", "expired"),
+    ("bytes_delivered", "bytes"),
+)
+
+
+def metric_rows(
+    con: duckdb.DuckDBPyConnection, per_account: bool
+) -> tuple[
+    list[tuple[str, str, int]], list[tuple[str, str, int]], list[tuple[str, str, int]] | None
+]:
+    """(mta, outcome, total), (mta, reason, unknown lines), and per-account totals."""
+    sums = ", ".join(f"sum({col})" for _, col in _OUTCOME_SUMS)
+    mail = []
+    for row in con.execute(
+        f"SELECT mta, {sums} FROM counters GROUP BY mta ORDER BY mta"
+    ).fetchall():
+        mail += [
+            (row[0], name, int(v or 0)) for (name, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
+        ]
+    unknown = [
+        (m, r, int(n))
+        for m, r, n in con.execute(
+            "SELECT mta, reason, lines FROM unparsed ORDER BY 1, 2"
+        ).fetchall()
+    ]
+    accounts = None
+    if per_account:
+        accounts = []
+        for row in con.execute(
+            f"SELECT account, {sums} FROM counters GROUP BY account ORDER BY account"
+        ).fetchall():
+            accounts += [
+                (row[0], n, int(v or 0)) for (n, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
+            ]
+    return mail, unknown, accounts
