@@ -53,16 +53,13 @@ def configure_logging(stream: TextIO = sys.stderr) -> None:
 
 def parse_time(value: str) -> datetime:
     """ISO 8601 (``2024-05-01``, ``2024-05-01T10:00:00+02:00``) or Unix seconds."""
-    text = value.strip()
-    if text.isdigit():
-        return datetime.fromtimestamp(int(text), UTC)
+    from logstats.api import BadRequest
+    from logstats.api import parse_time as parse
+
     try:
-        ts = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a date (YYYY-MM-DD[THH:MM[:SS]][+HH:MM]) or Unix time"
-        ) from exc
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        return parse("time", value)
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def positive_int(value: str) -> int:

@@ -34,6 +34,7 @@ from logstats.correlate import Correlator
 from logstats.errors import ConfigError
 from logstats.follow import Follower
 from logstats.grammar import Clock, LineParser, detect_mta, make_parser, parse_lines
+from logstats.ingest import batch_of
 from logstats.model import Position
 from logstats.notify import Notifier
 from logstats.query import prometheus_text
@@ -407,18 +408,13 @@ class Daemon:
             if correlator.last_ts is not None:
                 correlator.expire(correlator.last_ts)  # log time, as backfill does
             correlator.events_since = now - timedelta(days=self.config.retention_days)
-            d = correlator.drain()
             pending.batches.append(
-                Batch(
-                    mta=mta,
-                    events=d.events,
-                    counters=d.counters,
-                    dims=d.dims,
-                    upsert=d.upsert,
-                    dropped=d.dropped,
-                    positions=[p for m, p in op.positions.values() if m == mta],
-                    unparsed=dict(op.unparsed.get(mta, {})),
-                    samples=op.samples.get(mta, {}),
+                batch_of(
+                    mta,
+                    correlator.drain(),
+                    [p for m, p in op.positions.values() if m == mta],
+                    dict(op.unparsed.get(mta, {})),
+                    op.samples.get(mta, {}),
                 )
             )
         return pending

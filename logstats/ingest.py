@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from logstats.config import Config
-from logstats.correlate import Correlator
+from logstats.correlate import Correlator, Drained
 from logstats.errors import SourceError
 from logstats.grammar import ChunkParse, Clock, detect_mta, make_parser, parse_chunk, parse_lines
 from logstats.model import Position
@@ -265,29 +265,10 @@ class Ingestor:
             correlator.expire(correlator.last_ts)
         d = correlator.drain()
         year, month = clock.state()
-        batch = Batch(
-            mta=mta,
-            events=d.events,
-            counters=d.counters,
-            dims=d.dims,
-            upsert=d.upsert,
-            dropped=d.dropped,
-            positions=[
-                Position(
-                    info.head_hash,
-                    info.path,
-                    info.inode,
-                    offset,
-                    lines,
-                    info.mtime,
-                    done,
-                    year,
-                    month,
-                )
-            ],
-            unparsed=dict(unparsed),
-            samples=samples,
+        position = Position(
+            info.head_hash, info.path, info.inode, offset, lines, info.mtime, done, year, month
         )
+        batch = batch_of(mta, d, [position], dict(unparsed), samples)
         self.store.commit(batch)
         report.events += len(d.events)
         report.unparsed.update(unparsed)
@@ -296,3 +277,24 @@ class Ingestor:
 def _ignore_sigint() -> None:
     """Parser workers leave Ctrl-C to the main process, which stops after its batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def batch_of(
+    mta: str,
+    drained: Drained,
+    positions: list[Position],
+    unparsed: dict[str, int],
+    samples: dict[str, str],
+) -> Batch:
+    """One MTA's share of a transaction: the correlator's output and where files stand."""
+    return Batch(
+        mta=mta,
+        events=drained.events,
+        counters=drained.counters,
+        dims=drained.dims,
+        upsert=drained.upsert,
+        dropped=drained.dropped,
+        positions=positions,
+        unparsed=unparsed,
+        samples=samples,
+    )
