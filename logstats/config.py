@@ -202,7 +202,7 @@ _SCHEMA: dict[str, Any] = {
         "poll_seconds": "seconds",
         "commit_retries": int,
     },
-    "api": {"tcp": str, "admins": list, "keys": list, "metrics_per_account": bool},
+    "api": {"tcp": "address", "admins": list, "keys": list, "metrics_per_account": bool},
     "providers": dict,
     "tags": list,
 }
@@ -220,6 +220,9 @@ def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> Non
             _check(value, kind, dotted, where)
         elif kind == "duration":
             parse_duration(value, dotted, where)
+        elif kind == "address":
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {dotted}: expected PORT or HOST:PORT, got {value!r}")
         elif kind == "seconds":
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(
@@ -280,8 +283,12 @@ def load(path: str | None) -> Config:
     providers = _providers(data.get("providers", {}), where)
     tag_rules = _tag_rules(data.get("tags", []), where)
     tcp = api.get("tcp")
-    if tcp is not None and (":" not in tcp or not tcp.rsplit(":", 1)[1].isdigit()):
-        raise ConfigError(f"{where}: api.tcp: expected HOST:PORT, got {tcp!r}")
+    if tcp is not None:
+        tcp = str(tcp)
+        if ":" not in tcp:
+            tcp = f"127.0.0.1:{tcp}"  # a bare port listens on loopback only
+        if not tcp.rsplit(":", 1)[1].isdigit():
+            raise ConfigError(f"{where}: api.tcp: expected PORT or HOST:PORT, got {tcp!r}")
     return Config(
         path=where,
         timezone=timezone,

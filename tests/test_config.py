@@ -79,3 +79,15 @@ def test_shipped_configs_are_valid():
     from logstats.config import _SCHEMA, _check
 
     _check(yaml.safe_load(text), _SCHEMA, "", "example")
+
+
+def test_api_section(tmp_path):
+    """api.tcp as a bare port listens on loopback; keys keep their scopes; bad keys are
+    named."""
+    cfg = load(write(tmp_path, "api:\n  tcp: 8025\n  keys:\n    - {key: s, accounts: [alice]}\n"))
+    assert "127.0.0.1:8025" == cfg.tcp
+    assert ("alice",) == cfg.api_keys[0].accounts
+    with pytest.raises(ConfigError, match=r"api.keys\[0\]"):
+        load(write(tmp_path, "api:\n  keys:\n    - {secret: s}\n"))
+    with pytest.raises(ConfigError, match=r"tags\[0\]"):
+        load(write(tmp_path, "tags:\n  - {tag: x}\n"))
