@@ -295,6 +295,9 @@ class Router:
                 if not params.get("cpanel_jsonapi_user"):
                     raise BadRequest("cpanel_jsonapi_user: missing")
                 params = {**params, "account": params["cpanel_jsonapi_user"]}
+            if caller.domains is not None or caller.tags is not None:
+                # EmailTrack counts a whole account: a key limited to domains or tags may not
+                raise Denied(403, "this key is limited to domains or tags: EmailTrack not allowed")
             if caller.accounts is not None:
                 if params.get("all") in ("1", "true"):
                     raise Denied(403, "all accounts: not allowed for this caller")

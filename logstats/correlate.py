@@ -119,6 +119,14 @@ def _is_local(a: Attempt) -> bool:
     return a.transport in _LOCAL_AGENTS
 
 
+def _address(a: Attempt) -> str:
+    """The recipient as an address: Exim local deliveries log the local part first
+    (``=> lsuser2 <lsuser2@local.test>``)."""
+    if "@" not in a.recipient and a.orig_recipient and "@" in a.orig_recipient:
+        return a.orig_recipient
+    return a.recipient
+
+
 def _domain(addr: str | None) -> str:
     if not addr or "@" not in addr:
         return ""
@@ -234,8 +242,10 @@ class Correlator:
 
     def _received(self, r: Received) -> None:
         msg = self._get((r.scope, r.queue_id), r.ts)
-        if r.sender is not None and msg.sender is None:
-            msg.sender = r.sender
+        if r.sender is not None and (
+            msg.sender is None or ("@" not in msg.sender and "@" in r.sender)
+        ):
+            msg.sender = r.sender  # pickup's unqualified from=<user>, then qmgr's address
             msg.domain = None
         if r.size is not None and (msg.size == 0 or r.complete):
             msg.size = r.size
@@ -325,7 +335,7 @@ class Correlator:
             # read again is kept from counting twice by its checkpoint, not here
             if rcpt not in msg.deferrals:
                 msg.deferrals.append(rcpt)
-            self._emit(msg, Outcome.DEFERRED, a.ts, a.recipient, account, relay=a.relay)
+            self._emit(msg, Outcome.DEFERRED, a.ts, _address(a), account, relay=a.relay)
             return
         if rcpt in msg.done:
             return  # a replayed line, or a duplicate the MTA logged twice
@@ -358,7 +368,7 @@ class Correlator:
             return
         if a.interface and not msg.interface:
             msg.interface = a.interface
-        self._emit(msg, a.outcome, a.ts, a.recipient, account, local=_is_local(a), relay=a.relay)
+        self._emit(msg, a.outcome, a.ts, _address(a), account, local=_is_local(a), relay=a.relay)
 
     def _flush_orphans(self, msg: Message, account: str | None) -> None:
         orphans, msg.orphans = msg.orphans, []

@@ -191,7 +191,9 @@ def _irrelevant(text: str, has_id: bool) -> str | None:
 
 
 # Everything a counted line contains at least one of; the rest is classified by substring.
-_MAY_COUNT = re.compile(r" (?:<=|=>|->|==|\*\*|\*>|>>|\(=) |Completed|rejected|cancelled by")
+_MAY_COUNT = re.compile(
+    r" (?:<=|=>|->|==|\*\*|\*>|>>|\(=) |Completed|rejected|cancelled by| [Xx]-[A-Za-z-]+: "
+)
 
 
 def _noise_kind(line: str) -> str:

@@ -35,11 +35,13 @@ def message_bytes(sub: Submission) -> bytes:
         f"Line {i} of scenario message {sub.key}: the quick brown fox jumps over the lazy dog."
         for i in range(1 + 3 * int(sub.key.lstrip("m")))
     )
+    tag = f"X-Tag: {', '.join(sub.tags)}\n" if sub.tags else ""
     text = (
         f"From: {sub.sender}\n"
         f"To: {', '.join(sub.recipients)}\n"
         f"Subject: logstats scenario {sub.key} {sub.subject}\n"
         f"Message-ID: {sub.message_id}\n"
+        f"{tag}"
         "\n"
         f"{body}\n"
     )

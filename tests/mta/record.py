@@ -7,8 +7,10 @@ Run as root from the repository root::
 
 The ``.truth.json`` holds ``truth`` (per-account counters from the script), ``sizes``
 (message key -> size the MTA logged at receipt, the one input of TOTALSIZE not from the
-script), ``sink_sizes`` (bytes the sink received, an independent check of those sizes)
-and ``config`` (the logstats config the tests use for this log).
+script), ``sink_sizes`` (bytes the sink received, an independent check of those sizes),
+``tags`` / ``recipient_domains`` / ``sender_domains`` (per-dimension numbers from the
+script, see :class:`tests.mta.scenario.Truth`) and ``config`` (the logstats config the
+tests use for this log).
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ def truth_document(result: ScenarioResult) -> dict[str, object]:
         "truth": result.truth,
         "sizes": result.sizes,
         "sink_sizes": result.sink_sizes,
+        "tags": result.simulation.tags,
+        "recipient_domains": result.simulation.recipient_domains,
+        "sender_domains": result.simulation.sender_domains,
         "config": logstats_config(),
         "note": "truth counters come from tests/mta/scenario.py; TOTALSIZE = sum over "
-        "successful deliveries of sizes[key] (the MTA's receipt size).",
+        "successful deliveries of sizes[key] (the MTA's receipt size). tags: per X-Tag value "
+        "{messages accepted, deliveries, deferred (events), failed}; recipient_domains and "
+        "sender_domains: outcome events per recipient (bounces included), failed includes "
+        "the RCPT-time rejected.",
     }
 
 

@@ -54,6 +54,8 @@ class Submission:
     """All RCPTs in order, including the ones the MTA rejects at RCPT time."""
     rejected: tuple[str, ...] = ()
     subject: str = ""
+    tags: tuple[str, ...] = ()
+    """Values of the message's ``X-Tag:`` header (none: no header)."""
 
     @property
     def accepted(self) -> tuple[str, ...]:
@@ -73,6 +75,7 @@ SUBMISSIONS: tuple[Submission, ...] = (
         "alice@alice.test",
         "alice@alice.test",
         ("ok-a1@remote.test", "ok-a2@remote.test", "lsuser2@local.test"),
+        tags=("newsletter",),
     ),
     Submission(
         "m2",
@@ -81,13 +84,20 @@ SUBMISSIONS: tuple[Submission, ...] = (
         "alice@alice.test",
         "alice@alice.test",
         ("fail-a1@remote.test", "ok-a3@remote.test"),
+        tags=("billing",),
     ),
     Submission(
         "m3", "alice", "auth", "alice@alice.test", "alice@alice.test", ("defer-a1@remote.test",)
     ),
     # bob authenticates with the bare user name "bob"
     Submission(
-        "m4", "bob", "auth", "bob", "bob@bob.test", ("later-b1@remote.test", "ok-b1@remote.test")
+        "m4",
+        "bob",
+        "auth",
+        "bob",
+        "bob@bob.test",
+        ("later-b1@remote.test", "ok-b1@remote.test"),
+        tags=("newsletter", "promo"),
     ),
     Submission("m5", "bob", "auth", "bob", "bob@bob.test", ("ok-b2@remote.test",)),
     # lsuser1 submits locally with the MTA's sendmail
@@ -98,12 +108,21 @@ SUBMISSIONS: tuple[Submission, ...] = (
         "lsuser1",
         f"lsuser1@{HOSTNAME}",
         ("ok-u1@remote.test", "lsuser2@local.test"),
+        tags=("billing",),
     ),
     Submission(
         "m7", "lsuser1", "local", "lsuser1", f"lsuser1@{HOSTNAME}", ("fail-u1@remote.test",)
     ),
     # unauthenticated SMTP client: local delivery is allowed, relaying is not
-    Submission("m8", "-remote-", "anon", None, "stranger@elsewhere.test", ("lsuser2@local.test",)),
+    Submission(
+        "m8",
+        "-remote-",
+        "anon",
+        None,
+        "stranger@elsewhere.test",
+        ("lsuser2@local.test",),
+        tags=("newsletter",),
+    ),
     Submission(
         "m9",
         "-remote-",
@@ -126,7 +145,13 @@ SUBMISSIONS: tuple[Submission, ...] = (
         "m11", "lsuser1", "local", "lsuser1", f"lsuser1@{HOSTNAME}", ("later-u1@remote.test",)
     ),
     Submission(
-        "m12", "bob", "auth", "bob", "bob@bob.test", ("defer-b2@remote.test", "fail-b3@remote.test")
+        "m12",
+        "bob",
+        "auth",
+        "bob",
+        "bob@bob.test",
+        ("defer-b2@remote.test", "fail-b3@remote.test"),
+        tags=("promo",),
     ),
 )
 
@@ -157,6 +182,7 @@ class Message:
     delivered: int = 0
     deferrals: int = 0
     bounce_of: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass
@@ -170,6 +196,16 @@ class Truth:
     rejected_rcpts: int
     bounces: dict[str, str] = field(default_factory=dict)
     """bounce key -> key of the message it reports on."""
+    tags: dict[str, dict[str, int]] = field(default_factory=dict)
+    """tag -> {messages, deliveries, deferred, failed}: accepted messages carrying the tag
+    (``X-Tag:``, comma-separated values), their recipients delivered, deferral events and
+    recipients failed. RCPT-time rejects happen before the headers: never tagged."""
+    recipient_domains: dict[str, dict[str, int]] = field(default_factory=dict)
+    """recipient domain -> {delivered, deferred, failed, rejected}: outcome events per
+    recipient (bounces included); ``failed`` includes the RCPT-time ``rejected``."""
+    sender_domains: dict[str, dict[str, int]] = field(default_factory=dict)
+    """envelope sender domain ("" for bounces) -> {messages, delivered, deferred, failed,
+    rejected}: as for recipient domains, plus the accepted messages."""
 
     def with_sizes(self, sizes: dict[str, int]) -> dict[str, dict[str, int]]:
         """Final truth ``{account: {COUNTER: int}}``; TOTALSIZE = sum(size x deliveries)."""
@@ -205,8 +241,24 @@ def simulate(
     bounces: dict[str, str] = {}
     rejected = 0
 
+    tags: dict[str, Counter[str]] = {}
+    rdomains: dict[str, Counter[str]] = {}
+    sdomains: dict[str, Counter[str]] = {}
+
     def acc(name: str) -> Counter[str]:
         return counts.setdefault(name, Counter())
+
+    def dims(msg: Message | Submission, rcpt: str | None, what: str) -> None:
+        """One event (messages/delivered/deferred/failed/rejected) in every dimension."""
+        tag_names = msg.tags if what != "rejected" else ()
+        for tag in tag_names:
+            tags.setdefault(tag, Counter())[TAG_FIELDS.get(what, what)] += 1
+        sdom = domain_of(msg.sender)
+        kinds = ("failed", "rejected") if what == "rejected" else (what,)
+        for kind in kinds:
+            sdomains.setdefault(sdom, Counter())[kind] += 1
+            if rcpt is not None:
+                rdomains.setdefault(domain_of(rcpt), Counter())[kind] += 1
 
     def attempt(msg: Message, phase: int, new: list[Message]) -> None:
         still: list[str] = []
@@ -217,19 +269,23 @@ def simulate(
             if code == 250:
                 acc(msg.account)["SUCCESSCOUNT"] += 1
                 msg.delivered += 1
+                dims(msg, rcpt, "delivered")
             elif code == 451:
                 acc(msg.account)["DEFERCOUNT"] += 1
                 msg.deferrals += 1
                 still.append(rcpt)
+                dims(msg, rcpt, "deferred")
             else:
                 acc(msg.account)["FAILCOUNT"] += 1
                 failed += 1
+                dims(msg, rcpt, "failed")
         msg.pending = still
         if failed and msg.sender:
             bkey = f"bounce-{msg.key}-{phase}"
             bounces[bkey] = msg.key
             bounce = Message(bkey, "-system-", "", [msg.sender], bounce_of=msg.key)
             acc("-system-")["SENDCOUNT"] += 1
+            dims(bounce, None, "messages")
             messages[bkey] = bounce
             new.append(bounce)
 
@@ -237,14 +293,18 @@ def simulate(
         todo: list[Message] = []
         if phase == 0:
             for sub in submissions:
-                for _ in sub.rejected:
+                for rcpt in sub.rejected:
                     acc(sub.account if sub.how != "anon" else "-remote-")["SENDCOUNT"] += 1
                     acc(sub.account if sub.how != "anon" else "-remote-")["FAILCOUNT"] += 1
+                    dims(sub, rcpt, "rejected")
                     rejected += 1
                 if sub.accepted:
-                    msg = Message(sub.key, sub.account, sub.sender, list(sub.accepted))
+                    msg = Message(
+                        sub.key, sub.account, sub.sender, list(sub.accepted), tags=sub.tags
+                    )
                     messages[sub.key] = msg
                     acc(sub.account)["SENDCOUNT"] += 1
+                    dims(msg, None, "messages")
                     todo.append(msg)
         else:
             todo = [m for m in messages.values() if m.pending]
@@ -258,4 +318,27 @@ def simulate(
     for msg in messages.values():
         if msg.pending:
             acc(msg.account)["INPROGRESSCOUNT"] += 1
-    return Truth(counts, messages, expected, rejected, bounces)
+    return Truth(
+        counts,
+        messages,
+        expected,
+        rejected,
+        bounces,
+        tags=_table(tags, TAG_COLUMNS),
+        recipient_domains=_table(rdomains, ("delivered", "deferred", "failed", "rejected")),
+        sender_domains=_table(
+            sdomains, ("messages", "delivered", "deferred", "failed", "rejected")
+        ),
+    )
+
+
+TAG_FIELDS = {"delivered": "deliveries"}
+TAG_COLUMNS = ("messages", "deliveries", "deferred", "failed")
+
+
+def domain_of(address: str) -> str:
+    return address.rsplit("@", 1)[1].lower() if "@" in address else ""
+
+
+def _table(rows: dict[str, Counter[str]], columns: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    return {key: {c: int(rows[key][c]) for c in columns} for key in sorted(rows)}
