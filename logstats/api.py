@@ -383,6 +383,33 @@ def _scope(q: Any, caller: Caller, path_params: dict[str, str]) -> Any:
     return q
 
 
+class LocalRouter(Router):
+    """The API answered in-process from a read-only store (the CLI, no daemon running).
+    Whoever can open the database file sees everything in it: the caller is an admin."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, config: Config) -> None:
+        self.con = con
+        self.config = replace(config, admins=(*config.admins, LOCAL))
+        self.lock = threading.Lock()
+        self.status = dict
+        self.metrics = lambda cur: prometheus_local(cur, config)
+
+    def route(
+        self, method: str, path: str, params: dict[str, list[str]], headers: Any, peer: str | None
+    ) -> tuple[int, Any, str]:
+        return super().route(method, path, params, headers, LOCAL)
+
+
+LOCAL = "\0local-file-reader"  # not a Unix user name: only LocalRouter uses it
+
+
+def prometheus_local(cursor: duckdb.DuckDBPyConnection, config: Config) -> str:
+    from logstats.query import prometheus_text
+    from logstats.store import metric_rows
+
+    return prometheus_text({}, *metric_rows(cursor, config.metrics_per_account))
+
+
 class ApiServer(Router, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Threaded HTTP on a Unix socket; each request reads through its own cursor."""
 
@@ -453,12 +480,14 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def get(path: str, route: str, params: dict[str, str], timeout: float = 10.0) -> tuple[int, Any]:
+def get(path: str, route: str, params: Any, timeout: float = 10.0) -> tuple[int, Any]:
     """GET from the daemon's socket; raises OSError when nothing listens there."""
     conn = _UnixConnection(path, timeout)
     try:
-        conn.request("GET", f"{route}?{urlencode(params)}")
+        conn.request("GET", f"{route}?{urlencode(params, doseq=True)}")
         response = conn.getresponse()
-        return response.status, json.loads(response.read())
+        data = response.read().decode("utf-8", "replace")
+        kind = response.getheader("Content-Type") or ""
+        return response.status, json.loads(data) if "json" in kind else data
     finally:
         conn.close()

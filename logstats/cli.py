@@ -136,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --all: a text table (default) or a JSON object by account",
     )
 
+    examples = {
+        "mailgun": "/v3/stats/total event=delivered event=failed duration=7d",
+        "sendgrid": "/api/distributor.manage.json method=stats user=alice days=7",
+        "smtpeter": "/v1/stats/newsletter",
+    }
+    for api_name, example in examples.items():
+        vp = qsub.add_parser(
+            api_name,
+            parents=[common],
+            help=f"{api_name.capitalize()} stats, the same paths and parameters as its API",
+            description=f"Answer as the {api_name.capitalize()} API would, for the endpoint "
+            f"PATH and NAME=VALUE parameters (repeat a name for several values), e.g. "
+            f"`logstats query {api_name} {example}`. Through a running `logstats serve` "
+            "when it serves this database, else from the file (read-only, as an admin).",
+        )
+        vp.add_argument("path", metavar="PATH", help="the API path, e.g. " + example.split()[0])
+        vp.add_argument("params", nargs="*", metavar="NAME=VALUE")
+
     ps = sub.add_parser(
         "parse",
         help="run the grammar over files and report what it recognised",
@@ -186,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check_config(args)
     except LogstatsError as exc:
         print(f"logstats: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `logstats query ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         print(
@@ -306,7 +327,33 @@ def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
     return start, end
 
 
+def cmd_query_api(args: argparse.Namespace) -> int:
+    """``logstats query mailgun|sendgrid|smtpeter PATH NAME=VALUE...``."""
+    from logstats import api
+    from logstats.store import Store
+
+    cfg = _load(args)
+    db = _db(args, cfg)
+    params: dict[str, list[str]] = {}
+    for item in args.params:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise LogstatsError(f"{item!r}: parameters are NAME=VALUE")
+        params.setdefault(name, []).append(value)
+    path = args.path if args.path.startswith("/") else "/" + args.path
+    answer = _ask_daemon(cfg.socket, db, params, route=path)
+    if answer is not None:
+        status, body = answer
+    else:
+        with Store(db, read_only=True) as store:
+            status, body, _ = api.LocalRouter(store.con, cfg).route("GET", path, params, {}, None)
+    print(body if isinstance(body, str) else json.dumps(body, indent=2))
+    return 0 if status < 400 else 1
+
+
 def cmd_query(args: argparse.Namespace) -> int:
+    if args.shape != "emailtrack":
+        return cmd_query_api(args)
     from logstats import api, query
     from logstats.store import Store
 
@@ -325,7 +372,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = {k: v for k, v in params.items() if v}
     try:
         _window(args)
-        answer = _ask_daemon(cfg.socket, db, params)
+        asked = _ask_daemon(cfg.socket, db, params)
+        answer = asked[1] if asked is not None else None
         if answer is None:
             with Store(db, read_only=True) as store:
                 answer = api.emailtrack(store.con, params)
@@ -343,8 +391,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_daemon(socket_path: str, db: str, params: dict[str, str]) -> dict[str, Any] | None:
-    """The answer from a running ``logstats serve`` for this database, else None."""
+def _ask_daemon(
+    socket_path: str, db: str, params: Any, route: str = "/v1/emailtrack"
+) -> tuple[int, Any] | None:
+    """(status, answer) from a running ``logstats serve`` for this database, else None."""
     from logstats import api
 
     if not os.path.exists(socket_path):
@@ -353,10 +403,9 @@ def _ask_daemon(socket_path: str, db: str, params: dict[str, str]) -> dict[str, 
         status, health = api.get(socket_path, "/healthz", {})
         if status != 200 or os.path.realpath(health.get("db", "")) != os.path.realpath(db):
             return None
-        status, answer = api.get(socket_path, "/v1/emailtrack", params)
+        return api.get(socket_path, route, params)
     except (OSError, ValueError):
         return None
-    return answer if isinstance(answer, dict) else None
 
 
 def cmd_parse(args: argparse.Namespace) -> int:

@@ -10,7 +10,16 @@ from logstats.cli import build_parser
 from tests.conftest import ROOT, all_stats, run_cli, scenario_config
 from tests.logmaker import exim_log
 
-COMMANDS = ["backfill", "query emailtrack", "parse", "serve", "check-config"]
+COMMANDS = [
+    "backfill",
+    "query emailtrack",
+    "query mailgun",
+    "query sendgrid",
+    "query smtpeter",
+    "parse",
+    "serve",
+    "check-config",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -134,3 +143,42 @@ def test_ctrl_c_leaves_a_store_the_next_run_completes(tmp_path):
     run_cli(*args, "--db", str(tmp_path / "a.duckdb"), str(log))
     run_cli(*args, "--db", str(tmp_path / "b.duckdb"), str(log))
     assert all_stats(tmp_path / "b.duckdb") == all_stats(tmp_path / "a.duckdb")
+
+
+def test_vendor_shapes_from_the_cli(tmp_path):
+    """`logstats query mailgun|sendgrid|smtpeter PATH NAME=VALUE` answers as the HTTP API
+    does, from the file when no daemon runs; a bad parameter is the API's error, exit 1."""
+    import json
+
+    db = tmp_path / "v.duckdb"
+    config = str(ROOT / "config" / "logstats.yaml")
+    demo = ROOT / "fixtures" / "demo"
+    run_cli("backfill", "--config", config, "--db", str(db), *map(str, sorted(demo.iterdir())))
+    base = ["--config", config, "--db", str(db)]
+    mg = json.loads(
+        run_cli(
+            "query",
+            "mailgun",
+            *base,
+            "/v3/stats/total",
+            "event=delivered",
+            "start=0",
+            "resolution=month",
+        ).stdout
+    )
+    expected = json.loads(run_cli("query", "emailtrack", *base, "--all", "--format", "json").stdout)
+    delivered = sum(int(row["SUCCESSCOUNT"]) for row in expected.values())
+    assert delivered == sum(item["delivered"]["total"] for item in mg["stats"])
+    sg = run_cli(
+        "query",
+        "sendgrid",
+        *base,
+        "/api/distributor.manage.xml",
+        "method=stats",
+        "user=alice",
+        "aggregate=1",
+    ).stdout
+    assert f"<requests>{expected['alice']['SENDCOUNT']}</requests>" in sg
+    bad = run_cli("query", "mailgun", *base, "/v3/stats/total", "event=bogus", check=False)
+    assert 1 == bad.returncode
+    assert "event" in json.loads(bad.stdout)["message"]
