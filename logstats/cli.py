@@ -301,6 +301,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 hint="every batch read so far is stored; run the same command to continue",
             )
             return 130
+        from logstats.ingest import compact_since
+
+        compact_since(store, ingestor.earliest_hour)
         pruned = store.prune(datetime.now(UTC) - timedelta(days=cfg.retention_days))
         seconds = time.monotonic() - started
         log.info(

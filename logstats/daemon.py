@@ -34,7 +34,7 @@ from logstats.correlate import Correlator
 from logstats.errors import ConfigError
 from logstats.follow import Follower
 from logstats.grammar import Clock, LineParser, detect_mta, make_parser, parse_lines
-from logstats.ingest import batch_of
+from logstats.ingest import batch_of, compact_since, earliest_hour
 from logstats.model import Position
 from logstats.notify import Notifier
 from logstats.query import prometheus_text
@@ -84,6 +84,8 @@ class Daemon:
         self.last_prune = 0.0
         self.backlog = False
         self.commit_s = 0.0
+        self.earliest_hour: int | None = None  # earliest bucket written since compaction
+        self.compacted_month: str | None = None
         self.lines_by_source: dict[str, int] = {}
 
     # -- life cycle --------------------------------------------------------------------------
@@ -159,6 +161,7 @@ class Daemon:
             if now - self.last_prune > 3600:
                 self.last_prune = now
                 self._prune()
+                self._compact()
         self._poll_all()
         return 0 if self._commit(force=True, final=True) else 1
 
@@ -408,10 +411,12 @@ class Daemon:
             if correlator.last_ts is not None:
                 correlator.expire(correlator.last_ts)  # log time, as backfill does
             correlator.events_since = now - timedelta(days=self.config.retention_days)
+            drained = correlator.drain()
+            self.earliest_hour = earliest_hour(drained, self.earliest_hour)
             pending.batches.append(
                 batch_of(
                     mta,
-                    correlator.drain(),
+                    drained,
                     [p for m, p in op.positions.values() if m == mta],
                     dict(op.unparsed.get(mta, {})),
                     op.samples.get(mta, {}),
@@ -422,6 +427,33 @@ class Daemon:
     @staticmethod
     def _merge(unsaved: list[_Pending]) -> list[Batch]:
         return [b for p in unsaved for b in p.batches]
+
+    def _compact(self) -> None:
+        """Hourly: fold the counter deltas written since the last time, sorted by account;
+        in a new month, re-sort the whole previous month (few blocks per account query)."""
+        month = datetime.now(UTC).strftime("%Y-%m")
+        since = self.earliest_hour
+        if self.compacted_month not in (None, month):
+            first = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            previous = (first - timedelta(days=1)).replace(day=1)
+            hour = int(previous.timestamp()) // 3600
+            since = hour if since is None else min(since, hour)
+        self.compacted_month = month
+        if since is None:
+            return
+        started = time.perf_counter()
+        try:
+            compact_since(self.store, since)
+        except duckdb.Error as exc:
+            self.log.error("compact_failed", error=str(exc))
+            return
+        self.earliest_hour = None
+        self.notifier.watchdog()
+        self.log.info(
+            "counters_compacted",
+            since_hour=since,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
 
     def _prune(self) -> None:
         horizon = datetime.now(UTC) - timedelta(days=self.config.retention_days)

@@ -87,6 +87,7 @@ class Ingestor:
         self.correlators: dict[str, Correlator] = {}
         self._executor: ProcessPoolExecutor | None = None
         self.interrupted = False  # set (from a signal handler) to stop after this batch
+        self.earliest_hour: int | None = None  # earliest counter bucket written (epoch hours)
 
     def correlator(self, mta: str) -> Correlator:
         c = self.correlators.get(mta)
@@ -264,6 +265,7 @@ class Ingestor:
         if correlator.last_ts is not None:
             correlator.expire(correlator.last_ts)
         d = correlator.drain()
+        self.earliest_hour = earliest_hour(d, self.earliest_hour)
         year, month = clock.state()
         position = Position(
             info.head_hash, info.path, info.inode, offset, lines, info.mtime, done, year, month
@@ -298,3 +300,17 @@ def batch_of(
         unparsed=unparsed,
         samples=samples,
     )
+
+
+def earliest_hour(drained: Drained, current: int | None) -> int | None:
+    """The earliest hour bucket among ``drained``'s counters and ``current``."""
+    hours = [key[0] for key in drained.counters]
+    if current is not None:
+        hours.append(current)
+    return min(hours, default=None)
+
+
+def compact_since(store: Store, hour: int | None) -> None:
+    """Fold and sort (by account) the counters written from ``hour`` on."""
+    if hour is not None:
+        store.compact(datetime.fromtimestamp(hour * 3600, UTC))

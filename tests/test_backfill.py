@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import uuid
 from datetime import UTC, datetime
@@ -247,3 +248,27 @@ def test_worker_processes_count_exactly_what_one_process_counts(tmp_path):
         results.append(stats(db))
     assert results[0] == results[1]
     assert as_strings(script.truth)["alice"] == results[1]["alice"] or "alice" in results[1]
+
+
+def test_backfill_leaves_counters_folded_and_sorted_by_account(tmp_path):
+    """After backfills that wrote the same hours twice, counters and dims hold one row per
+    key, each compacted range written in account order (few blocks per account query)."""
+    script = exim_log(41, messages=200)
+    log = tmp_path / "mainlog"
+    db = tmp_path / "f.duckdb"
+    half = len(script.lines) // 2
+    for part in (script.lines[:half], script.lines):  # two runs: deltas for the same hours
+        write(log, part)
+        run_cli("backfill", "--db", str(db), str(log))
+    with Store(db, read_only=True) as store:
+        for table, key in (
+            ("counters", "bucket, mta, account, sender_domain"),
+            ("dims", "bucket, mta, account, sender_domain, kind, value"),
+        ):
+            rows, keys = store.con.execute(
+                f"SELECT count(*), count(DISTINCT ({key})) FROM {table}"
+            ).fetchone()
+            assert keys == rows
+        accounts = [r[0] for r in store.con.execute("SELECT account FROM counters").fetchall()]
+        runs = 1 + sum(1 for a, b in itertools.pairwise(accounts) if a != b)
+        assert runs <= 2 * len(set(accounts))  # one sorted block per compacted range
