@@ -42,7 +42,7 @@ from logstats.sources import split_lines
 from logstats.store import Batch, Store, metric_rows
 
 Log = Any  # a structlog bound logger
-MIN_POLL_INTERVAL = 0.05  # seconds: inotify wake-ups closer than this share one poll
+MIN_POLL_INTERVAL = 0.1  # seconds: inotify wake-ups closer than this share one poll
 
 
 @dataclass(slots=True)
