@@ -91,3 +91,36 @@ def test_single_account_query_has_the_cpanel_envelope(mta, logstats_on) -> None:
     assert len(envelope["data"]) == 1
     row = envelope["data"][0]
     assert expected_row == {k: row.get(k) for k in COUNTERS}
+
+
+@pytest.mark.parametrize("mta", MTAS)
+def test_serve_follows_the_live_mta_log_to_the_truth(mta, tmp_path) -> None:
+    """``logstats serve`` follows the MTA's own log while the scenario sends mail (started
+    as soon as the MTA runs, before any message); once the script is done, its answers
+    equal the script's ground truth for every account."""
+    from tests.daemon_harness import Serve, short_dir, write_config
+    from tests.mta.runner import run_scenario
+
+    with short_dir() as folder:
+        served: list[Serve] = []
+
+        def follow(log_path):
+            cfg = write_config(folder, [(log_path, mta)])
+            daemon = Serve(cfg)
+            served.append(daemon)
+            daemon.wait_ready()
+
+            def check(result) -> None:
+                expected = {
+                    account: {k: str(v) for k, v in row.items()}
+                    for account, row in result.truth.items()
+                }
+                assert expected == daemon.wait_stats(expected, timeout=30.0)
+
+            return check
+
+        try:
+            run_scenario(mta, tmp_path / "live", follow=follow)
+        finally:
+            for daemon in served:
+                daemon.close()

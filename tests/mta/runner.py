@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,11 +53,19 @@ def benign_duplicates(lines: list[str]) -> set[str]:
     return {ln for ln in lines if re.search(r"\b(connect|disconnect) from ", ln)}
 
 
-def run_scenario(mta: str, outdir: Path) -> ScenarioResult:
+def run_scenario(
+    mta: str,
+    outdir: Path,
+    follow: Callable[[Path], Callable[[ScenarioResult], None]] | None = None,
+) -> ScenarioResult:
     """Install (if needed), start sink and MTA, play the script, stop everything.
 
     The MTA log is only read to wait for the expected delivery lines (no fixed sleeps)
     and for the receipt sizes; the counters of the truth come from ``simulate()``.
+
+    ``follow(log_path)``, when given, is called once the MTA runs (e.g. to start
+    ``logstats serve`` on its live log) and returns a check that gets the result before
+    the MTA is stopped.
     """
     install()
     outdir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +74,7 @@ def run_scenario(mta: str, outdir: Path) -> ScenarioResult:
     driver = DRIVERS[mta](port=free_port(), sink_port=sink.port)
     try:
         driver.start()
+        check = follow(driver.log_path) if follow is not None else None
         for sub in SUBMISSIONS:
             refused = driver.submit(sub)
             if sorted(refused) != sorted(sub.rejected):
@@ -96,9 +106,12 @@ def run_scenario(mta: str, outdir: Path) -> ScenarioResult:
                 sink_sizes[key] = rec.crlf_size if driver.crlf_sizes else rec.size
         log = outdir / f"{mta}.log"
         shutil.copyfile(driver.log_path, log)
-        return ScenarioResult(
+        result = ScenarioResult(
             mta, log, sim.with_sizes(sizes), sizes, sink_sizes, sim, len(sink.received)
         )
+        if check is not None:
+            check(result)
+        return result
     finally:
         driver.stop()
         sink.stop()
