@@ -15,12 +15,14 @@ back and retried with back-off; after ``serve.commit_retries`` failures the daem
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -32,9 +34,17 @@ from logstats import config as config_mod
 from logstats.api import ApiServer, TcpApiServer
 from logstats.correlate import Correlator
 from logstats.errors import ConfigError
-from logstats.follow import Follower
-from logstats.grammar import Clock, LineParser, detect_mta, make_parser, parse_lines
-from logstats.ingest import batch_of, compact_since, earliest_hour
+from logstats.follow import Follower, Piece
+from logstats.grammar import (
+    ChunkParse,
+    Clock,
+    LineParser,
+    detect_mta,
+    make_parser,
+    parse_chunk,
+    parse_lines,
+)
+from logstats.ingest import batch_of, compact_since, earliest_hour, ignore_sigint
 from logstats.model import Position
 from logstats.notify import Notifier
 from logstats.query import prometheus_text
@@ -43,6 +53,7 @@ from logstats.store import Batch, Store, metric_rows
 
 Log = Any  # a structlog bound logger
 MIN_POLL_INTERVAL = 0.1  # seconds: inotify wake-ups closer than this share one poll
+PARALLEL_BYTES = 4 << 20  # a poll that read this much (a backlog) is parsed in workers
 
 
 @dataclass(slots=True)
@@ -84,6 +95,7 @@ class Daemon:
         self.last_prune = 0.0
         self.backlog = False
         self.commit_s = 0.0
+        self.pool: ProcessPoolExecutor | None = None  # parser workers, for backlogs only
         self.earliest_hour: int | None = None  # earliest bucket written since compaction
         self.compacted_month: str | None = None
         self.lines_by_source: dict[str, int] = {}
@@ -132,6 +144,8 @@ class Daemon:
                 observer.stop()
             for server in self.servers:
                 server.shutdown_and_remove()
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
             for follower in self.followers.values():
                 follower.close()
         self.log.info("serve_stopped", lines=self.total_lines, exit_code=code)
@@ -266,11 +280,30 @@ class Daemon:
         for follower in self.followers.values():
             pieces = follower.poll()
             self.backlog = self.backlog or follower.more
-            for piece in pieces:
-                self._take(follower, piece.body, piece.position, piece.too_long)
+            if follower.mta and sum(len(p.body) for p in pieces) >= PARALLEL_BYTES:
+                self._take_in_workers(follower, pieces)
+            else:
+                for piece in pieces:
+                    self._take(follower, piece.body, piece.position, piece.too_long)
             for note in follower.notes:
                 self.log.warning(note.event, path=note.path, detail=note.detail)
             follower.notes.clear()
+
+    def _take_in_workers(self, follower: Follower, pieces: list[Piece]) -> None:
+        """A backlog: parse its chunks in worker processes (as backfill does), feed in order."""
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                max_workers=os.cpu_count() or 2,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=ignore_sigint,
+            )
+        tz, max_len = self.config.tz(), self.config.max_line_length
+        futures = [
+            self.pool.submit(parse_chunk, follower.mta, tz, p.position.mtime, max_len, p.body)
+            for p in pieces
+        ]
+        for piece, future in zip(pieces, futures, strict=True):
+            self._absorb(follower, future.result(), piece.position, piece.too_long)
 
     def _take(self, follower: Follower, body: bytes, pos: Position, too_long: int) -> None:
         lines, dropped = split_lines(body, self.config.max_line_length)
@@ -281,9 +314,17 @@ class Daemon:
                     "source_mta_unknown", path=follower.path, hint="set sources[].mta in the config"
                 )
                 return
-        mta = follower.mta
-        parser, clock = self._parser(mta, pos)
+        parser, _ = self._parser(follower.mta, pos)
         parsed = parse_lines(parser, lines)
+        if dropped:
+            parsed.unparsed["too-long"] += dropped
+            parsed.lines += dropped
+        self._absorb(follower, parsed, pos, too_long)
+
+    def _absorb(self, follower: Follower, parsed: ChunkParse, pos: Position, too_long: int) -> None:
+        """Feed parsed records to the correlator and note where the file stands."""
+        mta = follower.mta
+        _, clock = self._parser(mta, pos)
         correlator = self.correlators[mta]
         for record in parsed.records:
             correlator.feed(record)
@@ -303,9 +344,9 @@ class Daemon:
                 month,
             ),
         )
-        n = len(lines) + dropped + too_long
-        if dropped or too_long:
-            parsed.unparsed["too-long"] += dropped + too_long
+        n = parsed.lines + too_long
+        if too_long:
+            parsed.unparsed["too-long"] += too_long
         if parsed.unparsed:
             op.unparsed.setdefault(mta, Counter()).update(parsed.unparsed)
             samples = op.samples.setdefault(mta, {})

@@ -239,7 +239,7 @@ class Ingestor:
             self._executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_sigint,
+                initializer=ignore_sigint,
             )
         return self._executor
 
@@ -276,7 +276,7 @@ class Ingestor:
         report.unparsed.update(unparsed)
 
 
-def _ignore_sigint() -> None:
+def ignore_sigint() -> None:
     """Parser workers leave Ctrl-C to the main process, which stops after its batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -239,12 +239,8 @@ def test_following_an_old_log_equals_backfill(work: Path, serve: list[Serve]) ->
     """With the default TTLs, following a log whose lines are older than the TTL (a backlog
     read at first start, or a replayed log) counts what a backfill of the same file counts.
 
-    Fails today: the daemon expires in-flight messages against the wall clock
-    (``Daemon._drain`` calls ``correlator.expire(datetime.now(UTC))``) while backfill
-    expires against the log's own time (``correlator.expire(correlator.last_ts)``), so the
-    daemon turns every still-queued message of a 2024 log into an expiry and loses its
-    INPROGRESSCOUNT, and a delivery read in a later batch than its receipt becomes an
-    orphan."""
+    (The daemon once expired in-flight messages against the wall clock while backfill
+    used the log's own time: every still-queued message of an old log became an expiry.)"""
     from tests.logmaker import exim_log
 
     script = exim_log(5, messages=60)
@@ -679,3 +675,26 @@ def test_disk_full_during_commit(work: Path, serve: list[Serve]) -> None:
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_backlog_parsed_in_workers_equals_backfill(work: Path, serve: list[Serve]) -> None:
+    """A log of several MiB waiting when the daemon starts (a day's backlog) is parsed in
+    worker processes, in order, and counts exactly what a backfill of the file counts."""
+    gen = work / "gen"
+    gen.mkdir()
+    truth = genlog("exim", 60000, gen / "exim.log", seed=5)
+    domains = domains_of(gen / "exim.log.userdomains")
+    uids = {int(u): n for n, u in truth["local_users"].items()}
+    log = work / "mainlog"
+    log.write_bytes((gen / "exim.log").read_bytes())
+    assert log.stat().st_size > 4 << 20  # above the daemon's worker threshold
+    sections = {
+        "accounts": {"domains": domains, "uids": uids},
+        "correlation": {"ttl": "3650d", "orphan_ttl": "3650d"},
+    }
+    cfg = write_config(work, [(log, "exim")], **sections)
+    d = start(serve, cfg)
+    d.wait_lines(60000, timeout=60.0)
+    assert 0 == d.terminate()
+    followed = query_all(cfg)
+    assert backfill(cfg, work / "clean.duckdb", log) == followed
