@@ -39,11 +39,8 @@ import duckdb
 from logstats import query
 from logstats.config import Config
 from logstats.model import Dimension, StatsRequest
-from logstats.shapes import JSON, SHAPES, ApiError
+from logstats.shapes import EPOCH, FAR_FUTURE, JSON, SHAPES, ApiError
 from logstats.store import account_stats, series
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 class BadRequest(ValueError):

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from logstats.ingest import Ingestor
     from logstats.sources import FileInfo
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "logstats.yaml"
 
 
@@ -317,19 +315,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window(args: argparse.Namespace) -> tuple[datetime, datetime]:
-    now = datetime.now(UTC)
-    if args.days:
-        return now - timedelta(days=args.days), now
-    start = args.start or EPOCH
-    end = args.end or FAR_FUTURE
-    if start >= end:
-        raise LogstatsError(
-            f"--start ({start.isoformat()}) must be before --end ({end.isoformat()})"
-        )
-    return start, end
-
-
 def cmd_query_api(args: argparse.Namespace) -> int:
     """``logstats query mailgun|sendgrid|smtpeter PATH NAME=VALUE...``."""
     from logstats import api
@@ -374,7 +359,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     }
     params = {k: v for k, v in params.items() if v}
     try:
-        _window(args)
         asked = _ask_daemon(cfg.socket, db, params)
         answer = asked[1] if asked is not None else None
         if answer is None:

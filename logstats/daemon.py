@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -245,7 +245,7 @@ class Daemon:
                 running=self.config.db,
                 hint="a new store.path takes effect on restart",
             )
-            new = config_mod.Config(**{**_fields(new), "db": self.config.db})
+            new = replace(new, db=self.config.db)
         self.config = new
         for server in self.servers:
             server.config = new
@@ -565,7 +565,3 @@ def _expand(pattern: str) -> list[str]:
 def _looks_rotated(path: str) -> bool:
     tail = path.rsplit("/", 1)[-1]
     return tail.endswith((".gz", ".bz2", ".xz")) or tail.rsplit(".", 1)[-1].isdigit()
-
-
-def _fields(cfg: config_mod.Config) -> dict[str, Any]:
-    return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}

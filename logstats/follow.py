@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from logstats.errors import SourceError
@@ -364,7 +363,3 @@ class Follower:
             Position(cur.head_hash, cur.path, cur.inode, cur.offset, cur.lines, cur.mtime),
             too_long,
         )
-
-
-def existing(path: str) -> bool:
-    return Path(path).exists()

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -486,21 +486,6 @@ class Store:
         ).fetchall()
         return {(r[0], r[1]): message_from_json(r[2]) for r in rows}
 
-    def unparsed_counts(self) -> list[tuple[str, str, int, str | None]]:
-        return [
-            (r[0], r[1], int(r[2]), r[3])
-            for r in self.con.execute(
-                "SELECT mta, reason, lines, sample FROM unparsed ORDER BY mta, reason"
-            ).fetchall()
-        ]
-
-    def accounts(self) -> list[str]:
-        rows = self.con.execute(
-            "SELECT account FROM counters UNION SELECT account FROM pending "
-            "WHERE received AND account IS NOT NULL ORDER BY 1"
-        ).fetchall()
-        return [r[0] for r in rows]
-
     def account_stats(self, req: StatsRequest) -> list[AccountStats]:
         """EmailTrack numbers per account for the window (hour granularity, end exclusive)."""
         return account_stats(self.con, req)
@@ -568,10 +553,6 @@ def account_stats(con: duckdb.DuckDBPyConnection, req: StatsRequest) -> list[Acc
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def retention_horizon(now: datetime, days: int) -> datetime:
-    return now - timedelta(days=days)
 
 
 _DIM_KINDS = {
