@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +160,19 @@ def domains_of(userdomains: Path) -> dict[str, str]:
     return table
 
 
-class Messages:
-    """Fresh Exim messages stamped now: one authenticated send, one delivery, Completed."""
+SAMPLES_END = datetime(2026, 11, 24, 6, 10, tzinfo=UTC)  # after tests/mta/samples/*.log
 
-    def __init__(self, seed: int = 0) -> None:
+
+class Messages:
+    """Fresh Exim messages, one authenticated send, one delivery, Completed each.
+
+    They are stamped from ``start`` on, one second apart: just after the recorded samples
+    (2026-11-24 06:00), never from the wall clock, so expectations hold on any date."""
+
+    def __init__(self, seed: int = 0, start: datetime = SAMPLES_END) -> None:
         self.rng = random.Random(seed)
         self.n = 0
+        self.start = start
 
     def qid(self) -> str:
         alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -177,7 +184,7 @@ class Messages:
 
     def send(self, user: str, domain: str, size: int = 1000, *, deliver: bool = True) -> bytes:
         self.n += 1
-        ts = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        ts = (self.start + timedelta(seconds=self.n)).strftime("%Y-%m-%d %H:%M:%S")
         q = self.qid()
         lines = [
             f"{ts} {q} <= {user}@{domain} H=(c.test) [127.0.0.1] P=esmtpa "
