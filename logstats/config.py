@@ -116,7 +116,7 @@ class Config:
                 return uids[uid]
             try:
                 return pwd.getpwuid(uid).pw_name
-            except KeyError:
+            except (KeyError, OverflowError):
                 return None
 
         return Policy(

@@ -10,9 +10,9 @@ Rules (the counting contract, cPanel's EmailTrack semantics):
 
 * a message is counted as sent once, when its receipt is complete (Exim ``<=``, Postfix's
   first qmgr ``from=``); a message that continues another one (a content-filter
-  re-injection or a ``queued as`` hand-off to a configured filter hop) is not a new send;
+  re-injection, a local forward) is not a new send;
 * every delivered recipient is one success (Exim ``=>``/``->``/``>>``, Postfix
-  ``status=sent`` except hand-offs to a filter hop), counted once per recipient;
+  ``status=sent``), counted once per recipient;
 * every deferral is one defer event; every failed recipient one failure; an expired or
   cancelled message fails each recipient still outstanding;
 * a permanent SMTP-time RCPT reject is one send and one failure (of ``-remote-`` unless the
@@ -20,14 +20,36 @@ Rules (the counting contract, cPanel's EmailTrack semantics):
 * outcomes seen before their receipt (Exim ``>>`` cut-through) wait for it; if it never
   comes within ``orphan_ttl`` they are counted for ``-unknown-``.
 
+Hops are recognised by what happens next, not by where the relay is.  A delivery whose
+reply names the next queue id (``queued as NEWID``, Exim's ``id=NEWID``, Postfix
+``forwarded as NEWID``) is a delivery, unless NEWID is seen entering the queue in the same
+scope, with the same Message-ID where both are logged, within ``handoff_window``.  Then
+the two are one message: the hop is taken back as a delivery and NEWID counts for the
+original account, with the original size, as no new send.  Either order is handled:
+
+* NEWID's receipt first (the usual order: the next hop logs its receipt before it answers):
+  messages that may be re-injections (received from loopback or ``filter_relays``, or from
+  no client at all) keep a ledger of what was counted for them, and stay known for the
+  window after they leave the queue, so that their send can be taken back and their
+  outcomes moved to the original account;
+* the hand-off first: the delivery is counted, and a placeholder waits for NEWID with the
+  ledger of that delivery.
+
+Counters are deltas, so every commit holds the best reading of what has been read so far.
+
+No record raises out of this module: an inconsistency (a hand-off id claimed by two
+messages, a second receipt for one queue id, a number out of range, a clock jump) is
+counted in ``anomalies`` by kind and resolved in the way that loses least.
+
 This module is pure: no IO, no clock, no logging.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -49,7 +71,8 @@ from logstats.model import (
 )
 
 Key = tuple[str, str]  # (scope, queue_id)
-HANDOFF_SCOPE = "*"  # placeholder messages announced by a "queued as" hand-off
+HANDOFF_SCOPE = "*"  # placeholders of hand-offs waiting for NEWID: ("*" + scope, NEWID)
+CLOCK_JUMP = timedelta(days=1)  # a record this far ahead of the log clock must be confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +82,12 @@ class Policy:
     domains: Mapping[str, str] = field(default_factory=dict)  # domain -> account
     uid_name: Callable[[int], str | None] = lambda uid: None
     sender_domain_fallback: bool = False
+    # where a content filter may re-inject from, besides loopback (a hint: hops are
+    # recognised by NEWID entering the queue, wherever it comes from)
     filter_relays: tuple[str, ...] = ("127.0.0.1", "[::1]", "::1", "localhost")
     ttl: timedelta = timedelta(days=7)
     orphan_ttl: timedelta = timedelta(hours=1)
+    handoff_window: timedelta = timedelta(minutes=10)
     # provider name -> recipient-domain or MX-host patterns (fnmatch, lower case)
     providers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # (tag, "sender" | "recipient", fnmatch pattern on the address, lower case)
@@ -89,15 +115,14 @@ class Policy:
             return self.domains.get(domain, domain)
         return ident
 
-    def is_filter_hop(self, relay: str | None) -> bool:
-        if not relay:
-            return False
-        host = relay.split("[", 1)[1].split("]", 1)[0] if "[" in relay else relay
-        name = relay.split("[", 1)[0]
-        for hop in self.filter_relays:
-            if hop in (relay, host, name, f"[{host}]") or relay.startswith(hop + ":"):
-                return True
-        return False
+    def may_reinject(self, client_ip: str | None) -> bool:
+        """Whether a message received from this client may be a filter's re-injection."""
+        if not client_ip:
+            return True  # no client: a local forward or a pickup the MTA made itself
+        ip = client_ip.lower()
+        if ip.startswith("127.") or ip in ("::1", "ipv6:::1", "::ffff:127.0.0.1"):
+            return True
+        return ip in self.filter_relays or f"[{ip}]" in self.filter_relays
 
 
 _COLUMN = {
@@ -142,6 +167,14 @@ class Drained:
     events: list[Event]
     upsert: list[Message]
     dropped: set[Key]
+    retracted: list[Event] = field(default_factory=list)  # event rows taken back
+    anomalies: Counter[str] = field(default_factory=Counter)
+    anomaly_samples: dict[str, str] = field(default_factory=dict)
+
+
+# a ledger entry: [outcome, epoch, account, sender domain, size, local, tags, interface,
+# recipient, relay, scope, queue id (of the event row)]
+_L_OUTCOME, _L_TS, _L_ACCOUNT, _L_DOMAIN, _L_SIZE = 0, 1, 2, 3, 4
 
 
 class Correlator:
@@ -154,10 +187,12 @@ class Correlator:
         self.policy = policy
         self.messages: dict[Key, Message] = dict(messages or {})
         self.events: list[Event] = []
+        self.retracted: list[Event] = []
         self.dirty: set[Key] = set()
         self.dropped: set[Key] = set()
         self.expired_messages = 0
-        self.last_ts: datetime | None = None
+        self.last_ts: datetime | None = None  # the log's clock: newest confirmed record time
+        self._jump: datetime | None = None  # a record far ahead of the clock, unconfirmed
         # hourly counter deltas since the last drain: (epoch hour, account, sender domain)
         # -> sends, successes, defers, fails, bytes, rejects, expired, local successes, bytes
         self.counters: dict[tuple[int, str, str], list[int]] = {}
@@ -165,9 +200,10 @@ class Correlator:
         # (epoch hour, account, sender domain, dimension, value) -> accepted out, accepted in,
         # delivered, deferred, failed, rejected, bytes, first epoch, last epoch
         self.dims: dict[tuple[int, str, str, str, str], list[int]] = {}
+        self.anomalies: Counter[str] = Counter()
+        self.anomaly_samples: dict[str, str] = {}
         self._hour_ts: datetime | None = None
         self._hour = 0
-        self._handoffs = sum(1 for k in self.messages if k[0] == HANDOFF_SCOPE)
         self._handlers: dict[type, Callable[[Any], None]] = {
             Received: self._received,
             Attempt: self._attempt,
@@ -180,27 +216,49 @@ class Correlator:
 
     # -- public API --------------------------------------------------------------------------
     def feed(self, record: Record) -> None:
-        self.last_ts = record.ts
-        self._handlers[type(record)](record)
+        """Take one record; an inconsistent one is counted as an anomaly, never raised."""
+        try:
+            self._advance_clock(record.ts)
+            self._handlers[type(record)](record)
+        except Exception as exc:  # a safety net: no record stops the pipeline
+            self.anomaly("record-error", f"{type(exc).__name__}: {exc}: {record!r}")
+
+    def anomaly(self, kind: str, sample: str) -> None:
+        self.anomalies[kind] += 1
+        self.anomaly_samples.setdefault(kind, sample[:500])
 
     def drain(self) -> Drained:
         """Counters and events since the last drain, messages to persist, keys to delete."""
         counters, self.counters = self.counters, {}
         dims, self.dims = self.dims, {}
         events, self.events = self.events, []
+        retracted, self.retracted = self.retracted, []
+        anomalies, self.anomalies = self.anomalies, Counter()
+        samples, self.anomaly_samples = self.anomaly_samples, {}
         upsert = [self.messages[k] for k in self.dirty if k in self.messages]
         dropped = self.dropped - self.dirty.intersection(self.messages)
         self.dirty, self.dropped = set(), set()
-        return Drained(counters, dims, events, upsert, dropped)
+        return Drained(counters, dims, events, upsert, dropped, retracted, anomalies, samples)
 
     def expire(self, now: datetime) -> int:
-        """Forget messages idle for longer than the TTL; count their waiting outcomes."""
+        """Forget messages idle for longer than the TTL; count their waiting outcomes.
+
+        Finished messages and hand-off placeholders are kept only for the hand-off window."""
         count = 0
+        window = self.policy.handoff_window
         for key, msg in list(self.messages.items()):
-            if msg.orphans and now - msg.last_seen > self.policy.orphan_ttl:
+            idle = now - msg.last_seen
+            if msg.finished or key[0][:1] == HANDOFF_SCOPE:
+                if idle > window:
+                    self._drop(key)
+                continue
+            if msg.orphans and idle > self.policy.orphan_ttl:
                 self._flush_orphans(msg, UNKNOWN)
                 self._touch(key)
-            if now - msg.last_seen > self.policy.ttl:
+            if msg.tracked and msg.received and idle > window:
+                msg.tracked, msg.ledger = False, []  # no hand-off can claim it any more
+                self._touch(key)
+            if idle > self.policy.ttl:
                 if msg.received:
                     self._emit(msg, Outcome.EXPIRED, now, "")
                     count += 1
@@ -208,25 +266,31 @@ class Correlator:
         self.expired_messages += count
         return count
 
+    # -- the log's clock ---------------------------------------------------------------------
+    def _advance_clock(self, ts: datetime) -> None:
+        """``last_ts`` follows the records, but one record far ahead of the rest (a junk
+        stamp) does not move it: a jump of more than a day is taken when a second record
+        confirms it (a log with a quiet week still moves on)."""
+        last = self.last_ts
+        if last is None or ts <= last + CLOCK_JUMP:
+            if last is None or ts > last:
+                self.last_ts = ts
+            self._jump = None
+            return
+        jump = self._jump
+        if jump is not None and abs(ts - jump) <= CLOCK_JUMP:
+            self.last_ts, self._jump = max(ts, jump), None
+            return
+        if jump is not None:
+            self.anomaly("clock-jump", f"{jump.isoformat()} after {last.isoformat()}")
+        self._jump = ts
+
     # -- record handlers ---------------------------------------------------------------------
     def _get(self, key: Key, ts: datetime) -> Message:
         msg = self.messages.get(key)
-        if msg is None:
+        if msg is None or msg.finished:
+            # new, or a queue id reused after the message it named left the queue
             msg = Message(scope=key[0], queue_id=key[1], first_seen=ts, last_seen=ts)
-            handoff = self.messages.pop((HANDOFF_SCOPE, key[1]), None) if self._handoffs else None
-            if handoff is not None:
-                self._handoffs -= 1
-                if handoff.message_id and self.messages.pop(
-                    (HANDOFF_SCOPE, "<" + handoff.message_id), None
-                ):
-                    self._handoffs -= 1
-                    self.dropped.add((HANDOFF_SCOPE, "<" + handoff.message_id))
-                self.dropped.add((HANDOFF_SCOPE, key[1]))
-                msg.origin = handoff.origin
-                msg.account = handoff.account
-                msg.sender = handoff.sender
-                msg.system = handoff.system
-                msg.accepted_at = handoff.accepted_at
             self.messages[key] = msg
         msg.last_seen = ts
         self.dirty.add(key)
@@ -240,23 +304,39 @@ class Correlator:
         self.dirty.discard(key)
         self.dropped.add(key)
 
+    def _number(self, value: int | None, what: str, r: Record) -> int | None:
+        if value is not None and value < 0:
+            self.anomaly("number-out-of-range", f"{what}: {r!r}")
+            return None
+        return value
+
     def _received(self, r: Received) -> None:
-        msg = self._get((r.scope, r.queue_id), r.ts)
+        key = (r.scope, r.queue_id)
+        msg = self._get(key, r.ts)
+        if r.complete and msg.received and self.mta == "exim":
+            # Exim logs one "<=" per message: a second one is a replayed line, or an id
+            # that collides (two hosts logging without a host field); keep the first
+            self.anomaly("duplicate-receipt", repr(r))
+            return
+        size = self._number(r.size, "size", r)
+        nrcpt = self._number(r.nrcpt, "nrcpt", r)
+        uid = self._number(r.uid, "uid", r)
         if r.sender is not None and (
             msg.sender is None or ("@" not in msg.sender and "@" in r.sender)
         ):
             msg.sender = r.sender  # pickup's unqualified from=<user>, then qmgr's address
-            msg.domain = None
-        if r.size is not None and (msg.size == 0 or r.complete):
-            msg.size = r.size
-        if r.nrcpt is not None:
-            msg.nrcpt = r.nrcpt
+            if msg.origin is None:
+                msg.domain = None
+        if size is not None and msg.origin is None and (msg.size == 0 or r.complete):
+            msg.size = size
+        if nrcpt is not None:
+            msg.nrcpt = nrcpt
         if r.auth_id and not msg.auth_id:
             msg.auth_id = r.auth_id
         if r.local_user and not msg.local_user:
             msg.local_user = r.local_user
-        if r.uid is not None:
-            msg.uid = r.uid
+        if uid is not None:
+            msg.uid = uid
         if r.client_ip and not msg.client_ip:
             msg.client_ip = r.client_ip
         if r.message_id and not msg.message_id:
@@ -266,8 +346,9 @@ class Correlator:
         if not r.complete or msg.received:
             return
         msg.received = True
-        if msg.origin is None and msg.message_id and self._handoffs:
-            self._link_by_message_id(msg)
+        msg.tracked = self.policy.may_reinject(msg.client_ip)
+        if msg.origin is None:
+            self._claim_placeholder(msg, key)
         if msg.accepted_at is None:
             msg.accepted_at = r.ts
         if msg.account is None:
@@ -281,22 +362,37 @@ class Correlator:
         if msg.orphans:
             self._flush_orphans(msg, msg.account)
 
-    def _link_by_message_id(self, msg: Message) -> None:
-        """A message re-injected by a filter on this host continues the original one."""
-        if not self.policy.is_filter_hop(msg.client_ip):
-            return
-        key = (HANDOFF_SCOPE, "<" + str(msg.message_id))
-        hop = self.messages.pop(key, None)
+    def _claim_placeholder(self, msg: Message, key: Key) -> None:
+        """The hand-off was logged before this receipt: this message continues that one."""
+        hkey = (HANDOFF_SCOPE + key[0], key[1])
+        hop = self.messages.get(hkey)
         if hop is None:
             return
-        self._handoffs -= 1
-        self.dropped.add(key)
-        msg.origin, msg.account, msg.system = hop.origin, hop.account, hop.system
-        msg.accepted_at = hop.accepted_at
-        other = (HANDOFF_SCOPE, hop.queue_id)  # the same hop, announced by queue id
-        if self.messages.pop(other, None) is not None:
-            self._handoffs -= 1
-            self.dropped.add(other)
+        self._drop(hkey)
+        if not hop.origin:
+            return  # claimed by two messages: both hand-offs stay deliveries
+        if hop.message_id and msg.message_id and hop.message_id != msg.message_id:
+            self.anomaly(
+                "handoff-message-id-mismatch",
+                f"{hop.origin} handed off as {key[1]} <{hop.message_id}>, "
+                f"received <{msg.message_id}>",
+            )
+            return
+        for entry in hop.ledger:
+            self._apply(entry, -1)  # the hop was not a delivery after all
+        self._continue(msg, hop)
+
+    def _continue(self, msg: Message, origin: Message) -> None:
+        """``msg`` is the same message as ``origin`` after a hop (or the hop's placeholder)."""
+        msg.origin = origin.origin or f"{origin.scope} {origin.queue_id}"
+        msg.account = origin.account
+        msg.system = origin.system
+        msg.accepted_at = origin.accepted_at
+        msg.size = origin.size
+        msg.domain = origin.domain if origin.domain is not None else _domain(origin.sender)
+        for tag in origin.tags:
+            if tag not in msg.tags:
+                msg.tags.append(tag)
 
     def _resolve(self, msg: Message) -> str:
         p = self.policy
@@ -340,35 +436,102 @@ class Correlator:
         if rcpt in msg.done:
             return  # a replayed line, or a duplicate the MTA logged twice
         msg.done[rcpt] = a.outcome.value
+        if a.interface and not msg.interface:
+            msg.interface = a.interface
         if (
             a.outcome is Outcome.DELIVERED
             and a.handoff_id
-            and (self.policy.is_filter_hop(a.relay) or (a.reply or "").startswith("forwarded as"))
+            and a.handoff_id != msg.queue_id
+            and self._handoff(msg, a, account)
         ):
+            return
+        self._emit(msg, a.outcome, a.ts, _address(a), account, local=_is_local(a), relay=a.relay)
+
+    def _handoff(self, msg: Message, a: Attempt, account: str) -> bool:
+        """A delivery that names the next queue id.  True when handled here (a hop, not
+        counted; or a delivery counted provisionally); False: count it as usual."""
+        new_id = str(a.handoff_id)
+        key = (msg.scope, new_id)
+        nxt = self.messages.get(key)
+        if nxt is not None and nxt.received:
+            # NEWID's receipt came first (the usual order)
+            mine = f"{msg.scope} {msg.queue_id}"
+            if nxt.origin == mine or (nxt.origin is not None and nxt.origin == msg.origin):
+                return True  # another recipient of the same hop
+            if nxt.origin is not None or not nxt.tracked:
+                self.anomaly("handoff-claimed-twice", f"{mine} -> {new_id}, already {nxt.origin}")
+                return False
+            if msg.message_id and nxt.message_id and msg.message_id != nxt.message_id:
+                return False  # an id of another host's queue that happens to be ours too
+            if nxt.accepted_at and msg.accepted_at and nxt.accepted_at < msg.accepted_at:
+                return False  # received before this message was: not its re-injection
+            self._relink(nxt, key, msg)
+            return True
+        # the hand-off first: a delivery until NEWID appears
+        hkey = (HANDOFF_SCOPE + msg.scope, new_id)
+        hop = self.messages.get(hkey)
+        origin = msg.origin or f"{msg.scope} {msg.queue_id}"
+        if hop is None:
             hop = Message(
-                scope=HANDOFF_SCOPE,
-                queue_id=a.handoff_id,
+                scope=hkey[0],
+                queue_id=new_id,
                 first_seen=a.ts,
                 last_seen=a.ts,
-                origin=f"{msg.scope} {msg.queue_id}",
+                origin=origin,
                 account=account,
                 sender=msg.sender,
+                size=msg.size,
                 system=msg.system,
                 accepted_at=msg.accepted_at,
                 message_id=msg.message_id,
+                domain=msg.domain if msg.domain is not None else _domain(msg.sender),
+                tags=list(msg.tags),
             )
-            self.messages[(HANDOFF_SCOPE, a.handoff_id)] = hop
-            self._handoffs += 1
-            self.dirty.add((HANDOFF_SCOPE, a.handoff_id))
-            if msg.message_id:  # a filter that re-injects under its own id (Exim + amavis)
-                mid = (HANDOFF_SCOPE, "<" + msg.message_id)
-                self.messages[mid] = hop
-                self._handoffs += 1
-                self.dirty.add(mid)
-            return
-        if a.interface and not msg.interface:
-            msg.interface = a.interface
-        self._emit(msg, a.outcome, a.ts, _address(a), account, local=_is_local(a), relay=a.relay)
+            self.messages[hkey] = hop
+        elif hop.origin and hop.origin != origin:
+            self.anomaly("handoff-claimed-twice", f"{origin} -> {new_id}, already {hop.origin}")
+            hop.origin = ""  # ambiguous: neither claim links
+        hop.last_seen = a.ts
+        self.dirty.add(hkey)
+        self._emit(
+            msg, a.outcome, a.ts, _address(a), account,
+            local=_is_local(a), relay=a.relay, ledger=hop.ledger,
+        )  # fmt: skip
+        return True  # counted, provisionally
+
+    def _relink(self, nxt: Message, key: Key, origin: Message) -> None:
+        """NEWID was received (and maybe delivered) before the hand-off: take back its send
+        and move what was counted for it to the original account."""
+        entries, nxt.ledger = nxt.ledger, []
+        self._continue(nxt, origin)
+        for entry in entries:
+            self._apply(entry, -1)
+            if entry[_L_OUTCOME] != Outcome.SEND.value:
+                moved = list(entry)
+                moved[_L_ACCOUNT] = nxt.account
+                moved[_L_DOMAIN] = nxt.domain
+                moved[_L_SIZE] = nxt.size
+                self._apply(moved, 1, nxt.ledger)
+        self._touch(key)
+
+    def _apply(self, entry: list[Any], sign: int, ledger: list[list[Any]] | None = None) -> None:
+        """Count (or, with ``sign`` -1, take back) one ledger entry exactly."""
+        outcome = Outcome(entry[0])
+        ts = datetime.fromtimestamp(entry[1], UTC)
+        account, domain, size, local = entry[2], entry[3], int(entry[4]), bool(entry[5])
+        tags, interface, recipient, relay = list(entry[6]), entry[7], entry[8], entry[9]
+        self._count(ts, account, domain, outcome, size, local, sign)
+        if outcome is not Outcome.EXPIRED:
+            self._count_dims(
+                ts, account, domain, outcome, size, tags, interface, recipient, relay, sign
+            )
+        if ledger is not None:
+            ledger.append(list(entry))
+        if self.events_since is None or ts >= self.events_since:
+            event = Event(
+                ts, self.mta, entry[10], entry[11], account, domain, outcome, recipient, size, local
+            )
+            (self.events if sign > 0 else self.retracted).append(event)
 
     def _flush_orphans(self, msg: Message, account: str | None) -> None:
         orphans, msg.orphans = msg.orphans, []
@@ -378,15 +541,22 @@ class Correlator:
     def _finished(self, f: Finished) -> None:
         key = (f.scope, f.queue_id)
         msg = self.messages.get(key)
-        if msg is None:
+        if msg is None or msg.finished:
             return
         if msg.orphans:
             self._flush_orphans(msg, msg.account if msg.received else UNKNOWN)
+        if msg.tracked and msg.received:
+            # a later hand-off may still name it (its receipt was logged before the hop's
+            # delivery line): keep it, out of the in-flight count, for the window
+            msg.finished = True
+            msg.last_seen = f.ts
+            self._touch(key)
+            return
         self._drop(key)
 
     def _expired(self, e: Expired) -> None:
         msg = self.messages.get((e.scope, e.queue_id))
-        if msg is None or not msg.received:
+        if msg is None or not msg.received or msg.finished:
             return
         open_rcpts = set(msg.deferrals) - set(msg.done)
         if msg.nrcpt:
@@ -403,7 +573,7 @@ class Correlator:
     def _notice(self, n: Notice) -> None:
         msg = self._get((n.scope, n.new_id), n.ts)
         msg.system = True
-        if msg.received and msg.account != SYSTEM:
+        if msg.received and msg.account != SYSTEM and msg.origin is None:
             msg.account = SYSTEM
 
     def _tagged(self, t: Tagged) -> None:
@@ -453,6 +623,7 @@ class Correlator:
         *,
         local: bool = False,
         relay: str | None = None,
+        ledger: list[list[Any]] | None = None,
     ) -> None:
         account = account or msg.account or UNKNOWN
         domain = msg.domain
@@ -462,6 +633,25 @@ class Correlator:
         if outcome is not Outcome.EXPIRED:
             self._count_dims(
                 ts, account, domain, outcome, msg.size, msg.tags, msg.interface, recipient, relay
+            )
+        if ledger is None and msg.tracked:
+            ledger = msg.ledger
+        if ledger is not None:
+            ledger.append(
+                [
+                    outcome.value,
+                    ts.timestamp(),
+                    account,
+                    domain,
+                    msg.size,
+                    local,
+                    list(msg.tags),
+                    msg.interface,
+                    recipient,
+                    relay,
+                    msg.scope,
+                    msg.queue_id,
+                ]
             )
         if self.events_since is None or ts >= self.events_since:
             self.events.append(
@@ -490,6 +680,7 @@ class Correlator:
         interface: str | None,
         recipient: str,
         relay: str | None,
+        sign: int = 1,
     ) -> None:
         """Add one outcome to the per-dimension counters (tag, IP, recipient domain, provider)."""
         values: list[tuple[str, str]] = [("tag", t) for t in tags]
@@ -517,21 +708,29 @@ class Correlator:
             if row is None:
                 row = self.dims[key] = [0, 0, 0, 0, 0, 0, 0, epoch, epoch]
             if outcome is Outcome.SEND or outcome is Outcome.REJECTED:
-                row[1 if incoming else 0] += 1
+                row[1 if incoming else 0] += sign
             if outcome is Outcome.DELIVERED:
-                row[2] += 1
-                row[6] += size
+                row[2] += sign
+                row[6] += sign * size
             elif outcome is Outcome.DEFERRED:
-                row[3] += 1
+                row[3] += sign
             elif outcome is Outcome.FAILED or outcome is Outcome.REJECTED:
-                row[4] += 1
+                row[4] += sign
                 if outcome is Outcome.REJECTED:
-                    row[5] += 1
-            row[7] = min(row[7], epoch)
-            row[8] = max(row[8], epoch)
+                    row[5] += sign
+            if sign > 0:
+                row[7] = min(row[7], epoch)
+                row[8] = max(row[8], epoch)
 
     def _count(
-        self, ts: datetime, account: str, domain: str, outcome: Outcome, size: int, local: bool
+        self,
+        ts: datetime,
+        account: str,
+        domain: str,
+        outcome: Outcome,
+        size: int,
+        local: bool,
+        sign: int = 1,
     ) -> None:
         """Add one outcome to the hourly counters of this batch."""
         if ts is not self._hour_ts:
@@ -540,9 +739,9 @@ class Correlator:
         row = self.counters.get(key)
         if row is None:
             row = self.counters[key] = [0] * 9
-        row[_COLUMN[outcome]] += 1
+        row[_COLUMN[outcome]] += sign
         if outcome is Outcome.DELIVERED:
-            row[4] += size
+            row[4] += sign * size
             if local:
-                row[7] += 1
-                row[8] += size
+                row[7] += sign
+                row[8] += sign * size

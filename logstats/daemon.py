@@ -49,7 +49,7 @@ from logstats.model import Position
 from logstats.notify import Notifier
 from logstats.query import prometheus_text
 from logstats.sources import split_lines
-from logstats.store import Batch, Store, metric_rows
+from logstats.store import Batch, Store, anomaly_rows, metric_rows
 
 Log = Any  # a structlog bound logger
 MIN_POLL_INTERVAL = 0.1  # seconds: inotify wake-ups closer than this share one poll
@@ -394,7 +394,7 @@ class Daemon:
             self.unsaved.append(self._drain())
         started = time.perf_counter()
         try:
-            self.store.commit_many(self._merge(self.unsaved))
+            isolated = self.store.commit_many(self._merge(self.unsaved))
         except duckdb.Error as exc:
             self.failures += 1
             backoff = min(0.5 * 2 ** (self.failures - 1), 30.0)
@@ -413,6 +413,16 @@ class Daemon:
         ms = (time.perf_counter() - started) * 1000
         self.commit_s = ms / 1000
         lines = sum(b.lines for b in self.unsaved)
+        if isolated:
+            self.log.error(
+                "rows_isolated",
+                rows=len(isolated),
+                tables=sorted({i.table for i in isolated}),
+                reason=isolated[0].reason,
+                kept_in="quarantine",
+                hint="the rest of the batch was committed",
+            )
+        self._log_anomalies()
         if lines:
             batches = self._merge(self.unsaved)
             self.log.info(
@@ -429,6 +439,22 @@ class Daemon:
         self.failures = 0
         self._count_rate(lines)
         return True
+
+    def _log_anomalies(self) -> None:
+        """One warning per anomaly kind and minute at most (all are counted in the store)."""
+        for batch in self._merge(self.unsaved):
+            for kind, n in batch.anomalies.items():
+                key = "anomaly:" + kind
+                now = self.monotonic()
+                if now - self.last_sample.get(key, -1e9) >= 60.0:
+                    self.last_sample[key] = now
+                    self.log.warning(
+                        "anomaly",
+                        mta=batch.mta,
+                        kind=kind,
+                        count=n,
+                        sample=batch.anomaly_samples.get(kind, "")[:300],
+                    )
 
     def _retry_final(self) -> bool:
         while self.unsaved and self.failures <= self.config.commit_retries:
@@ -543,7 +569,7 @@ class Daemon:
 
     def _metrics(self, cursor: duckdb.DuckDBPyConnection) -> str:
         mail, unknown, accounts = metric_rows(cursor, self.config.metrics_per_account)
-        return prometheus_text(self.status(), mail, unknown, accounts)
+        return prometheus_text(self.status(), mail, unknown, accounts, anomaly_rows(cursor))
 
 
 @dataclass(slots=True)

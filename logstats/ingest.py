@@ -299,6 +299,9 @@ def batch_of(
         positions=positions,
         unparsed=unparsed,
         samples=samples,
+        retracted=drained.retracted,
+        anomalies=dict(drained.anomalies),
+        anomaly_samples=drained.anomaly_samples,
     )
 
 

@@ -146,6 +146,12 @@ class Ignored(NamedTuple):
     kind: str  # e.g. "connect", "verify-probe", "suppressed-delivery", "other-daemon"
 
 
+# A number field too large to be true (beyond ``MAX_NUMBER``): the grammar gives this
+# value, the correlator counts an anomaly and treats the field as absent.
+OUT_OF_RANGE = -1
+MAX_NUMBER = 1 << 50  # 1 PiB as a size; far beyond any uid or recipient count
+
+
 class Unparsed(NamedTuple):
     """A line the grammar does not know: a value, counted by reason, never an exception."""
 
@@ -204,6 +210,12 @@ class Message:
     done: dict[str, str] = field(default_factory=dict)  # recipient -> final outcome
     deferrals: list[str] = field(default_factory=list)  # recipients deferred at least once
     orphans: list[Attempt] = field(default_factory=list)  # attempts seen before the receipt
+    # what was counted for this message, kept while a later hand-off may still claim it (a
+    # re-injection candidate) or while a hand-off waits for its NEWID: each entry is one
+    # counted outcome (see correlate._apply), so it can be taken back exactly
+    ledger: list[list[object]] = field(default_factory=list)
+    tracked: bool = False  # keeps a ledger (a possible re-injection)
+    finished: bool = False  # left the queue; kept only for the hand-off window
 
 
 @dataclass(frozen=True, slots=True)

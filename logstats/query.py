@@ -152,11 +152,13 @@ def prometheus_text(
     mail: list[tuple[str, str, int]],
     unknown: list[tuple[str, str, int]],
     per_account: list[tuple[str, str, int]] | None = None,
+    anomalies: list[tuple[str, str, int]] | None = None,
 ) -> str:
     """Prometheus exposition text, rendered fresh from stored rows on every scrape.
 
     ``mail``: (mta, outcome, count); ``unknown``: (mta, reason, lines); ``per_account``:
-    (account, outcome, count), only when enabled in config (bounded label sets otherwise).
+    (account, outcome, count), only when enabled in config (bounded label sets otherwise);
+    ``anomalies``: (mta, kind, count).
     """
     lines: list[str] = []
     _metric(
@@ -172,6 +174,13 @@ def prometheus_text(
         "counter",
         "Lines no grammar rule recognised, by MTA and reason.",
         [({"mta": m, "reason": r}, n) for m, r, n in unknown],
+    )
+    _metric(
+        lines,
+        "logstats_anomalies_total",
+        "counter",
+        "Inconsistencies met in the logs or the store and resolved, by MTA and kind.",
+        [({"mta": m, "kind": k}, n) for m, k, n in anomalies or []],
     )
     _metric(
         lines,

@@ -100,8 +100,13 @@ class Chunk:
 
 
 def split_lines(body: bytes, max_line_length: int) -> tuple[list[str], int]:
-    """Decode (bad bytes become U+FFFD) and split; over-long lines are dropped and counted."""
-    lines = body.decode("utf-8", "replace").split("\n")
+    """Decode (bad bytes become U+FFFD) and split; over-long lines are dropped and counted.
+
+    A line ending in CRLF is the same line as one ending in LF."""
+    text = body.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if any(len(x) > max_line_length for x in lines):

@@ -11,6 +11,7 @@ tables only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -104,6 +105,22 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        "0003_anomalies",
+        """
+        CREATE TABLE anomalies (                -- inconsistencies met and resolved, by kind
+            mta VARCHAR NOT NULL, kind VARCHAR NOT NULL, count BIGINT NOT NULL,
+            sample VARCHAR, PRIMARY KEY (mta, kind)
+        );
+        CREATE TABLE quarantine (               -- rows a commit could not store, kept aside
+            stored_at TIMESTAMP NOT NULL, mta VARCHAR NOT NULL, tbl VARCHAR NOT NULL,
+            content VARCHAR NOT NULL, reason VARCHAR NOT NULL
+        );
+        """,
+    ),
+)
+
 COUNTER_COLUMNS = (
     "sends",
     "successes",
@@ -132,6 +149,9 @@ class Batch:
     positions: list[Position] = field(default_factory=list)
     unparsed: dict[str, int] = field(default_factory=dict)
     samples: dict[str, str] = field(default_factory=dict)
+    retracted: list[Event] = field(default_factory=list)  # event rows taken back
+    anomalies: dict[str, int] = field(default_factory=dict)
+    anomaly_samples: dict[str, str] = field(default_factory=dict)
 
 
 def _naive(ts: datetime) -> datetime:
@@ -281,141 +301,175 @@ class Store:
         ]
 
     # -- writing -----------------------------------------------------------------------------
-    def commit(self, batch: Batch, *, events_since: datetime | None = None) -> None:
-        """Write one batch in one transaction; on any error nothing is written."""
-        self.commit_many([batch], events_since=events_since)
+    def commit(self, batch: Batch, *, events_since: datetime | None = None) -> list[Isolated]:
+        """Write one batch in one transaction (see ``commit_many``)."""
+        return self.commit_many([batch], events_since=events_since)
 
     def commit_many(
         self, batches: Sequence[Batch], *, events_since: datetime | None = None
-    ) -> None:
-        """Write batches (one per MTA) in one transaction; on any error nothing is written."""
+    ) -> list[Isolated]:
+        """Write batches (one per MTA) in one transaction.
+
+        A failure of the disk or IO (``is_io_error``) rolls back and raises: nothing is
+        written, the caller retries.  Any other failure is a row that cannot be stored: the
+        rows are tried again to find it, and the rest is committed with the rows that could
+        not be stored kept in ``quarantine`` (with their content and the reason) and counted
+        as an anomaly.  Returns those rows (empty when all was stored)."""
+        rows = self._rows(batches, events_since)
+        first: BaseException
+        try:
+            self._transaction(rows)
+            return []
+        except duckdb.Error as exc:
+            if is_io_error(exc):
+                raise
+            first = exc
+        except (OverflowError, ValueError, TypeError) as exc:  # a value duckdb cannot bind
+            first = exc
+        good, bad = self._isolate(rows, first)
+        isolated = [
+            Isolated(mta, table, repr(row)[:2000], reason) for mta, table, row, reason in bad
+        ]
+        self._transaction(good, isolated)
+        return isolated
+
+    def _transaction(self, rows: list[_Row], isolated: Sequence[Isolated] = ()) -> None:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            for batch in batches:
-                if batch.counters is None:
-                    self._write_counters(aggregate(batch.events))
-                else:
-                    self._write_counters(
-                        {
-                            (_hour(h), batch.mta, a, d): row
-                            for (h, a, d), row in batch.counters.items()
-                        }
+            self._write_rows(rows)
+            if isolated:
+                now = _naive(_now())
+                for item in isolated:
+                    con.execute(
+                        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                        [now, item.mta, item.table, item.row, item.reason[:2000]],
                     )
-                self._write_dims(batch.mta, batch.dims)
-                self._write_events(batch.events, events_since)
-                self._write_pending(batch)
-                self._write_positions(batch.mta, batch.positions)
-                self._write_unparsed(batch)
+                    con.execute(
+                        "INSERT INTO anomalies VALUES (?, ?, 1, ?) ON CONFLICT (mta, kind) DO "
+                        "UPDATE SET count = anomalies.count + 1",
+                        [item.mta, f"unstorable-{item.table}", item.reason[:500]],
+                    )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
 
-    def _write_counters(self, rows: dict[tuple[datetime, str, str, str], list[int]]) -> None:
-        if not rows:
-            return
-        cols: list[list[Any]] = [[] for _ in range(4 + len(COUNTER_COLUMNS))]
-        for key, values in rows.items():
-            for i, v in enumerate((*key, *values)):
-                cols[i].append(v)
-        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(len(cols)))
-        self.con.execute(f"INSERT INTO counters SELECT {placeholders}", cols)
-
-    def _write_dims(self, mta: str, dims: dict[tuple[int, str, str, str, str], list[int]]) -> None:
-        if not dims:
-            return
-        cols: list[list[Any]] = [[] for _ in range(15)]
-        for (hour, account, domain, kind, value), row in dims.items():
-            first, last = (_naive(datetime.fromtimestamp(t, UTC)) for t in row[7:9])
-            values = (_hour(hour), mta, account, domain, kind, value, *row[:7], first, last)
-            for i, v in enumerate(values):
-                cols[i].append(v)
-        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(15))
-        self.con.execute(f"INSERT INTO dims SELECT {placeholders}", cols)
-
-    def _write_events(self, events: list[Event], since: datetime | None) -> None:
-        keep = [e for e in events if since is None or e.ts >= since]
-        if not keep:
-            return
-        cols: list[list[Any]] = [[] for _ in range(9)]
-        for e in keep:
-            for i, v in enumerate(
-                (
-                    _naive(e.ts),
-                    e.mta,
-                    e.scope,
-                    e.queue_id,
-                    e.account,
-                    e.sender_domain,
-                    e.recipient,
-                    e.outcome.value,
-                    e.size,
-                )
-            ):
-                cols[i].append(v)
-        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(9))
-        self.con.execute(f"INSERT INTO events SELECT {placeholders}", cols)
-
-    def _write_pending(self, batch: Batch) -> None:
+    def _trial(self, rows: list[_Row]) -> str | None:
+        """Write ``rows`` in a transaction that is always rolled back: None if they can be
+        stored, else the reason."""
         con = self.con
-        gone = [(batch.mta, s, q) for s, q in batch.dropped] + [
-            (batch.mta, m.scope, m.queue_id) for m in batch.upsert
-        ]
-        if gone:
-            con.execute(
-                "DELETE FROM pending WHERE (mta, scope, queue_id) IN "
-                "(SELECT (unnest($1), unnest($2), unnest($3)))",
-                [[g[0] for g in gone], [g[1] for g in gone], [g[2] for g in gone]],
-            )
-        if not batch.upsert:
-            return
-        cols: list[list[Any]] = [[] for _ in range(9)]
-        for m in batch.upsert:
-            for i, v in enumerate(
-                (
-                    batch.mta,
-                    m.scope,
-                    m.queue_id,
-                    m.account,
-                    _naive(m.accepted_at) if m.accepted_at else None,
-                    m.received,
-                    m.origin is not None,
-                    _naive(m.last_seen),
-                    message_to_json(m),
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._write_rows(rows)
+        except duckdb.Error as exc:
+            _rollback(con)
+            if is_io_error(exc):
+                raise
+            return str(exc).splitlines()[0]
+        except (OverflowError, ValueError, TypeError) as exc:
+            _rollback(con)
+            return f"{type(exc).__name__}: {exc}"
+        except BaseException:
+            _rollback(con)
+            raise
+        _rollback(con)
+        return None
+
+    def _isolate(
+        self, rows: list[_Row], first: BaseException
+    ) -> tuple[list[_Row], list[tuple[str, str, tuple[Any, ...], str]]]:
+        """Split rows into those that can be stored together and those that cannot.
+
+        Rows are added in runs; a run that fails is halved until the failing row is alone
+        (a row that conflicts only with an earlier one is found the same way)."""
+        good: list[_Row] = []
+        bad: list[tuple[str, str, tuple[Any, ...], str]] = []
+        runs: list[list[_Row]] = [rows]
+        while runs:
+            run = runs.pop(0)
+            if not run:
+                continue
+            reason = self._trial(good + run)
+            if reason is None:
+                good += run
+            elif len(run) == 1:
+                mta, table, row = run[0]
+                bad.append((mta, table, row, reason or str(first)))
+            else:
+                half = len(run) // 2
+                runs[:0] = [run[:half], run[half:]]
+        return good, bad
+
+    @staticmethod
+    def _rows(batches: Sequence[Batch], since: datetime | None) -> list[_Row]:
+        """Every row the batches write, in the order they must be written."""
+        rows: list[_Row] = []
+        for batch in batches:
+            mta = batch.mta
+            if batch.counters is None:
+                counters = aggregate(batch.events)
+            else:
+                counters = {(_hour(h), mta, a, d): row for (h, a, d), row in batch.counters.items()}
+            rows += [(mta, "counters", (*key, *values)) for key, values in counters.items()]
+            for (hour, account, domain, kind, value), row in batch.dims.items():
+                first, last = (_naive(datetime.fromtimestamp(t, UTC)) for t in row[7:9])
+                rows.append(
+                    (
+                        mta,
+                        "dims",
+                        (_hour(hour), mta, account, domain, kind, value, *row[:7], first, last),
+                    )
                 )
-            ):
-                cols[i].append(v)
-        placeholders = ", ".join(f"unnest(${i + 1})" for i in range(9))
-        con.execute(f"INSERT INTO pending SELECT {placeholders}", cols)
+            for e in batch.events:
+                if since is None or e.ts >= since:
+                    rows.append((mta, "events", _event_row(e)))
+            for e in batch.retracted:
+                rows.append((mta, "retract", _event_row(e)))
+            gone = {(s, q) for s, q in batch.dropped} | {
+                (m.scope, m.queue_id) for m in batch.upsert
+            }
+            rows += [(mta, "unpend", (mta, s, q)) for s, q in gone]
+            for m in {(m.scope, m.queue_id): m for m in batch.upsert}.values():
+                rows.append(
+                    (
+                        mta,
+                        "pending",
+                        (
+                            mta,
+                            m.scope,
+                            m.queue_id,
+                            m.account,
+                            _naive(m.accepted_at) if m.accepted_at else None,
+                            m.received and not m.finished,
+                            m.origin is not None,
+                            _naive(m.last_seen),
+                            message_to_json(m),
+                        ),
+                    )
+                )
+            for p in batch.positions:
+                rows.append(
+                    (
+                        mta,
+                        "checkpoints",
+                        (p.head_hash, mta, p.path, p.inode, p.byte_offset, p.lines, p.mtime,
+                         p.done, p.year, p.month),
+                    )
+                )  # fmt: skip
+            for reason, n in batch.unparsed.items():
+                rows.append((mta, "unparsed", (mta, reason, n, batch.samples.get(reason))))
+            for kind, n in batch.anomalies.items():
+                rows.append((mta, "anomalies", (mta, kind, n, batch.anomaly_samples.get(kind))))
+        return rows
 
-    def _write_positions(self, mta: str, positions: Sequence[Position]) -> None:
-        for p in positions:
-            self.con.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    p.head_hash,
-                    mta,
-                    p.path,
-                    p.inode,
-                    p.byte_offset,
-                    p.lines,
-                    p.mtime,
-                    p.done,
-                    p.year,
-                    p.month,
-                    _naive(_now()),
-                ],
-            )
-
-    def _write_unparsed(self, batch: Batch) -> None:
-        for reason, n in batch.unparsed.items():
-            self.con.execute(
-                "INSERT INTO unparsed VALUES (?, ?, ?, ?) ON CONFLICT (mta, reason) DO UPDATE "
-                "SET lines = unparsed.lines + excluded.lines, "
-                "sample = coalesce(unparsed.sample, excluded.sample)",
-                [batch.mta, reason, n, batch.samples.get(reason)],
-            )
+    def _write_rows(self, rows: list[_Row]) -> None:
+        by_table: dict[str, list[tuple[Any, ...]]] = {}
+        for _, table, row in rows:
+            by_table.setdefault(table, []).append(row)
+        for table in _TABLE_ORDER:
+            if table in by_table:
+                _WRITERS[table](self.con, by_table[table])
 
     def prune(self, older_than: datetime) -> int:
         """Delete event rows older than the retention horizon; counters are kept."""
@@ -506,6 +560,116 @@ class Store:
             [head_hash],
         ).fetchone()
         return Position(*row) if row else None
+
+
+_Row = tuple[str, str, tuple[Any, ...]]  # (mta, table, row)
+
+
+@dataclass(frozen=True, slots=True)
+class Isolated:
+    """A row a commit could not store; kept in ``quarantine`` with the reason."""
+
+    mta: str
+    table: str
+    row: str
+    reason: str
+
+
+def is_io_error(exc: BaseException) -> bool:
+    """A failure of the disk, the file or memory (retry later), not of one row's content."""
+    if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException | duckdb.FatalException):
+        return True
+    text = str(exc)
+    return any(
+        s in text
+        for s in ("No space left", "Input/output error", "invalidated", "Read-only file system")
+    )
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, never hiding the error that made us roll back."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (
+        _naive(e.ts), e.mta, e.scope, e.queue_id, e.account, e.sender_domain, e.recipient,
+        e.outcome.value, e.size,
+    )  # fmt: skip
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for i, v in enumerate(row):
+            cols[i].append(v)
+    return cols
+
+
+def _insert(table: str, width: int) -> Any:
+    placeholders = ", ".join(f"unnest(${i + 1})" for i in range(width))
+    sql = f"INSERT INTO {table} SELECT {placeholders}"
+
+    def write(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+        con.execute(sql, _columns(rows, width))
+
+    return write
+
+
+def _retract(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    for row in rows:
+        con.execute(
+            "DELETE FROM events WHERE rowid = (SELECT min(rowid) FROM events WHERE ts = ? "
+            "AND mta = ? AND scope = ? AND queue_id = ? AND account = ? AND sender_domain = ? "
+            "AND recipient = ? AND outcome = ?)",
+            list(row[:8]),
+        )
+
+
+def _unpend(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    con.execute(
+        "DELETE FROM pending WHERE (mta, scope, queue_id) IN "
+        "(SELECT (unnest($1), unnest($2), unnest($3)))",
+        _columns(rows, 3),
+    )
+
+
+def _checkpoints(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    now = _naive(_now())
+    for row in rows:
+        con.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [*row, now],
+        )
+
+
+def _tally(table: str, key: str, count: str) -> Any:
+    sql = (
+        f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (mta, {key}) DO UPDATE "
+        f"SET {count} = {table}.{count} + excluded.{count}, "
+        f"sample = coalesce({table}.sample, excluded.sample)"
+    )
+
+    def write(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            con.execute(sql, list(row))
+
+    return write
+
+
+_WRITERS: dict[str, Any] = {
+    "counters": _insert("counters", 4 + len(COUNTER_COLUMNS)),
+    "dims": _insert("dims", 15),
+    "events": _insert("events", 9),
+    "retract": _retract,
+    "unpend": _unpend,
+    "pending": _insert("pending", 9),
+    "checkpoints": _checkpoints,
+    "unparsed": _tally("unparsed", "reason", "lines"),
+    "anomalies": _tally("anomalies", "kind", "count"),
+}
+_TABLE_ORDER = tuple(_WRITERS)
 
 
 def account_stats(con: duckdb.DuckDBPyConnection, req: StatsRequest) -> list[AccountStats]:
@@ -681,3 +845,13 @@ def metric_rows(
                 (row[0], n, int(v or 0)) for (n, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
             ]
     return mail, unknown, accounts
+
+
+def anomaly_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
+    """(mta, kind, count) of every anomaly met so far."""
+    return [
+        (m, k, int(n))
+        for m, k, n in con.execute(
+            "SELECT mta, kind, count FROM anomalies ORDER BY 1, 2"
+        ).fetchall()
+    ]

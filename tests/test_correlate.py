@@ -83,8 +83,9 @@ def test_queue_id_reuse_after_removed():
 
 
 def test_filter_hop_is_one_message():
-    """A hand-off to a content filter is not a delivery; the re-injected message is the
-    same message (no second send) and its deliveries count for the original account."""
+    """A hand-off logged before NEWID appears: counted as a delivery until NEWID enters the
+    queue, then taken back; the re-injected message is the same message (no second send),
+    its deliveries count for the original account with the original size."""
     c = Correlator("postfix", POLICY)
     postfix_receipt(c, "D1", sasl="alice@alice.test", size=100)
     c.feed(
@@ -97,7 +98,7 @@ def test_filter_hop_is_one_message():
     c.feed(Received(at(3), "mx/postfix", "D2", True, sender="alice@alice.test", size=180, nrcpt=1))
     c.feed(Attempt(at(4), "mx/postfix", "D2", "r@y", D, relay="mx.y[192.0.2.1]:25"))
     c.feed(Finished(at(5), "mx/postfix", "D2"))
-    assert {"alice": [1, 1, 0, 0, 180, 0, 0]} == totals(c)
+    assert {"alice": [1, 1, 0, 0, 100, 0, 0]} == totals(c)
 
 
 def test_handoff_to_a_remote_relay_is_a_delivery():
@@ -232,8 +233,9 @@ def test_exim_account_order():
 
 
 def test_exim_filter_reinjection_links_by_message_id():
-    """Exim -> amavis (127.0.0.1:10024, "queued as X") -> Exim again from 127.0.0.1 with
-    the same Message-ID: one message, one send, the hop is not a delivery."""
+    """Exim -> amavis (127.0.0.1:10024, whose answer ends in Exim's "250 OK id=1e-2") ->
+    Exim again from 127.0.0.1 with the same Message-ID: one message, one send, the hop is
+    not a delivery, the size is the one alice submitted."""
     c = Correlator("exim", POLICY)
     c.feed(
         Received(
@@ -256,7 +258,7 @@ def test_exim_filter_reinjection_links_by_message_id():
             D,
             relay="127.0.0.1",
             transport="amavis",
-            handoff_id="4PbC4x469Jz3tBr",
+            handoff_id="1e-2",
         )
     )
     c.feed(Finished(at(1), "", "1e-1"))
@@ -274,7 +276,8 @@ def test_exim_filter_reinjection_links_by_message_id():
     )
     c.feed(Attempt(at(3), "", "1e-2", "r@y", D, relay="mx.y"))
     c.feed(Finished(at(3), "", "1e-2"))
-    assert {"alice": [1, 1, 0, 0, 90, 0, 0]} == totals(c)
+    assert {"alice": [1, 1, 0, 0, 50, 0, 0]} == totals(c)
+    c.expire(at(3) + timedelta(hours=1))
     assert {} == c.messages
 
 
@@ -298,4 +301,126 @@ def test_postfix_local_forward_is_the_same_message():
     c.feed(Finished(at(2), "mx/postfix", "K1"))
     c.feed(Received(at(2), "mx/postfix", "K2", True, sender="a@x.test", size=120, nrcpt=1))
     c.feed(Attempt(at(3), "mx/postfix", "K2", "user@elsewhere", D, relay="mx[192.0.2.3]:25"))
-    assert {"alice": [1, 1, 0, 0, 120, 0, 0]} == totals(c)
+    assert {"alice": [1, 1, 0, 0, 100, 0, 0]} == totals(c)
+
+
+# --- hand-offs recognised by what happens next -------------------------------------------------
+
+
+def exim_send(c: Correlator, qid: str, t: int, **kw: object) -> None:
+    c.feed(
+        Received(
+            at(t),
+            "",
+            qid,
+            True,
+            sender=str(kw.get("sender", "alice@alice.test")),
+            size=int(kw.get("size", 50)),  # type: ignore[call-overload]
+            auth_id=kw.get("auth", "alice@alice.test"),  # type: ignore[arg-type]
+            client_ip=str(kw.get("ip", "127.0.0.1")),
+            message_id=kw.get("mid", f"{qid}@alice.test"),  # type: ignore[arg-type]
+        )
+    )
+
+
+def test_smarthost_queued_as_shared_by_recipients_is_delivery():
+    """A loopback smarthost answers `queued as S00012` once per transaction, for all its
+    recipients; no S00012 ever enters our queue: every recipient is a delivery, and the
+    placeholder is forgotten after the hand-off window."""
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1s-1", 0, size=70)
+    for r in ("a@y", "b@y", "c@y"):
+        c.feed(Attempt(at(1), "", "1s-1", r, D, relay="127.0.0.1", handoff_id="S00012"))
+    c.feed(Finished(at(1), "", "1s-1"))
+    assert {"alice": [1, 3, 0, 0, 210, 0, 0]} == totals(c)
+    assert not c.anomalies
+    c.expire(at(1) + timedelta(hours=1))
+    assert {} == c.messages
+    assert {} == totals(c)
+
+
+def test_reinjection_received_before_the_handoff_line():
+    """The usual order: the filter re-injects (NEWID `<=` from 127.0.0.1, unauthenticated,
+    counted at first as a -remote- send), NEWID is even delivered and completed, and only
+    then does the first hop log `=> ... C="250 OK id=NEWID"`.  The send of NEWID is taken
+    back and its delivery moves to alice with alice's size."""
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1r-1", 0, size=50, mid="m@a")
+    exim_send(c, "1r-2", 1, size=80, mid="m@a", auth=None, sender="alice@alice.test")
+    c.feed(Attempt(at(1), "", "1r-2", "r@y", D, relay="mx.y"))
+    c.feed(Finished(at(1), "", "1r-2"))
+    c.feed(Attempt(at(2), "", "1r-1", "r@y", D, relay="127.0.0.1", handoff_id="1r-2"))
+    c.feed(Finished(at(2), "", "1r-1"))
+    got = totals(c)
+    assert [1, 1, 0, 0, 50, 0, 0] == got["alice"]
+    assert [0, 0, 0, 0, 0, 0, 0] == got.get(REMOTE, [0] * 7)
+
+
+def test_same_id_with_another_message_id_is_not_a_hop():
+    """NEWID entering the queue with another Message-ID (an id of the smarthost's queue
+    that happens to be ours as well): the hand-off stays a delivery, NEWID its own send."""
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1m-1", 0, mid="one@a")
+    c.feed(Attempt(at(1), "", "1m-1", "r@y", D, relay="127.0.0.1", handoff_id="1m-2"))
+    exim_send(c, "1m-2", 2, mid="two@a", auth=None, ip="192.0.2.7")
+    anomalies = dict(c.anomalies)
+    got = totals(c)
+    assert [1, 1, 0, 0, 50, 0, 0] == got["alice"]
+    assert [1, 0, 0, 0, 0, 0, 0] == got[REMOTE]
+    assert {"handoff-message-id-mismatch": 1} == anomalies
+
+
+def test_one_handoff_id_claimed_by_two_messages():
+    """Two messages both handed off as X (ids colliding): an anomaly, and both stay
+    deliveries; X, when it comes, links to neither."""
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1c-1", 0, mid=None)
+    exim_send(c, "1c-2", 0, mid=None)
+    c.feed(Attempt(at(1), "", "1c-1", "r@y", D, relay="127.0.0.1", handoff_id="X"))
+    c.feed(Attempt(at(1), "", "1c-2", "s@y", D, relay="127.0.0.1", handoff_id="X"))
+    exim_send(c, "X", 2, mid=None, auth=None)
+    anomalies = dict(c.anomalies)
+    got = totals(c)
+    assert [2, 2, 0, 0, 100, 0, 0] == got["alice"]
+    assert [1, 0, 0, 0, 0, 0, 0] == got[REMOTE]
+    assert {"handoff-claimed-twice": 1} == anomalies
+
+
+def test_a_hop_survives_a_restart_between_its_lines():
+    """Ledgers, finished messages and placeholders are state like any other: rebuilt from
+    what ``drain()`` hands to the store, the correlator continues the same way."""
+    from logstats.store import message_from_json, message_to_json
+
+    def restart(c: Correlator) -> Correlator:
+        c.drain()
+        state = {k: message_from_json(message_to_json(m)) for k, m in c.messages.items()}
+        fresh = Correlator("exim", POLICY, state)
+        fresh.last_ts = c.last_ts
+        return fresh
+
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1p-1", 0, size=50, mid="m@a")
+    exim_send(c, "1p-2", 1, size=80, mid="m@a", auth=None)
+    c.feed(Attempt(at(1), "", "1p-2", "r@y", D, relay="mx.y"))
+    c.feed(Finished(at(1), "", "1p-2"))
+    first = totals(c)
+    c = restart(c)
+    c.feed(Attempt(at(2), "", "1p-1", "r@y", D, relay="127.0.0.1", handoff_id="1p-2"))
+    second = totals(c)
+    summed = {
+        a: [x + y for x, y in zip(first.get(a, [0] * 7), second.get(a, [0] * 7), strict=True)]
+        for a in first | second
+    }
+    assert [1, 1, 0, 0, 50, 0, 0] == summed["alice"]
+    assert [0] * 7 == summed[REMOTE]
+
+
+def test_a_junk_stamp_far_ahead_does_not_expire_everything():
+    """One record stamped years ahead does not move the log clock (expiry runs on it);
+    two that agree do."""
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1j-1", 0)
+    c.feed(Finished(T + timedelta(days=3000), "", "1zz-1"))
+    assert c.last_ts == at(0)
+    c.feed(Finished(T + timedelta(days=3000, seconds=5), "", "1zz-2"))
+    assert c.last_ts == T + timedelta(days=3000, seconds=5)

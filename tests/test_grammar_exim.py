@@ -128,3 +128,69 @@ def test_corpus_exim():
             observed[path.name] = unknown
     assert [] == missed
     check_golden("corpus_exim.json", observed)
+
+
+# -- fields come from their own place in the line, never from client text ----------------------
+def test_helo_cannot_set_size_or_client_ip():
+    """An EHLO argument is the client's text: ` S=0` or `[127.0.0.1]` in it sets nothing."""
+    line = (
+        "2026-11-24 06:00:10 1xVjZa-0004Dj-36 <= alice@alice.test H=mx.c.test "
+        "(evil S=0 A=plain:bob [127.0.0.1]) [192.0.2.8]:4711 P=esmtpa "
+        "A=plain_server:alice@alice.test S=669 id=m1@x.test"
+    )
+    r = parser().parse(line)
+    assert isinstance(r, Received)
+    assert (669, "192.0.2.8", "alice@alice.test") == (r.size, r.client_ip, r.auth_id)
+    bare = "2026-11-24 06:00:10 1xVjZa-0004Dj-36 <= a@b.test H=(x S=0) [192.0.2.9] P=esmtp S=12"
+    r = parser().parse(bare)
+    assert isinstance(r, Received)
+    assert (12, "192.0.2.9") == (r.size, r.client_ip)
+
+
+def test_numbers_beyond_64_bits_are_out_of_range_not_a_crash():
+    """S=99999999999999999999 is flagged (the correlator counts an anomaly), never stored."""
+    from logstats.model import OUT_OF_RANGE
+
+    r = parser().parse(
+        "2026-11-24 06:00:10 1xVjZa-0004Dj-36 <= a@b.test H=h [192.0.2.9] P=esmtp "
+        "S=99999999999999999999"
+    )
+    assert isinstance(r, Received)
+    assert OUT_OF_RANGE == r.size
+
+
+@pytest.mark.parametrize(
+    "confirmation,expected",
+    [
+        ('C="250 2.0.0 Ok: queued as S00012"', "S00012"),
+        ('C="250 OK id=1xVjZa-0004Dj-36"', "1xVjZa-0004Dj-36"),
+        ('C="250 OK id=1xVjZa-0000004Dj36-Ab12"', "1xVjZa-0000004Dj36-Ab12"),
+        (
+            'C="250 2.0.0 from MTA(smtp:[127.0.0.1]:10025): 250 2.0.0 Ok: queued as 4PbC4x"',
+            "4PbC4x",
+        ),
+        ('C="250 2.0.0 Ok, id=12345-01, from MTA: 250 OK id=1xVjZa-0004Dj-36"', "1xVjZa-0004Dj-36"),
+        ('C="250 2.0.0 OK queued"', None),
+    ],
+)
+def test_next_hop_id_from_the_confirmation(confirmation, expected):
+    line = (
+        "2026-11-24 06:00:11 1xVjZa-0004Dj-35 => r@remote.test R=smart T=remote_smtp "
+        f"H=127.0.0.1 [127.0.0.1] {confirmation}"
+    )
+    r = parser().parse(line)
+    assert isinstance(r, Attempt)
+    assert expected == r.handoff_id
+
+
+def test_crlf_line_ends_parse_like_lf():
+    """A log written with CRLF line ends gives exactly the records of the LF one."""
+    from logstats.grammar import parse_lines
+    from logstats.sources import split_lines
+
+    body = (FIXTURES.parents[1] / "tests" / "mta" / "samples" / "exim.log").read_bytes()
+    lf = parse_lines(parser(), split_lines(body, 65536)[0])
+    crlf = parse_lines(parser(), split_lines(body.replace(b"\n", b"\r\n"), 65536)[0])
+    assert lf.records == crlf.records
+    assert (lf.unparsed, lf.ignored) == (crlf.unparsed, crlf.ignored)
+    assert any(type(r).__name__ == "Finished" for r in crlf.records)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import duckdb
 import pytest
 
+import logstats.store as store_mod
 from logstats.errors import SchemaError, StoreError, StoreLockedError
 from logstats.model import Event, Message, Outcome, Position, StatsRequest
 from logstats.store import MIGRATIONS, Batch, Store
@@ -53,7 +54,7 @@ def test_failure_inside_commit_changes_nothing(tmp_path, monkeypatch):
         def boom(*args, **kwargs):
             raise duckdb.IOException("disk full (injected)")
 
-        monkeypatch.setattr(store, "_write_positions", boom)
+        monkeypatch.setitem(store_mod._WRITERS, "checkpoints", boom)
         with pytest.raises(duckdb.IOException):
             store.commit(batch(5))
         monkeypatch.undo()

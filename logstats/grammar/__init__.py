@@ -52,7 +52,10 @@ def parse_lines(parser: LineParser, lines: list[str]) -> ChunkParse:
     parse = parser.parse
     ignored = 0
     for line in lines:
-        result = parse(line)
+        try:
+            result = parse(line)
+        except Exception as exc:  # a safety net: no line stops the pipeline
+            result = Unparsed("parser-error", f"{type(exc).__name__}: {exc}: {line[:400]}")
         if type(result) is Ignored:
             ignored += 1
         elif type(result) is Unparsed:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pyparsing as pp
 
+from logstats.model import MAX_NUMBER, OUT_OF_RANGE
+
 MONTHS = {
     name: number
     for number, name in enumerate(
@@ -110,9 +112,15 @@ def domain_of(addr: str | None) -> str:
 
 
 def to_int(value: str | None) -> int | None:
-    if value is None or not value.isdigit():
-        return None  # Exim's test suite writes S=sss
-    return int(value)
+    """A decimal field; ``OUT_OF_RANGE`` when it is too large to be true (the correlator
+    counts that as an anomaly), None when it is not a number (Exim's test suite writes
+    ``S=sss``)."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    if len(value) > 16:
+        return OUT_OF_RANGE
+    number = int(value)
+    return number if number <= MAX_NUMBER else OUT_OF_RANGE
 
 
 class Clock:
@@ -178,9 +186,9 @@ class Clock:
             micro = int((frac + "000000")[:6]) if frac else 0
             year = self._year_for(month, day)
             local = datetime(year, month, day, hh, mm, ss, micro, tzinfo=self._tz)
-        except ValueError:
+            value = local.astimezone(UTC)
+        except (ValueError, OverflowError):
             return None
-        value = local.astimezone(UTC)
         self._last_key, self._last_value = stamp, value
         return value
 
@@ -194,15 +202,15 @@ class Clock:
             return self._last_value
         try:
             value = datetime.fromisoformat(stamp)
-        except ValueError:
+            if offset is not None:
+                sign = -1 if offset[0] == "-" else 1
+                delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+                value = value.replace(tzinfo=timezone(sign * delta))
+            elif value.tzinfo is None:
+                value = value.replace(tzinfo=self._tz)
+            value = value.astimezone(UTC)
+        except (ValueError, OverflowError):
             return None
-        if offset is not None:
-            sign = -1 if offset[0] == "-" else 1
-            delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-            value = value.replace(tzinfo=timezone(sign * delta))
-        elif value.tzinfo is None:
-            value = value.replace(tzinfo=self._tz)
-        value = value.astimezone(UTC)
         self._year = value.year if self._year is None else self._year
         self._last_key, self._last_value = key, value
         return value

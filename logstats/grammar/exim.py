@@ -210,6 +210,7 @@ def _flag_line(flag: str, g: re.Match[str], ts: datetime, scope: str, qid: str) 
     addr = g["addr"]
     rest = g["rest"] or ""
     if flag in ("<=", "(="):
+        rest = _without_helo(rest)
         f = fields(rest)
         protocol = f.get("P")
         auth = f.get("A")
@@ -268,13 +269,37 @@ def _interface(rest: str) -> str | None:
     return rest[at + 4 : end] if end > 0 else None
 
 
+_NEXT_ID = re.compile(
+    r"queued as (?P<q>[0-9A-Za-z][0-9A-Za-z._-]*[0-9A-Za-z])"
+    r"|\bid=(?P<e>[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{11}-[0-9A-Za-z]{4}|[0-9A-Za-z]{6}-[0-9A-Za-z]{2}))"
+)
+
+
 def _queued_as(rest: str) -> str | None:
-    """The next hop's queue id from the confirmation (``C="250 ... queued as X"``)."""
-    at = rest.find("queued as ")
-    if at < 0 or ' C="' not in rest:
+    """The next hop's queue id from the confirmation: ``C="250 ... queued as X"`` (Postfix
+    and most MTAs) or ``C="250 OK id=X"`` (Exim).  A filter that passes its next hop's
+    answer on (amavis: ``250 ... from MTA(...): 250 ... queued as X``) names the last hop's
+    id last, so the last one wins."""
+    at = rest.find(' C="')
+    if at < 0:
         return None
-    token = rest[at + 10 :].partition(" ")[0].rstrip('").;,')
-    return token or None
+    found = None
+    for m in _NEXT_ID.finditer(rest, at + 4):
+        found = m.group("q") or m.group("e")
+    return found
+
+
+# ``H=host (helo) [ip]`` / ``H=(helo) [ip]``: the HELO is the client's text, so it is cut
+# out before fields are read (a HELO of "x S=0" must not set the size)
+_HELO = re.compile(
+    r"(?P<pre> H=(?:[^\s(]+ )?)\((?P<helo>.*?)\) (?=\[[0-9A-Fa-f:.]+\](?::\d+)?(?: |$))"
+)
+
+
+def _without_helo(text: str) -> str:
+    if " H=" not in text or "(" not in text:
+        return text
+    return _HELO.sub(r"\g<pre>", text, count=1)
 
 
 def _word_after(text: str, key: str) -> str | None:
@@ -329,7 +354,8 @@ def _reject(text: str, ts: datetime, scope: str, qid: str | None) -> ParseResult
     stage = g["stage"]
     if stage in ("connection", "EHLO", "HELO"):
         return Ignored("reject-connection")
-    f = fields(g.get("who") or "")
+    who = _without_helo(g.get("who") or "")
+    f = fields(who)
     auth = f.get("A")
     target = g.get("target")
     if stage == "RCPT":
@@ -350,7 +376,7 @@ def _reject(text: str, ts: datetime, scope: str, qid: str | None) -> ParseResult
         recipient=recipient,
         auth_id=auth.split(":")[1] or None if auth and ":" in auth else None,
         local_user=f.get("U") if "H" not in f else None,  # no H=: a local submission
-        client_ip=first_ip(g.get("who") or ""),
+        client_ip=first_ip(who),
         temporary=bool(g.get("temp")),
         reason=g.get("reason"),
     )
