@@ -7,13 +7,14 @@ console output when it is.  A ``LogstatsError`` becomes one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -21,12 +22,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 from logstats import config as config_mod
-from logstats.errors import LogstatsError
+from logstats.errors import LogstatsError, SourceError, StoreError, cause_of
 from logstats.model import Ignored, Mta, Unparsed
 
 if TYPE_CHECKING:
     from logstats.ingest import Ingestor
     from logstats.sources import FileInfo
+    from logstats.store import Store
 
 BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "logstats.yaml"
 
@@ -91,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compressed copies) are skipped; a file that grew is read from where it stopped. Each "
         "MTA's files are read oldest first, ordered by their first timestamp.",
     )
-    bf.add_argument("paths", nargs="+", metavar="PATH|GLOB")
+    bf.add_argument(
+        "paths", nargs="+", metavar="PATH|GLOB", help="log files; - reads standard input"
+    )
     bf.add_argument(
         "--mta", choices=[m.value for m in Mta], help="the files' MTA (default: detected per file)"
     )
@@ -206,11 +210,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `logstats query ... | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        message = _operational(exc)
+        if message is None:
+            raise
+        print(f"logstats: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "logstats: interrupted; the store holds every batch committed so far", file=sys.stderr
         )
         return 130
+
+
+def _operational(exc: Exception) -> str | None:
+    """One line for a failure of the database the commands did not foresee, else None."""
+    import duckdb
+
+    if isinstance(exc, duckdb.Error):
+        return f"database: {cause_of(exc)}"
+    return None
+
+
+@contextlib.contextmanager
+def _opened(store: Store) -> Iterator[Store]:
+    """Close ``store`` at the end; a failure to close never hides the error that ended it."""
+    import duckdb
+
+    try:
+        yield store
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            store.close()
+        raise
+    try:
+        store.close()
+    except duckdb.Error as exc:
+        raise StoreError(f"database {store.path}: cannot close it: {cause_of(exc)}") from exc
+
+
+def _readable(db: str, exc: Exception) -> StoreError:
+    return StoreError(
+        f"database {db} cannot be read: {cause_of(exc)} (is it damaged? restore it from a "
+        "backup, or move it away and backfill the logs again)"
+    )
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -260,19 +303,38 @@ def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any) -> in
         unknown=sum(report.unparsed.values()),
         unknown_by_reason=dict(report.unparsed),
         events=report.events,
+        anomalies=dict(report.anomalies),
         lines_per_s=round(report.lines / seconds) if seconds > 0 else None,
         reason=report.skipped,
     )
+    if report.isolated:
+        log.error(
+            "rows_isolated",
+            path=report.path,
+            rows=report.isolated,
+            reason=report.isolated_reason,
+            kept_in="quarantine",
+            hint="the rest was committed",
+        )
     return report.lines
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from logstats.ingest import Ingestor
+    """Read every path it can; one line on stderr for each it cannot, and exit 1 then."""
+    import duckdb
+
+    from logstats.ingest import Ingestor, compact_since, stop_resource_tracker
     from logstats.store import Store
 
     cfg = _load(args)
     log = structlog.get_logger()
-    with Store(_db(args, cfg)) as store:
+    failed: list[str] = []
+
+    def problem(exc: SourceError) -> None:
+        failed.append(str(exc))
+        print(f"logstats: error: {exc}", file=sys.stderr, flush=True)
+
+    with _opened(Store(_db(args, cfg))) as store:
         ingestor = Ingestor(store, cfg, now=lambda: datetime.now(UTC))
 
         def interrupt(signum: int, frame: object) -> None:
@@ -282,16 +344,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         previous = signal.signal(signal.SIGINT, interrupt)
         try:
-            plan = ingestor.plan(args.paths, args.mta)
-            total_lines = 0
             started = time.monotonic()
+            plan = ingestor.plan(args.paths, args.mta, on_problem=problem)
+            total_lines = 0
             for info, mta in plan:
-                total_lines += _backfill_file(ingestor, info, mta, log)
+                try:
+                    total_lines += _backfill_file(ingestor, info, mta, log)
+                except SourceError as exc:  # what was read of it is stored; on to the next
+                    problem(exc)
                 if ingestor.interrupted:
                     break
         finally:
             signal.signal(signal.SIGINT, previous)
             ingestor.close()
+            stop_resource_tracker()  # no process of ours outlives the command
         if ingestor.interrupted:
             log.warning(
                 "backfill_interrupted",
@@ -299,20 +365,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 hint="every batch read so far is stored; run the same command to continue",
             )
             return 130
-        from logstats.ingest import compact_since
-
-        compact_since(store, ingestor.earliest_hour)
-        pruned = store.prune(datetime.now(UTC) - timedelta(days=cfg.retention_days))
+        try:
+            compact_since(store, ingestor.earliest_hour)
+            pruned = store.prune(datetime.now(UTC) - timedelta(days=cfg.retention_days))
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"database {store.path}: cannot fold the counters: {cause_of(exc)} (what was "
+                "read is stored; the next backfill folds them)"
+            ) from exc
         seconds = time.monotonic() - started
         log.info(
             "backfill_done",
             files=len(plan),
+            failed=len(failed),
             lines=total_lines,
             events_pruned=pruned,
             seconds=round(seconds, 3),
             lines_per_s=round(total_lines / seconds) if seconds > 0 else None,
+            **({"parse_workers_lost": ingestor.workers_lost} if ingestor.workers_lost else {}),
         )
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_query_api(args: argparse.Namespace) -> int:
@@ -333,8 +405,15 @@ def cmd_query_api(args: argparse.Namespace) -> int:
     if answer is not None:
         status, body = answer
     else:
-        with Store(db, read_only=True) as store:
-            status, body, _ = api.LocalRouter(store.con, cfg).route("GET", path, params, {}, None)
+        import duckdb
+
+        with _opened(Store(db, read_only=True)) as store:
+            try:
+                status, body, _ = api.LocalRouter(store.con, cfg).route(
+                    "GET", path, params, {}, None
+                )
+            except duckdb.Error as exc:
+                raise _readable(db, exc) from exc
     print(body if isinstance(body, str) else json.dumps(body, indent=2))
     return 0 if status < 400 else 1
 
@@ -358,12 +437,17 @@ def cmd_query(args: argparse.Namespace) -> int:
         "nosuccess": "1" if args.nosuccess else "",
     }
     params = {k: v for k, v in params.items() if v}
+    import duckdb
+
     try:
         asked = _ask_daemon(cfg.socket, db, params)
         answer = asked[1] if asked is not None else None
         if answer is None:
-            with Store(db, read_only=True) as store:
-                answer = api.emailtrack(store.con, params)
+            with _opened(Store(db, read_only=True)) as store:
+                try:
+                    answer = api.emailtrack(store.con, params)
+                except duckdb.Error as exc:
+                    raise _readable(db, exc) from exc
     except (LogstatsError, api.BadRequest) as exc:
         if args.all:
             raise LogstatsError(str(exc)) from exc
@@ -474,6 +558,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         "filter_relays": list(cfg.filter_relays),
         "ttl": str(cfg.ttl),
         "orphan_ttl": str(cfg.orphan_ttl),
+        "handoff_window": str(cfg.handoff_window),
         "sources": [{"path": s.path, "mta": s.mta} for s in cfg.sources],
     }
     print(json.dumps(effective, indent=2, default=str))

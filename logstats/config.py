@@ -80,6 +80,7 @@ class Config:
     filter_relays: tuple[str, ...] = ("127.0.0.1", "[::1]", "::1", "localhost")
     ttl: timedelta = timedelta(days=7)
     orphan_ttl: timedelta = timedelta(hours=1)
+    handoff_window: timedelta = timedelta(minutes=10)
     batch_lines: int = 50000
     max_line_length: int = 65536
     workers: int = 0  # parser processes for large files; 0: one per core, 1: none
@@ -126,6 +127,7 @@ class Config:
             filter_relays=self.filter_relays,
             ttl=self.ttl,
             orphan_ttl=self.orphan_ttl,
+            handoff_window=self.handoff_window,
             providers=self.providers,
             tag_rules=self.tag_rules,
         )
@@ -193,7 +195,12 @@ _SCHEMA: dict[str, Any] = {
         "uids": dict,
         "sender_domain_fallback": bool,
     },
-    "correlation": {"ttl": "duration", "orphan_ttl": "duration", "filter_relays": list},
+    "correlation": {
+        "ttl": "duration",
+        "orphan_ttl": "duration",
+        "handoff_window": "duration",
+        "filter_relays": list,
+    },
     "ingest": {"batch_lines": int, "max_line_length": int, "workers": int},
     "sources": list,
     "serve": {
@@ -234,15 +241,25 @@ def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> Non
             raise ConfigError(f"{where}: {dotted}: expected {kind.__name__}, got {value!r}")
 
 
+def _read_text(path: str, where: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}): "
+            "save the config as UTF-8"
+        ) from exc
+
+
 def load(path: str | None) -> Config:
     """Read and validate a config file; ``None`` gives the built-in defaults."""
     if path is None:
         return Config()
     where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read config: {exc.strerror}") from exc
+    text = _read_text(path, where)
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -306,6 +323,11 @@ def load(path: str | None) -> Config:
             parse_duration(corr["orphan_ttl"], "correlation.orphan_ttl", where)
             if "orphan_ttl" in corr
             else defaults.orphan_ttl
+        ),
+        handoff_window=(
+            parse_duration(corr["handoff_window"], "correlation.handoff_window", where)
+            if "handoff_window" in corr
+            else defaults.handoff_window
         ),
         batch_lines=ingest.get("batch_lines", defaults.batch_lines),
         max_line_length=ingest.get("max_line_length", defaults.max_line_length),

@@ -248,14 +248,20 @@ class Correlator:
         window = self.policy.handoff_window
         for key, msg in list(self.messages.items()):
             idle = now - msg.last_seen
-            if msg.finished or key[0][:1] == HANDOFF_SCOPE:
+            # what the window decides is decided by the records' times (see _handoff), so
+            # forgetting here, whenever it runs, changes no count
+            if key[0][:1] == HANDOFF_SCOPE:
+                if now - msg.first_seen > window:
+                    self._drop(key)
+                continue
+            if msg.finished:
                 if idle > window:
                     self._drop(key)
                 continue
             if msg.orphans and idle > self.policy.orphan_ttl:
                 self._flush_orphans(msg, UNKNOWN)
                 self._touch(key)
-            if msg.tracked and msg.received and idle > window:
+            if msg.tracked and msg.accepted_at and now - msg.accepted_at > window:
                 msg.tracked, msg.ledger = False, []  # no hand-off can claim it any more
                 self._touch(key)
             if idle > self.policy.ttl:
@@ -369,8 +375,8 @@ class Correlator:
         if hop is None:
             return
         self._drop(hkey)
-        if not hop.origin:
-            return  # claimed by two messages: both hand-offs stay deliveries
+        if not hop.origin or msg.first_seen - hop.first_seen > self.policy.handoff_window:
+            return  # claimed by two messages (both stay deliveries), or too late to be a hop
         if hop.message_id and msg.message_id and hop.message_id != msg.message_id:
             self.anomaly(
                 "handoff-message-id-mismatch",
@@ -465,6 +471,8 @@ class Correlator:
                 return False  # an id of another host's queue that happens to be ours too
             if nxt.accepted_at and msg.accepted_at and nxt.accepted_at < msg.accepted_at:
                 return False  # received before this message was: not its re-injection
+            if not nxt.accepted_at or a.ts - nxt.accepted_at > self.policy.handoff_window:
+                return False  # received too long before the hand-off to be its next hop
             self._relink(nxt, key, msg)
             return True
         # the hand-off first: a delivery until NEWID appears
@@ -545,7 +553,12 @@ class Correlator:
             return
         if msg.orphans:
             self._flush_orphans(msg, msg.account if msg.received else UNKNOWN)
-        if msg.tracked and msg.received:
+        if (
+            msg.tracked
+            and msg.received
+            and msg.accepted_at
+            and f.ts - msg.accepted_at <= self.policy.handoff_window
+        ):
             # a later hand-off may still name it (its receipt was logged before the hop's
             # delivery line): keep it, out of the in-flight count, for the window
             msg.finished = True
@@ -634,25 +647,25 @@ class Correlator:
             self._count_dims(
                 ts, account, domain, outcome, msg.size, msg.tags, msg.interface, recipient, relay
             )
-        if ledger is None and msg.tracked:
-            ledger = msg.ledger
-        if ledger is not None:
-            ledger.append(
-                [
-                    outcome.value,
-                    ts.timestamp(),
-                    account,
-                    domain,
-                    msg.size,
-                    local,
-                    list(msg.tags),
-                    msg.interface,
-                    recipient,
-                    relay,
-                    msg.scope,
-                    msg.queue_id,
-                ]
-            )
+        if ledger is not None or msg.tracked:
+            entry: list[Any] = [
+                outcome.value,
+                ts.timestamp(),
+                account,
+                domain,
+                msg.size,
+                local,
+                list(msg.tags),
+                msg.interface,
+                recipient,
+                relay,
+                msg.scope,
+                msg.queue_id,
+            ]
+            if msg.tracked:
+                msg.ledger.append(entry)
+            if ledger is not None:
+                ledger.append(list(entry))
         if self.events_since is None or ts >= self.events_since:
             self.events.append(
                 Event(

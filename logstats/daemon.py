@@ -15,14 +15,14 @@ back and retried with back-off; after ``serve.commit_retries`` failures the daem
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -33,7 +33,7 @@ import duckdb
 from logstats import config as config_mod
 from logstats.api import ApiServer, TcpApiServer
 from logstats.correlate import Correlator
-from logstats.errors import ConfigError
+from logstats.errors import ConfigError, StoreError, cause_of
 from logstats.follow import Follower, Piece
 from logstats.grammar import (
     ChunkParse,
@@ -44,7 +44,14 @@ from logstats.grammar import (
     parse_chunk,
     parse_lines,
 )
-from logstats.ingest import batch_of, compact_since, earliest_hour, ignore_sigint
+from logstats.ingest import (
+    batch_of,
+    compact_since,
+    discard_pool,
+    earliest_hour,
+    stop_resource_tracker,
+    worker_pool,
+)
 from logstats.model import Position
 from logstats.notify import Notifier
 from logstats.query import prometheus_text
@@ -102,11 +109,17 @@ class Daemon:
 
     # -- life cycle --------------------------------------------------------------------------
     def run(self) -> int:
-        self.store = Store(self.config.db)
+        self.store = Store(self.config.db)  # a damaged or locked database: StoreError
         try:
             return self._run()
+        except duckdb.Error as exc:  # not a commit (those are retried): reading the store
+            raise StoreError(f"database {self.config.db}: {cause_of(exc)}") from exc
         finally:
-            self.store.close()
+            try:
+                self.store.close()
+            except duckdb.Error as exc:
+                self.log.error("store_close_failed", error=cause_of(exc))
+            stop_resource_tracker()  # the parser pool is shut down by now
 
     def _run(self) -> int:
         policy = self.config.policy()
@@ -290,20 +303,48 @@ class Daemon:
             follower.notes.clear()
 
     def _take_in_workers(self, follower: Follower, pieces: list[Piece]) -> None:
-        """A backlog: parse its chunks in worker processes (as backfill does), feed in order."""
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(
-                max_workers=os.cpu_count() or 2,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=ignore_sigint,
+        """A backlog: parse its chunks in worker processes (as backfill does), feed in order.
+
+        A worker that dies (killed, out of memory) breaks the pool: the pieces it had not
+        answered for are parsed here, with the same function, and fed in the same order, so
+        nothing is lost or counted twice; the next backlog gets a new pool."""
+
+        def lose(exc: BaseException) -> None:
+            if self.pool is None:
+                return
+            self.log.warning(
+                "parse_workers_lost",
+                path=follower.path,
+                error=str(exc) or type(exc).__name__,
+                recovery="the rest of this backlog is parsed in the daemon; a new pool next time",
             )
+            discard_pool(self.pool)
+            self.pool = None
+
+        if self.pool is None:
+            self.pool = worker_pool(os.cpu_count() or 2)
         tz, max_len = self.config.tz(), self.config.max_line_length
-        futures = [
-            self.pool.submit(parse_chunk, follower.mta, tz, p.position.mtime, max_len, p.body)
-            for p in pieces
-        ]
+        futures: list[Future[ChunkParse] | None] = []
+        for p in pieces:
+            future = None
+            if self.pool is not None:
+                try:
+                    future = self.pool.submit(
+                        parse_chunk, follower.mta, tz, p.position.mtime, max_len, p.body
+                    )
+                except BrokenProcessPool as exc:
+                    lose(exc)
+            futures.append(future)
         for piece, future in zip(pieces, futures, strict=True):
-            self._absorb(follower, future.result(), piece.position, piece.too_long)
+            parsed = None
+            if future is not None:
+                try:
+                    parsed = future.result()
+                except BrokenProcessPool as exc:
+                    lose(exc)
+            if parsed is None:
+                parsed = parse_chunk(follower.mta, tz, piece.position.mtime, max_len, piece.body)
+            self._absorb(follower, parsed, piece.position, piece.too_long)
 
     def _take(self, follower: Follower, body: bytes, pos: Position, too_long: int) -> None:
         lines, dropped = split_lines(body, self.config.max_line_length)

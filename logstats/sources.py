@@ -6,6 +6,11 @@ identity, so reading it again continues where the last run stopped instead of co
 twice.  Only complete lines are handed on; a partial last line waits for its newline,
 except at the end of a compressed file, which is finished by definition.  A line longer
 than the limit is skipped up to its newline and reported as ``too-long``.
+
+Standard input (``-``) is read as a file is: identified by the hash of its first line, its
+offsets count the bytes read from it (a last line without its newline waits, unless it is
+compressed).  journalctl's own ``-- ... --`` lines (``-- Boot ID --``, ``-- No entries --``)
+are left out of it, so that they neither count nor change its identity.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ import hashlib
 import io
 import lzma
 import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from logstats.errors import SourceError
 
 CHUNK = 1 << 20
+HEAD = 256 * 1024  # bytes inspected for the identity, the MTA and the first timestamp
+STDIN = "-"  # the path that names standard input
+STDIN_NAME = "<stdin>"  # how standard input is named in reports and checkpoints
 _MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+# journalctl's own lines: -- Boot ID --, -- No entries --, -- Journal begins at ... --
+_JOURNAL_META = re.compile(rb"^-- [^\n]* --\r?(?:\n|\Z)", re.MULTILINE)
 
 
 def compression(path: str) -> str | None:
@@ -60,6 +73,7 @@ class FileInfo:
     inode: int
     mtime: float  # of the uncompressed content when the container records it
     compressed: bool
+    stream: bool = False  # standard input: read once, from its start
 
 
 def inspect(path: str, sample: int = 50) -> FileInfo:
@@ -68,21 +82,148 @@ def inspect(path: str, sample: int = 50) -> FileInfo:
         st = os.stat(path)
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"{path}: is a directory, not a log file")
     kind = compression(path)
     mtime = st.st_mtime
     with open_binary(path) as f:
         try:
-            head = f.read(256 * 1024)
+            head = f.read(HEAD)
         except (OSError, EOFError, lzma.LZMAError) as exc:
             raise SourceError(f"cannot read {path}: {exc}") from exc
         if kind == "gz" and isinstance(f, gzip.GzipFile) and f.mtime:
             mtime = float(f.mtime)
+    head_hash, text = _identity(head, kind is not None, sample)
+    return FileInfo(path, head_hash, text, st.st_ino, mtime, kind is not None)
+
+
+def _identity(head: bytes, final: bool, sample: int) -> tuple[str, list[str]]:
+    """The hash of the first complete line (of all of ``head`` when the content is
+    ``final`` and has no newline) and the first lines, decoded."""
     nl = head.find(b"\n")
     head_hash = hashlib.sha1(head[: nl + 1]).hexdigest() if nl >= 0 else ""
-    if nl < 0 and kind is not None and head:
+    if nl < 0 and final and head:
         head_hash = hashlib.sha1(head).hexdigest()
-    text = head.decode("utf-8", "replace").split("\n")[:sample]
-    return FileInfo(path, head_hash, text, st.st_ino, mtime, kind is not None)
+    return head_hash, head.decode("utf-8", "replace").split("\n")[:sample]
+
+
+class _Prepended(io.RawIOBase):
+    """``head`` followed by the rest of ``rest``: bytes already taken off a stream, put back."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(out), len(self._head))
+            out[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(out))
+        out[: len(data)] = data
+        return len(data)
+
+
+class _WithoutJournalMeta(io.RawIOBase):
+    """A stream without journalctl's ``-- ... --`` lines (only whole lines are judged)."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self._raw = raw
+        self._out = b""
+        self._tail = b""  # the start of a line not yet judged
+        self._midline = False  # inside a very long line passed on unjudged
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        while not self._out and not self._eof:
+            data = self._raw.read(CHUNK)
+            if not data:
+                self._eof = True
+                self._out, self._tail = self._keep(self._tail), b""
+                break
+            buf, self._tail = self._tail + data, b""
+            if self._midline:
+                cut = buf.find(b"\n")
+                if cut < 0:
+                    self._out = buf
+                    continue
+                self._out, buf, self._midline = buf[: cut + 1], buf[cut + 1 :], False
+            last = buf.rfind(b"\n")
+            if last < 0 and len(buf) < HEAD:
+                self._tail = buf
+            elif last < 0:  # a very long line: pass it on, it is not one of journalctl's
+                self._out += buf
+                self._midline = True
+            else:
+                self._out += self._keep(buf[: last + 1])
+                self._tail = buf[last + 1 :]
+        n = min(len(out), len(self._out))
+        out[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    @staticmethod
+    def _keep(block: bytes) -> bytes:
+        return _JOURNAL_META.sub(b"", block) if b"-- " in block else block
+
+
+@dataclass(slots=True)
+class Stream:
+    """Standard input opened for one read: what it is (``info``) and its content from the
+    start (``content``)."""
+
+    info: FileInfo
+    content: io.BufferedIOBase
+
+
+def open_stream(raw: Any, name: str, reference: float, sample: int = 50) -> Stream:
+    """Open a stream (standard input): detect compression, leave out journalctl's own lines,
+    read its head for the identity and the MTA.
+
+    ``reference`` is the time yearless stamps are placed before, as a file's mtime is (see
+    ``stdin_reference``); a gzip header's own mtime wins."""
+    mtime = reference
+    try:
+        magic = raw.read(6)
+        body: Any = io.BufferedReader(_Prepended(magic, raw), CHUNK)
+        kind = next((k for m, k in _MAGIC if magic.startswith(m)), None)
+        gz = None
+        if kind == "gz":
+            body = gz = gzip.GzipFile(fileobj=body, mode="rb")
+        elif kind == "bz2":
+            body = bz2.BZ2File(body, "rb")
+        elif kind == "xz":
+            body = lzma.LZMAFile(body, "rb")  # noqa: SIM115 - read through ``Stream``
+        body = io.BufferedReader(_WithoutJournalMeta(body), CHUNK)
+        head = body.read(HEAD)
+        if gz is not None and gz.mtime:
+            mtime = float(gz.mtime)
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise SourceError(f"cannot read {name}: {exc}") from exc
+    head_hash, text = _identity(head, kind is not None, sample)
+    info = FileInfo(name, head_hash, text, 0, mtime, kind is not None, stream=True)
+    return Stream(info, io.BufferedReader(_Prepended(head, body), CHUNK))
+
+
+def stdin_reference(raw: Any, now: float) -> float:
+    """The reference time for yearless stamps on standard input: the mtime of the file it is
+    redirected from (``< mainlog``), else ``now`` (a pipe: ``journalctl ... |``)."""
+    try:
+        st = os.fstat(raw.fileno())
+    except (OSError, ValueError, AttributeError):
+        return now
+    return st.st_mtime if stat.S_ISREG(st.st_mode) else now
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,51 +257,70 @@ def split_lines(body: bytes, max_line_length: int) -> tuple[list[str], int]:
 
 
 def read_chunks(
-    path: str, offset: int, *, final: bool, max_line_length: int, chunk_size: int = CHUNK
+    path: str,
+    offset: int,
+    *,
+    final: bool,
+    max_line_length: int,
+    chunk_size: int = CHUNK,
+    stream: io.BufferedIOBase | None = None,
 ) -> Iterator[RawChunk]:
     """Complete lines from ``offset`` (uncompressed bytes), as raw chunks.
 
     A line longer than ``max_line_length`` that spans chunks is skipped up to its newline
-    and counted once in ``too_long``.
+    and counted once in ``too_long``.  With ``stream`` (standard input, from its start),
+    that is read instead of the file ``path`` names.
     """
+    if stream is not None:
+        yield from _chunks_of(stream, path, offset, final, max_line_length, chunk_size)
+        return
     with open_binary(path) as f:
-        skipping = False
-        if offset:
-            # a checkpoint inside a line can only come from skipping an over-long one:
-            # go on skipping it, without counting it again
+        yield from _chunks_of(f, path, offset, final, max_line_length, chunk_size)
+
+
+def _chunks_of(
+    f: io.BufferedIOBase, path: str, offset: int, final: bool, max_line_length: int, size: int
+) -> Iterator[RawChunk]:
+    skipping = False
+    if offset:
+        # a checkpoint inside a line can only come from skipping an over-long one:
+        # go on skipping it, without counting it again
+        try:
             _skip(f, offset - 1, path)
             skipping = f.read(1) != b"\n"
-        pos = offset
-        tail = b""
-        while True:
-            try:
-                data = f.read(chunk_size)
-            except (OSError, EOFError, lzma.LZMAError) as exc:
-                raise SourceError(f"cannot read {path}: {exc}") from exc
-            if not data:
-                break
-            buf = tail + data
-            last = buf.rfind(b"\n")
-            if last < 0:
-                if skipping or len(buf) > max_line_length:
-                    pos += len(buf)
-                    tail = b""
-                    yield RawChunk(b"", pos, 0 if skipping else 1)
-                    skipping = True
-                else:
-                    tail = buf
-                continue
-            body, tail = buf[: last + 1], buf[last + 1 :]
-            if skipping:
-                cut = body.find(b"\n")
-                pos += cut + 1
-                body = body[cut + 1 :]
-                skipping = False
-            pos += len(body)
-            yield RawChunk(body, pos, 0)
-        if final and tail and not skipping:
-            pos += len(tail)
-            yield RawChunk(tail, pos, 0)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise SourceError(f"cannot read {path}: {exc}") from exc
+    pos = offset
+    tail = b""
+    while True:
+        try:
+            data = f.read(size)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise SourceError(f"cannot read {path}: {exc}") from exc
+        if not data:
+            break
+        buf = tail + data
+        last = buf.rfind(b"\n")
+        if last < 0:
+            if skipping or len(buf) > max_line_length:
+                pos += len(buf)
+                tail = b""
+                yield RawChunk(b"", pos, 0 if skipping else 1)
+                skipping = True
+            else:
+                tail = buf
+            continue
+        body, tail = buf[: last + 1], buf[last + 1 :]
+        if skipping:
+            cut = body.find(b"\n")
+            pos += cut + 1
+            body = body[cut + 1 :]
+            skipping = False
+        pos += len(body)
+        yield RawChunk(body, pos, 0)
+    if final and tail and not skipping:
+        pos += len(tail)
+        yield RawChunk(tail, pos, 0)
 
 
 def read_lines(
@@ -174,6 +334,10 @@ def read_lines(
         yield Chunk(lines, raw.end_offset, raw.too_long + too_long)
 
 
+class ShorterThanCheckpoint(SourceError):
+    """A file or stream ends before the offset its checkpoint says was read."""
+
+
 def _skip(f: io.BufferedIOBase, offset: int, path: str) -> None:
     if not getattr(f, "seekable", lambda: False)() or isinstance(
         f, gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile
@@ -182,12 +346,14 @@ def _skip(f: io.BufferedIOBase, offset: int, path: str) -> None:
         while remaining:
             got = f.read(min(remaining, CHUNK))
             if not got:
-                raise SourceError(f"{path} is shorter than its checkpoint ({offset} bytes)")
+                raise ShorterThanCheckpoint(
+                    f"{path} is shorter than its checkpoint ({offset} bytes)"
+                )
             remaining -= len(got)
         return
     size = os.fstat(f.fileno()).st_size
     if size < offset:
-        raise SourceError(f"{path} is shorter than its checkpoint ({offset} bytes)")
+        raise ShorterThanCheckpoint(f"{path} is shorter than its checkpoint ({offset} bytes)")
     f.seek(offset)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from logstats.errors import SchemaError, StoreError, StoreLockedError
+from logstats.errors import SchemaError, StoreError, StoreLockedError, cause_of
 from logstats.model import (
     AccountStats,
     Attempt,
@@ -117,6 +117,17 @@ MIGRATIONS += (
             stored_at TIMESTAMP NOT NULL, mta VARCHAR NOT NULL, tbl VARCHAR NOT NULL,
             content VARCHAR NOT NULL, reason VARCHAR NOT NULL
         );
+        """,
+    ),
+)
+
+MIGRATIONS += (
+    (
+        "0004_pending_root",
+        """
+        -- the message a continuation (a filter's re-injection) belongs to: in progress is
+        -- counted once per original message, while any of its parts is in the queue
+        ALTER TABLE pending ADD COLUMN root VARCHAR;
         """,
     ),
 )
@@ -229,7 +240,12 @@ class Store:
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"database {self.path} does not exist (run `logstats backfill`)")
         if not read_only and self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder of database {self.path}: {exc.strerror}"
+                ) from exc
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
@@ -246,10 +262,53 @@ class Store:
                     "backfill, stop the service (systemctl stop logstats), run backfill, start it "
                     "again"
                 ) from exc
-            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+            raise self._open_error(exc) from exc
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
-        self._migrate()
+            raise self._open_error(exc) from exc
+        try:
+            self._check_size()
+            self._migrate()
+        except StoreError:
+            self.con.close()
+            raise
+        except duckdb.Error as exc:
+            self.con.close()
+            raise self._open_error(exc) from exc
+
+    # what DuckDB says of a file that is not (all) a database
+    _DAMAGED = ("not a valid DuckDB database", "Could not read enough bytes", "Corrupt", "checksum")
+
+    def _open_error(self, exc: BaseException) -> StoreError:
+        """One line for a database that cannot be opened: damaged, or why not."""
+        if any(s in str(exc) for s in self._DAMAGED):
+            return StoreError(self._damaged(exc))
+        return StoreError(f"cannot open database {self.path}: {cause_of(exc)}")
+
+    def _damaged(self, exc: BaseException) -> str:
+        return (
+            f"database {self.path} is damaged or not a logstats database ({cause_of(exc)}): "
+            "restore it from a backup, or move it away and backfill the logs again"
+        )
+
+    def _check_size(self) -> None:
+        """A file shorter than the blocks its header counts was truncated (a copy cut short,
+        a full disk): refuse it at once rather than fail on the first block it lacks.  With
+        a WAL next to it the count may include blocks only the WAL holds: no verdict then."""
+        if self.path == ":memory:" or Path(self.path + ".wal").exists():
+            return
+        row = self.con.execute("PRAGMA database_size").fetchone()
+        if not row:
+            return
+        block_size, total_blocks = int(row[2]), int(row[3])
+        headers = 3 * 4096  # the main header and two database headers, then the blocks
+        expected = headers + block_size * total_blocks
+        actual = Path(self.path).stat().st_size
+        if actual < expected:
+            raise StoreError(
+                self._damaged(
+                    ValueError(f"the file has {actual} bytes of the {expected} its header counts")
+                )
+            )
 
     def close(self) -> None:
         self.con.close()
@@ -292,7 +351,8 @@ class Store:
                 con.execute("INSERT INTO migrations VALUES (?, ?)", [name, _naive(_now())])
                 con.execute("COMMIT")
             except duckdb.Error:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):  # never hide why it failed
+                    con.execute("ROLLBACK")
                 raise
 
     def migrations(self) -> list[str]:
@@ -445,6 +505,7 @@ class Store:
                             m.origin is not None,
                             _naive(m.last_seen),
                             message_to_json(m),
+                            m.origin or f"{m.scope} {m.queue_id}",
                         ),
                     )
                 )
@@ -664,7 +725,7 @@ _WRITERS: dict[str, Any] = {
     "events": _insert("events", 9),
     "retract": _retract,
     "unpend": _unpend,
-    "pending": _insert("pending", 9),
+    "pending": _insert("pending", 10),
     "checkpoints": _checkpoints,
     "unparsed": _tally("unparsed", "reason", "lines"),
     "anomalies": _tally("anomalies", "kind", "count"),
@@ -678,7 +739,7 @@ def account_stats(con: duckdb.DuckDBPyConnection, req: StatsRequest) -> list[Acc
     end = _naive(req.end)
     where = "bucket >= ? AND bucket < ?"
     params: list[Any] = [start, end]
-    pwhere = "received AND NOT continuation AND accepted_at >= ? AND accepted_at < ?"
+    pwhere = "received AND accepted_at >= ? AND accepted_at < ?"
     pparams: list[Any] = [start, end]
     if req.account is not None:
         where += " AND account = ?"
@@ -693,7 +754,8 @@ def account_stats(con: duckdb.DuckDBPyConnection, req: StatsRequest) -> list[Acc
     ).fetchall()
     progress = dict(
         con.execute(
-            f"SELECT account, count(*) FROM pending WHERE {pwhere} GROUP BY account",
+            "SELECT account, count(DISTINCT coalesce(root, scope || ' ' || queue_id)) "
+            f"FROM pending WHERE {pwhere} GROUP BY account",
             pparams,
         ).fetchall()
     )
