@@ -12,8 +12,14 @@ or truncated by logrotate, ``exicyclog`` or cPanel:
   first line: it is found among the siblings by that fingerprint and read from our offset.
 * **compressed later** (``.1`` -> ``.2.gz``): a file is identified by the hash of its first
   line, not by name or inode, so the compressed copy is recognised and not read twice.
-* **rotated while stopped**: at start, if the path's last checkpoint names a different
-  first line, that predecessor is looked up among the siblings and finished first.
+* **rotated while stopped** (once or several times): at start, unless the path still names
+  a known file, the rotated siblings (``.1``, ``.2.gz``, ``-20240101``, ``-20240101.gz`` ...)
+  are identified by their first lines and put in order (see ``rotated_siblings``); from the
+  file the path's last checkpoint names, the ones not done yet are read oldest first (the
+  checkpointed one from its offset, the ones after it whole), then the path.  After an
+  interruption during that catch-up the newest known sibling is where it resumes.  The
+  same look is taken after a rotation or truncation seen while running, in case more than
+  one happened between two polls.
 
 Only complete lines are handed on; a partial last line waits for its newline.  A line
 longer than the limit is skipped up to its newline and counted.  ``poll()`` does all of
@@ -22,10 +28,16 @@ this without sleeping; the daemon decides when to call it (watchdog wake-up or t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import lzma
 import os
+import re
+import stat
+import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -38,6 +50,10 @@ READ = 1 << 20
 READ_BUDGET = 8 << 20  # bytes one poll reads at most
 HEAD_LIMIT = 64 * 1024
 HEAD_CHECK_SECONDS = 1.0
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")  # what sources.open_binary can read
+_NUMBERED = re.compile(r"\.(\d{1,5})")  # logrotate .1, .2 (exicyclog .01, savelog .0)
+_DATED = re.compile(r"[-.]\d[\d._-]*\d")  # dateext -20240101, postfix .20240101-120000
+_READ_ERRORS = (OSError, SourceError, EOFError, lzma.LZMAError, zlib.error)
 
 
 @dataclass(slots=True)
@@ -96,6 +112,108 @@ def file_head_hash(path: str) -> str:
     return hashlib.sha1(head).hexdigest() if head and compression(path) else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Rotated:
+    """A rotated copy of a followed path, and what puts it in order among the others."""
+
+    path: str
+    head_hash: str
+    scheme: str  # "num" (.1, .2.gz), a date shape such as "-99999999", or "" (path.gz)
+    rank: tuple[int, ...]  # within one scheme: larger is newer
+    when: float  # when its content was last written (see content_mtime)
+    compressed: bool
+
+
+def rotation_name(path: str, candidate: str) -> tuple[str, tuple[int, ...]] | None:
+    """(scheme, rank) of a rotated name of ``path``, or None for any other name.
+
+    ``.N`` is logrotate's numbering (``.1`` is the newest: rank ``-N``); ``-YYYYMMDD`` and
+    other dateext/postfix forms (six digits or more) rank by their digits, which are
+    compared only with names of the same shape; ``path.gz`` alone has scheme "".  A
+    ``.gz``/``.bz2``/``.xz`` suffix does not change a name's place (``.2.gz`` is ``.2``)."""
+    if not candidate.startswith(path):
+        return None
+    suffix = candidate[len(path) :]
+    for ext in COMPRESSED_SUFFIXES:
+        if suffix.endswith(ext):
+            suffix = suffix[: -len(ext)]
+            break
+    if not suffix:
+        return "", ()
+    m = _NUMBERED.fullmatch(suffix)
+    if m:
+        return "num", (-int(m.group(1)),)
+    if _DATED.fullmatch(suffix) and sum(c.isdigit() for c in suffix) >= 6:
+        return re.sub(r"\d", "9", suffix), tuple(int(d) for d in re.findall(r"\d+", suffix))
+    return None
+
+
+def content_mtime(path: str, st: os.stat_result) -> float:
+    """When a file's content was last written: its mtime, unless it is a gzip file whose
+    mtime was not kept when it was compressed (an older logrotate, a copy): then the
+    original mtime gzip recorded in its header, when there is one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return st.st_mtime
+    if len(head) == 8 and head[:2] == b"\x1f\x8b":
+        (stamp,) = struct.unpack("<I", head[4:8])
+        if stamp and abs(st.st_mtime - stamp) >= 1.0:
+            return float(stamp)
+    return st.st_mtime
+
+
+def ordered(files: list[Rotated]) -> list[Rotated]:
+    """Oldest first.  Names of one scheme are put in the order they encode (logrotate's
+    numbering or the date in the name: exact, whatever the mtimes say); names of mixed
+    schemes (a changed logrotate config) by content_mtime."""
+    if len({f.scheme for f in files}) <= 1:
+        return sorted(files, key=lambda f: (f.rank, f.when, f.path))
+    return sorted(files, key=lambda f: (f.when, f.scheme, f.rank, f.path))
+
+
+def rotated_siblings(path: str) -> list[Rotated]:
+    """The rotated copies of ``path`` with a first line, one per first line, oldest first.
+
+    A file present both plain and compressed (``.1`` and ``.1.gz`` while logrotate
+    compresses) is taken plain: the compressed copy may still be incomplete."""
+    best: dict[str, tuple[tuple[bool, int], Rotated]] = {}
+    for sib in siblings(path):
+        name = rotation_name(path, sib)
+        if name is None:
+            continue
+        try:
+            st = os.stat(sib)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            head = file_head_hash(sib)
+            compressed = compression(sib) is not None
+        except _READ_ERRORS:
+            continue
+        if not head:
+            continue
+        when = content_mtime(sib, st) if compressed else st.st_mtime
+        rotated = Rotated(sib, head, name[0], name[1], when, compressed)
+        preference = (not compressed, 0 if compressed else st.st_size)
+        other = best.get(head)
+        if other is None or preference > other[0]:
+            best[head] = (preference, rotated)
+    return ordered([r for _, r in best.values()])
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One file of a catch-up: read ``path`` (first line ``head_hash``) from ``offset``."""
+
+    path: str
+    head_hash: str
+    offset: int
+    lines: int
+    event: str  # the note logged when it is started
+    finishing: bool  # a file read before (from its checkpoint), else read whole
+
+
 @dataclass(slots=True)
 class Follower:
     """The state of one followed path; ``poll()`` returns what is new since last time."""
@@ -112,7 +230,11 @@ class Follower:
     started: bool = False
     chunk_size: int = READ  # bytes per read
     more: bool = False  # the last poll stopped at its budget: poll again right away
-    _finishing: Iterator[Piece] | None = None  # a finished file still being read
+    _finishing: Iterator[Piece] | None = None  # finished files still being read
+    _check: bool = True  # look for rotated files not read yet before going on with the path
+    _resumed: bool = False  # the catch-up at start has been planned
+    _anchor: str = ""  # head of the file the path named last, read to its end here
+    _finished: set[str] = field(default_factory=set)  # heads read to their end in this process
 
     def poll(self, max_bytes: int = READ_BUDGET) -> list[Piece]:
         """What is new since the last poll, at most about ``max_bytes`` of it (``more`` tells
@@ -120,14 +242,18 @@ class Follower:
         self.more = False
         budget = [max_bytes]
         pieces: list[Piece] = []
-        if not self.started:
-            self.started = True
-            self._finishing = self._predecessor()
-        if self._finishing is not None:
+        self.started = True
+        while True:
+            if self._finishing is None and self._check:
+                self._check = False
+                self._finishing = self._catch_up()
+            if self._finishing is None:
+                break
             pieces += self._pull(budget)
             if self._finishing is not None:
                 self.more = True
                 return pieces  # older lines first: the rest of them on the next poll
+            self._check = True  # the path may have been rotated while those were read
         if self.current is None and not self._open(pieces):
             return pieces
         cur = self.current
@@ -159,6 +285,9 @@ class Follower:
                 return pieces  # not drained yet: switch on a later poll
             cur.fh.close()
             self.current = None
+            self._finished.add(cur.head_hash)
+            self._anchor = cur.head_hash
+            self._check = True  # rotated more than once since the last poll?
             self.notes.append(
                 Note("source_rotated", self.path, f"inode {cur.inode} -> {st.st_ino}")
             )
@@ -251,34 +380,133 @@ class Follower:
         self.notes.append(Note("source_truncated", self.path, f"at byte {cur.offset}"))
         cur.fh.close()
         self.current = None
+        self._anchor = cur.head_hash
+        self._check = True
 
-    def _predecessor(self) -> Iterator[Piece] | None:
-        """Rotation while stopped: finish the file this path named at the last checkpoint."""
-        last = self.last_of_path(self.path)
-        if last is None or last.done:
-            return None
+    def _catch_up(self) -> Iterator[Piece] | None:
+        steps = self._plan()
+        return self._read_steps(steps) if steps else None
+
+    def _plan(self) -> list[_Step]:
+        """The rotated files to read before the path, oldest first.
+
+        At start: from the file the path's last checkpoint names (or, when that checkpoint
+        is stale or gone after an interrupted catch-up, the newest sibling with a
+        checkpoint), every sibling not done yet.  While running (after a rotation or a
+        truncation): the siblings newer than the file just finished."""
         try:
-            if os.path.exists(self.path) and file_head_hash(self.path) == last.head_hash:
-                return None  # still the same file: poll() resumes it
-        except (OSError, SourceError):
-            return None
-        for sib in reversed(siblings(self.path)):
-            try:
-                if file_head_hash(sib) != last.head_hash:
-                    continue
-            except (OSError, SourceError, EOFError):
+            with open(self.path, "rb") as fh:
+                current = head_hash_of(fh)
+        except FileNotFoundError:
+            current = ""  # missing (nocreate, or not re-created yet): the siblings still count
+        except OSError:
+            self._check = True  # unreadable for now (poll() reports it): look again later
+            return []
+        at_start, self._resumed = not self._resumed, True
+        reading = self.current.head_hash if self.current is not None else ""
+        if current and (
+            current in (reading, *self._finished) or self.checkpoint(current) is not None
+        ):
+            return []  # the path names a known file: nothing was rotated past us
+        files = [f for f in rotated_siblings(self.path) if f.head_hash != current]
+        last = self.last_of_path(self.path) if at_start else None
+        anchor = last.head_hash if last is not None else self._anchor
+        heads = [f.head_hash for f in files]
+        start = heads.index(anchor) if anchor in heads else None
+        if start is None and at_start:
+            known = [i for i, h in enumerate(heads) if self.checkpoint(h) is not None]
+            start = known[-1] if known else None
+        event = "source_rotated_while_stopped" if at_start else "source_rotated_unread"
+        if start is not None:
+            return self._steps(files[start:], event)
+        if at_start and last is not None and not last.done and last.head_hash != current:
+            return self._lost_checkpoint(last, files, event)
+        return []
+
+    def _steps(self, files: list[Rotated], event: str) -> list[_Step]:
+        steps = []
+        for f in files:
+            if f.head_hash in self._finished:
                 continue
-            self.notes.append(Note("source_rotated_while_stopped", self.path, f"finishing {sib}"))
-            return self._read_file(sib, last.head_hash, last.byte_offset, last.lines)
-        self.notes.append(
-            Note(
-                "source_predecessor_missing",
-                self.path,
-                f"the file last read ({last.head_hash[:12]}) is gone; lines after byte "
-                f"{last.byte_offset} of it cannot be read",
+            known = self.checkpoint(f.head_hash)
+            if known is None:
+                steps.append(_Step(f.path, f.head_hash, 0, 0, event, False))
+            elif not known.done:
+                steps.append(
+                    _Step(f.path, f.head_hash, known.byte_offset, known.lines, event, True)
+                )
+        return steps
+
+    def _lost_checkpoint(self, last: Position, files: list[Rotated], event: str) -> list[_Step]:
+        """The file of the path's last checkpoint is not among the rotated names (none of
+        them is known): finish it if it is under another name, and read the rotated files
+        written after it (by content_mtime; the older ones were never to be read)."""
+        since = last.mtime
+        steps = []
+        for sib in reversed(siblings(self.path)):
+            if self._head_of(sib) != last.head_hash:
+                continue
+            steps.append(_Step(sib, last.head_hash, last.byte_offset, last.lines, event, True))
+            with contextlib.suppress(OSError):
+                since = content_mtime(sib, os.stat(sib))
+            break
+        else:
+            self.notes.append(
+                Note(
+                    "source_predecessor_missing",
+                    self.path,
+                    f"the file last read ({last.head_hash[:12]}) is gone; lines after byte "
+                    f"{last.byte_offset} of it cannot be read",
+                )
             )
-        )
-        return None
+        if since > 0:
+            steps += self._steps([f for f in files if f.when > since], event)
+        return steps
+
+    def _read_steps(self, steps: list[_Step]) -> Iterator[Piece]:
+        for step in steps:
+            path = self._locate(step)
+            if path is None:
+                self.notes.append(
+                    Note(
+                        "source_predecessor_missing",
+                        self.path,
+                        f"{step.path} ({step.head_hash[:12]}) is gone before it was read; "
+                        f"lines after byte {step.offset} of it cannot be read",
+                    )
+                )
+            else:
+                what = (
+                    f"finishing {path} from byte {step.offset}"
+                    if step.finishing
+                    else f"reading {path} (rotated before it was read)"
+                )
+                self.notes.append(Note(step.event, self.path, what))
+                try:
+                    yield from self._read_file(path, step.head_hash, step.offset, step.lines)
+                except _READ_ERRORS as exc:
+                    self.notes.append(
+                        Note("source_error", self.path, f"cannot read {path} to its end: {exc}")
+                    )
+            self._finished.add(step.head_hash)  # (also when it failed: go on with the next)
+            self._anchor = step.head_hash
+
+    def _locate(self, step: _Step) -> str | None:
+        """Where the step's file is now (it may have been renamed or compressed since the
+        plan was made); a plain copy is preferred to a compressed one."""
+        if self._head_of(step.path) == step.head_hash:
+            return step.path
+        found = [s for s in siblings(self.path) if self._head_of(s) == step.head_hash]
+        found.sort(key=lambda s: s.endswith(COMPRESSED_SUFFIXES))
+        return found[0] if found else None
+
+    @staticmethod
+    def _head_of(path: str) -> str:
+        """First-line hash of a file, "" when it is missing, unreadable or has none yet."""
+        try:
+            return file_head_hash(path)
+        except _READ_ERRORS:
+            return ""
 
     def _read_file(self, path: str, head: str, offset: int, lines: int) -> Iterator[Piece]:
         """Read a finished (rotated, maybe compressed) file to its end, a chunk at a time.
@@ -286,6 +514,7 @@ class Follower:
         Only its last piece is marked ``done``: an interrupted read resumes from the last
         committed piece."""
         st = os.stat(path)
+        mtime = content_mtime(path, st)
         chunks = read_chunks(
             path,
             offset,
@@ -298,12 +527,13 @@ class Follower:
             lines += raw.body.count(b"\n") + (0 if raw.body.endswith(b"\n") or not raw.body else 1)
             if last is not None:
                 yield last
-            position = Position(head, path, st.st_ino, raw.end_offset, lines, st.st_mtime)
+            position = Position(head, path, st.st_ino, raw.end_offset, lines, mtime)
             last = Piece(raw.body, position, raw.too_long)
         if last is None:
-            last = Piece(b"", Position(head, path, st.st_ino, offset, lines, st.st_mtime))
+            last = Piece(b"", Position(head, path, st.st_ino, offset, lines, mtime))
         p = last.position
         done = Position(p.head_hash, p.path, p.inode, p.byte_offset, p.lines, p.mtime, done=True)
+        self._finished.add(head)
         yield Piece(last.body, done, last.too_long)
 
     def _read(self, cur: _Open, final: bool, budget: list[int]) -> list[Piece]:
