@@ -9,6 +9,14 @@ with ``appendfile``. SMTP AUTH PLAIN via a ``plaintext`` authenticator whose id 
 login (``A=plain_server:alice@alice.test``, ``A=plain_server:bob``).
 Tag headers are logged with config/exim-tags.sample, spliced in unchanged (its main-section
 lines before ``begin acl``, its ACLs after it).
+
+With a content filter (``filter_port``): the daemon also listens on ``reinject_port``; the
+first router sends every message not received on that port (submissions, local sendmail,
+bounces) to the filter proxy (tests/mta/filter.py) with the ``filter_smtp`` transport,
+``no_verify`` so RCPT-time verification still sees the real routers. The proxy re-injects
+the message on ``reinject_port`` (accepted from 127.0.0.1 without relay checks) and passes
+Exim's ``250 OK id=NEWID`` back, so the hop logs ``=> ... R=content_filter T=filter_smtp
+... C="250 OK id=NEWID"``; the copy then goes the usual way (sink or local mailbox).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from .common import (
     RUN_BASE,
@@ -45,7 +54,7 @@ domainlist local_domains = {hostname} : local.test
 domainlist relay_to_domains =
 hostlist relay_from_hosts =
 local_interfaces = 127.0.0.1
-daemon_smtp_ports = {port}
+daemon_smtp_ports = {ports}
 spool_directory = {base}/spool
 log_file_path = {base}/log/%slog
 pid_file_path = {base}/exim.pid
@@ -67,7 +76,7 @@ begin acl
 
 acl_check_rcpt:
   accept  hosts = :
-  accept  authenticated = *
+{filter_acl}  accept  authenticated = *
   deny    message = Unknown user
           domains = +local_domains
           !verify = recipient
@@ -76,7 +85,7 @@ acl_check_rcpt:
 
 begin routers
 
-local_user:
+{filter_router}local_user:
   driver = accept
   domains = +local_domains
   check_local_user
@@ -92,7 +101,7 @@ remote_sink:
 
 begin transports
 
-remote_smtp:
+{filter_transport}remote_smtp:
   driver = smtp
   port = {sink_port}
   allow_localhost
@@ -118,6 +127,29 @@ plain_server:
   server_condition = ${{if and {{{{inlist{{$auth2}}{{alice@alice.test:bob}}}} \
                        {{eq{{$auth3}}{{{password}}}}}}}}}
   server_set_id = $auth2
+"""
+
+FILTER_ACL = """\
+  accept  hosts = 127.0.0.1
+          condition = ${{if eq{{$received_port}}{{{reinject_port}}}}}
+"""
+FILTER_ROUTER = """\
+content_filter:
+  driver = manualroute
+  condition = ${{if eq{{$received_port}}{{{reinject_port}}}{{no}}{{yes}}}}
+  route_list = * 127.0.0.1 byname
+  self = send
+  transport = filter_smtp
+  no_verify
+
+"""
+FILTER_TRANSPORT = """\
+filter_smtp:
+  driver = smtp
+  port = {filter_port}
+  allow_localhost
+  hosts_try_fastopen =
+
 """
 
 OUTCOME = re.compile(r"^\S+ \S+ \S+ (=>|->|==|\*\*) (\S+)(?: <([^>]+)>)?")
@@ -147,10 +179,22 @@ class Exim:
     name = "exim"
     crlf_sizes = False
     """S= counts message bytes with LF line ends."""
+    filter_style: Literal["amavis", "verbatim"] = "verbatim"
+    """The filter passes Exim's own ``250 OK id=NEWID`` back."""
+    filters_bounces = True
+    """Exim's bounces (received_port empty) take the content_filter router too."""
 
-    def __init__(self, port: int, sink_port: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        sink_port: int,
+        filter_port: int | None = None,
+        reinject_port: int | None = None,
+    ) -> None:
         self.port = port
         self.sink_port = sink_port
+        self.filter_port = filter_port
+        self.reinject_port = reinject_port
         self.base = RUN_BASE / "exim"
         self.conf = self.base / "exim4.conf"
         self.log_path = self.base / "log" / "mainlog"
@@ -166,9 +210,14 @@ class Exim:
         shutil.chown(self.base / "spool", EXIM_USER, EXIM_USER)
         shutil.chown(self.base / "log", EXIM_USER, EXIM_USER)
         (self.base / "mail").chmod(0o1777)
+        filtered = self.filter_port is not None and self.reinject_port is not None
+        fmt = {"filter_port": self.filter_port, "reinject_port": self.reinject_port}
         config = CONFIG.format(
             hostname=HOSTNAME,
-            port=self.port,
+            ports=f"{self.port} : {self.reinject_port}" if filtered else self.port,
+            filter_acl=FILTER_ACL.format(**fmt) if filtered else "",
+            filter_router=FILTER_ROUTER.format(**fmt) if filtered else "",
+            filter_transport=FILTER_TRANSPORT.format(**fmt) if filtered else "",
             base=self.base,
             sink_port=self.sink_port,
             password=PASSWORD,
@@ -185,6 +234,9 @@ class Exim:
             [EXIM, "-bdf"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         wait_port(self.port)
+        if filtered:
+            assert self.reinject_port is not None
+            wait_port(self.reinject_port)
 
     def stop(self) -> None:
         """Stop the daemon and remove the config (so the system exim4 falls back)."""
@@ -238,7 +290,13 @@ class Exim:
         return have
 
     def logged_sizes(self, truth: Truth) -> dict[str, int]:
-        """Scenario message key -> S= of its ``<=`` line (bounces via ``R=`` link)."""
+        """Scenario message key -> S= of its first ``<=`` line (bounces via ``R=`` link).
+
+        With a content filter a message is received twice (submission, then the filter's
+        re-injection with the same Message-ID and more headers); the size that counts is
+        the first one. A bounce's ``R=`` names the copy that failed (the re-injected one),
+        and a re-injected bounce (``<= <>`` received over SMTP) is not a new bounce.
+        """
         by_exim_id: dict[str, str] = {}
         sizes: dict[str, int] = {}
         bounce_sizes: dict[str, list[int]] = {}
@@ -248,6 +306,8 @@ class Exim:
                 continue
             exim_id, sender, size = m.group(1), m.group(2), int(m.group(3))
             if sender == "<>":
+                if " H=" in line and " R=" not in line:
+                    continue  # a bounce coming back from the content filter
                 r = BOUNCE_OF.search(line)
                 orig = by_exim_id.get(r.group(1)) if r else None
                 if orig is None:
@@ -258,7 +318,7 @@ class Exim:
             if mid and mid.group(1).endswith("@scenario.logstats.test"):
                 key = mid.group(1).split("@", 1)[0]
                 by_exim_id[exim_id] = key
-                sizes[key] = size
+                sizes.setdefault(key, size)
         for orig, found in bounce_sizes.items():
             keys = sorted(
                 (k for k, o in truth.bounces.items() if o == orig),
@@ -266,6 +326,10 @@ class Exim:
             )
             sizes.update(zip(keys, found, strict=True))
         return sizes
+
+    def receipt_ids(self) -> set[str]:
+        """Queue ids of every ``<=`` line (to check the filter's NEWIDs against)."""
+        return {m.group(1) for line in self.lines() if (m := RECEIVED.match(line))}
 
     def message_ids(self) -> dict[str, str]:
         """MTA queue id -> scenario key (for diagnostics)."""

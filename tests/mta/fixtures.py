@@ -12,8 +12,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import yaml
@@ -34,6 +35,21 @@ def run_logstats(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*logstats_command(), *args], capture_output=True, text=True, check=False, timeout=300
     )
+
+
+def serve_config(folder: Path, log: Path, mta: str) -> Path:
+    """A config for ``logstats serve`` following ``log``: :func:`logstats_config` plus
+    only where the daemon keeps its store, answers, and what it follows (every other
+    setting, batching and polling included, is the shipped default)."""
+    data = {
+        **logstats_config(),
+        "store": {"path": str(folder / "db.duckdb")},
+        "sources": [{"path": str(log), "mta": mta}],
+        "serve": {"socket": str(folder / "ls.sock")},
+    }
+    cfg = folder / "logstats.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    return cfg
 
 
 class LogstatsRun:
@@ -87,33 +103,47 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
 
 
+class ScenarioGetter(Protocol):
+    def __call__(self, mta: str, filtered: bool = False) -> ScenarioResult: ...
+
+
+class LogstatsGetter(Protocol):
+    def __call__(self, mta: str, filtered: bool = False) -> LogstatsRun: ...
+
+
 @pytest.fixture(scope="session")
-def mta_scenario(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[str], ScenarioResult]]:
-    """``mta_scenario("exim" | "postfix")`` -> the scenario result (run once per MTA)."""
+def mta_scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScenarioGetter]:
+    """``mta_scenario("exim" | "postfix", filtered=False)`` -> the scenario result (run
+    once per MTA and variant; ``filtered``: every message through the content filter)."""
     if os.geteuid() != 0:
         pytest.skip("the real-MTA harness installs packages and starts MTAs: needs root")
-    cache: dict[str, ScenarioResult] = {}
+    cache: dict[tuple[str, bool], ScenarioResult] = {}
 
-    def get(mta: str) -> ScenarioResult:
-        if mta not in cache:
-            cache[mta] = run_scenario(mta, tmp_path_factory.mktemp(f"mta-{mta}"))
-        return cache[mta]
+    def get(mta: str, filtered: bool = False) -> ScenarioResult:
+        if (mta, filtered) not in cache:
+            name = f"mta-{mta}{'-filter' if filtered else ''}"
+            cache[mta, filtered] = run_scenario(
+                mta, tmp_path_factory.mktemp(name), filtered=filtered
+            )
+        return cache[mta, filtered]
 
     yield get
 
 
 @pytest.fixture(scope="session")
 def logstats_on(
-    mta_scenario: Callable[[str], ScenarioResult], tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], LogstatsRun]:
-    """``logstats_on("exim" | "postfix")`` -> logstats backfilled with that MTA's log."""
-    cache: dict[str, LogstatsRun] = {}
+    mta_scenario: ScenarioGetter, tmp_path_factory: pytest.TempPathFactory
+) -> LogstatsGetter:
+    """``logstats_on("exim" | "postfix", filtered=False)`` -> logstats backfilled with
+    that MTA's log of that variant."""
+    cache: dict[tuple[str, bool], LogstatsRun] = {}
 
-    def get(mta: str) -> LogstatsRun:
-        if mta not in cache:
-            cache[mta] = LogstatsRun(mta_scenario(mta), tmp_path_factory.mktemp(f"logstats-{mta}"))
-        return cache[mta]
+    def get(mta: str, filtered: bool = False) -> LogstatsRun:
+        if (mta, filtered) not in cache:
+            name = f"logstats-{mta}{'-filter' if filtered else ''}"
+            cache[mta, filtered] = LogstatsRun(
+                mta_scenario(mta, filtered), tmp_path_factory.mktemp(name)
+            )
+        return cache[mta, filtered]
 
     return get

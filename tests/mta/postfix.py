@@ -11,6 +11,15 @@ from $config_directory/sasl)
 and a sasldb2 file made with ``saslpasswd2`` (no saslauthd, no Dovecot).
 Tag headers are logged by cleanup with config/postfix-tags.sample copied unchanged to
 ``$config_directory/header_checks``.
+
+With a content filter (``filter_port``), as amavisd-new's README.postfix sets it up:
+``content_filter = scan:[127.0.0.1]:FILTER_PORT`` in main.cf, a ``scan`` smtp transport
+in master.cf, and a second smtpd on 127.0.0.1:REINJECT_PORT with ``-o content_filter=``
+(and the usual overrides: mynetworks 127.0.0.0/8 only, no restrictions, no header checks),
+which the filter proxy (tests/mta/filter.py) re-injects into. The hop logs ``postfix/smtp
+... relay=127.0.0.1[127.0.0.1]:FILTER_PORT ... status=sent (250 2.0.0 from
+MTA(smtp:[127.0.0.1]:REINJECT_PORT): 250 2.0.0 Ok: queued as NEWID)``. Every message goes
+through it: submissions, local sendmail and the bounce daemon's notifications alike.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from .common import (
     RUN_BASE,
@@ -114,6 +124,38 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
+FILTER_MAIN_CF = """\
+content_filter = scan:[127.0.0.1]:{filter_port}
+"""
+
+FILTER_MASTER_CF = """\
+scan      unix  -       -       n       -       2       smtp
+  -o smtp_data_done_timeout=1200
+  -o smtp_send_xforward_command=yes
+  -o max_use=20
+127.0.0.1:{reinject_port} inet n  -       n       -       -       smtpd
+  -o content_filter=
+  -o local_recipient_maps=
+  -o relay_recipient_maps=
+  -o smtpd_restriction_classes=
+  -o smtpd_delay_reject=no
+  -o smtpd_client_restrictions=permit_mynetworks,reject
+  -o smtpd_helo_restrictions=
+  -o smtpd_sender_restrictions=
+  -o smtpd_recipient_restrictions=permit_mynetworks,reject
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_data_restrictions=reject_unauth_pipelining
+  -o smtpd_end_of_data_restrictions=
+  -o smtpd_sasl_auth_enable=no
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_error_sleep_time=0
+  -o smtpd_soft_error_limit=1001
+  -o smtpd_hard_error_limit=1000
+  -o smtpd_client_connection_count_limit=0
+  -o smtpd_client_connection_rate_limit=0
+  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
+"""
+
 SMTPD_CONF = """\
 pwcheck_method: auxprop
 auxprop_plugin: sasldb
@@ -122,6 +164,7 @@ mech_list: PLAIN LOGIN
 """
 
 STATUS = re.compile(r"\bto=<([^>]*)>.*\bstatus=(\w+)")
+RECEIPT = re.compile(r"postfix/(?:smtpd|pickup)\[\d+\]: ([0-9A-F]+): (?:client|uid)=")
 QMGR_SIZE = re.compile(r"postfix/qmgr\[\d+\]: ([0-9A-F]+): from=<[^>]*>, size=(\d+),")
 CLEANUP_MSGID = re.compile(r"postfix/cleanup\[\d+\]: ([0-9A-F]+): message-id=<([^>]*)>")
 BOUNCE = re.compile(
@@ -136,10 +179,22 @@ class Postfix:
     name = "postfix"
     crlf_sizes = True
     """qmgr size= counts message bytes with CRLF line ends."""
+    filter_style: Literal["amavis", "verbatim"] = "amavis"
+    """The filter answers as amavisd-new: ``250 2.0.0 from MTA(smtp:[...]): 250 ...``."""
+    filters_bounces = False
+    """The bounce daemon's notifications do not go through content_filter."""
 
-    def __init__(self, port: int, sink_port: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        sink_port: int,
+        filter_port: int | None = None,
+        reinject_port: int | None = None,
+    ) -> None:
         self.port = port
         self.sink_port = sink_port
+        self.filter_port = filter_port
+        self.reinject_port = reinject_port
         self.base = RUN_BASE / "postfix"
         """Config directory (fixed: alternate_config_directories); only root-owned files."""
         self.state = RUN_BASE / "postfix-state"
@@ -179,9 +234,15 @@ class Postfix:
             "hostname": HOSTNAME,
             "port": self.port,
             "sink_port": self.sink_port,
+            "filter_port": self.filter_port,
+            "reinject_port": self.reinject_port,
         }
-        (self.base / "main.cf").write_text(MAIN_CF.format(**fmt))
-        (self.base / "master.cf").write_text(MASTER_CF.format(**fmt))
+        filtered = self.filter_port is not None and self.reinject_port is not None
+        main_cf, master_cf = MAIN_CF, MASTER_CF
+        if filtered:
+            main_cf, master_cf = main_cf + FILTER_MAIN_CF, master_cf + FILTER_MASTER_CF
+        (self.base / "main.cf").write_text(main_cf.format(**fmt))
+        (self.base / "master.cf").write_text(master_cf.format(**fmt))
         shutil.copyfile(TAGS_SAMPLE, self.base / "header_checks")
         (self.base / "header_checks").chmod(0o644)
         # Debian's Postfix reads smtpd.conf from $config_directory/sasl (whatever
@@ -204,6 +265,9 @@ class Postfix:
         db.chmod(0o640)
         self._postfix("start")
         wait_port(self.port)
+        if filtered:
+            assert self.reinject_port is not None
+            wait_port(self.reinject_port)
 
     def _kill_master(self) -> None:
         kill_stale(self.state / "queue/pid/master.pid", "master")
@@ -268,21 +332,33 @@ class Postfix:
         return have
 
     def logged_sizes(self, truth: Truth) -> dict[str, int]:
-        """Scenario key -> qmgr ``size=`` (bounces via the bounce daemon's line)."""
+        """Scenario key -> qmgr ``size=`` of its first queue id (bounces via the bounce
+        daemon's line).
+
+        With a content filter a message has two queue ids with the same Message-ID (the
+        submission, then the filter's re-injection, a little larger); the size that counts
+        is the first one's. The bounce daemon names the copy that failed (the re-injected
+        one); the re-injected copy of a bounce carries Postfix's own Message-ID.
+        """
         key_of: dict[str, str] = {}
+        first: dict[str, str] = {}
         size_of: dict[str, int] = {}
         bounces: dict[str, list[str]] = {}
         for line in self.lines():
             if m := CLEANUP_MSGID.search(line):
                 if m.group(2).endswith("@scenario.logstats.test"):
-                    key_of[m.group(1)] = m.group(2).split("@", 1)[0]
+                    key = m.group(2).split("@", 1)[0]
+                    key_of[m.group(1)] = key
+                    first.setdefault(key, m.group(1))
             elif m := QMGR_SIZE.search(line):
                 size_of.setdefault(m.group(1), int(m.group(2)))
             elif m := BOUNCE.search(line):
                 bounces.setdefault(m.group(1), []).append(m.group(2))
-        sizes = {key: size_of[qid] for qid, key in key_of.items() if qid in size_of}
+        sizes = {key: size_of[qid] for key, qid in first.items() if qid in size_of}
+        by_orig: dict[str, list[str]] = {}
         for qid, new_ids in bounces.items():
-            orig = key_of[qid]
+            by_orig.setdefault(key_of[qid], []).extend(new_ids)
+        for orig, new_ids in by_orig.items():
             keys = sorted(
                 (k for k, o in truth.bounces.items() if o == orig),
                 key=lambda k: int(k.rsplit("-", 1)[1]),
@@ -290,3 +366,7 @@ class Postfix:
             for key, new in zip(keys, new_ids, strict=True):
                 sizes[key] = size_of[new]
         return sizes
+
+    def receipt_ids(self) -> set[str]:
+        """Queue ids of every smtpd ``client=`` / pickup ``uid=`` line."""
+        return {m.group(1) for line in self.lines() if (m := RECEIPT.search(line))}

@@ -1,11 +1,22 @@
 """The logical scenario run against every MTA, and the ground truth computed from it.
 
 The truth is computed from this script alone (what is submitted, as whom, to which
-recipients, and how :func:`tests.mta.sink.answer_for` answers each attempt), never from
-an MTA log. The one exception is message *size* (TOTALSIZE): the script cannot know the
-exact byte count the MTA logs (it adds Received:, Date:, ... headers), so
-:meth:`Truth.with_sizes` takes a ``key -> size`` map the runner reads from the MTA's own
-receipt record and cross-checks against the bytes the sink received (see runner.py).
+recipients, and how the sink answers each attempt: :func:`tests.mta.sink.answer_for` per
+RCPT, :data:`tests.mta.sink.DATA_QUIRKS` for the end of the data, e.g. m5's first attempt
+ends in a 421 disconnect that defers its recipients), never from an MTA log. The runner
+checks the prediction against what the sink recorded it answered
+(:attr:`Truth.sink_attempts` against :meth:`tests.mta.sink.Sink.attempts`). The one
+exception is message *size* (TOTALSIZE): the script cannot know the exact byte count the
+MTA logs (it adds Received:, Date:, ... headers), so :meth:`Truth.with_sizes` takes a
+``key -> size`` map the runner reads from the MTA's own receipt record and cross-checks
+against the bytes the next hop received (see runner.py).
+
+The same scenario runs with or without a content filter (tests/mta/filter.py). The
+filter changes no account's numbers: a message that passes it counts once (one send, for
+the account that submitted it), its deliveries after re-injection count for that account,
+its size stays the size of its first receipt, and the hand-over to the filter is not a
+delivery. It only adds log lines (the hand-over per recipient, the re-injected receipt),
+which :attr:`Truth.expected_lines` includes so the runner knows when the MTA is done.
 
 Timeline (phases): phase 0 = submission with the MTA's immediate delivery attempt;
 phase k >= 1 = forced queue run k (Exim ``-qff``, Postfix ``postqueue -f``). Before
@@ -19,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .sink import answer_for
+from .sink import DROPPED, answer_for, data_quirk
 
 HOSTNAME = "mx.logstats.test"
 """The MTAs' own host name (local domain; qualify domain of local submitters)."""
@@ -67,7 +78,9 @@ class Submission:
 
 
 SUBMISSIONS: tuple[Submission, ...] = (
-    # alice authenticates as alice@alice.test (-> account via the domain table)
+    # alice authenticates as alice@alice.test (-> account via the domain table).
+    # The sink answers m1's data after a pause (sink.DATA_QUIRKS: slow), m5's first
+    # attempt with a 421 and hangs up (drop-once), m6's with a multi-line 250.
     Submission(
         "m1",
         "alice",
@@ -164,11 +177,29 @@ def is_local(address: str) -> bool:
 
 
 def outcome(address: str, phase: int) -> int:
-    """SMTP-style outcome of one delivery attempt of ``address`` in ``phase``."""
+    """RCPT answer to ``address`` in ``phase`` (local recipients: delivered)."""
     if is_local(address):
         return 250  # local users exist (lsuser1, lsuser2); unknown ones are rejected at RCPT
     now_ok = {a for a, k in LATER_OK.items() if k <= phase}
     return answer_for(address, now_ok)
+
+
+def transaction_outcomes(
+    key: str, remote: list[str], phase: int, dropped: set[str]
+) -> dict[str, int]:
+    """What the sink answers one SMTP transaction carrying ``remote`` (all of a message's
+    pending remote recipients: both MTAs send them in one transaction to the one relay).
+
+    Per recipient the RCPT code; when at least one RCPT was accepted and the message's
+    data is answered with a 421 (first attempt of a ``drop-once`` message, remembered in
+    ``dropped``), every accepted recipient is deferred (:data:`DROPPED`).
+    """
+    codes = {rcpt: outcome(rcpt, phase) for rcpt in remote}
+    accepted = any(c == 250 for c in codes.values())
+    if accepted and data_quirk(key) == "drop-once" and key not in dropped:
+        dropped.add(key)
+        codes = {r: DROPPED if c == 250 else c for r, c in codes.items()}
+    return codes
 
 
 @dataclass
@@ -192,8 +223,14 @@ class Truth:
     counts: dict[str, Counter[str]]
     messages: dict[str, Message]
     expected_lines: list[Counter[str]]
-    """Per phase: cumulative number of delivery-outcome log lines per recipient address."""
+    """Per phase: cumulative number of delivery-outcome log lines per recipient address
+    (with a content filter: the hand-over to the filter included)."""
     rejected_rcpts: int
+    sink_attempts: dict[str, list[int]] = field(default_factory=dict)
+    """Remote recipient -> the sink's answer at each attempt (250, 451, 550, or
+    :data:`tests.mta.sink.DROPPED` for a 421 after the data), in order."""
+    filter_passes: dict[str, int] = field(default_factory=dict)
+    """Message key -> times it passes the content filter (no filter: empty)."""
     bounces: dict[str, str] = field(default_factory=dict)
     """bounce key -> key of the message it reports on."""
     tags: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -223,22 +260,35 @@ class Truth:
 
 
 def simulate(
-    submissions: tuple[Submission, ...] = SUBMISSIONS, queue_runs: int = QUEUE_RUNS
+    submissions: tuple[Submission, ...] = SUBMISSIONS,
+    queue_runs: int = QUEUE_RUNS,
+    *,
+    filtered: bool = False,
+    filter_bounces: bool = False,
 ) -> Truth:
     """Play the script and count, per account, what the contract says must be counted.
 
     Rules: SENDCOUNT +1 per accepted message and +1 per RCPT rejected at SMTP time
     (the latter always ``-remote-`` here: only unauthenticated clients get rejects);
-    each attempt per recipient is one success (250), deferral (451) or failure (550);
-    a message with failures in an attempt makes the MTA send one bounce (account
-    ``-system-``) to the sender, delivered in the same phase; a message with deferred
-    recipients after the last queue run is in progress.
+    each attempt per recipient is one success (250), deferral (451, or 421 after the
+    data) or failure (550); a message with failures in an attempt makes the MTA send one
+    bounce (account ``-system-``) to the sender, delivered in the same phase; a message
+    with deferred recipients after the last queue run is in progress.
+
+    ``filtered``: every message first passes a content filter and is re-injected
+    (bounces too when ``filter_bounces``: Exim routes its own bounces through the filter,
+    Postfix's bounce daemon does not use content_filter). The counters are the same;
+    only :attr:`Truth.expected_lines` gets one hand-over line per recipient and
+    :attr:`Truth.filter_passes` one pass per message.
     """
     counts: dict[str, Counter[str]] = {}
     messages: dict[str, Message] = {}
     lines: Counter[str] = Counter()
     expected: list[Counter[str]] = []
     bounces: dict[str, str] = {}
+    sink_attempts: dict[str, list[int]] = {}
+    passes: dict[str, int] = {}
+    dropped: set[str] = set()
     rejected = 0
 
     tags: dict[str, Counter[str]] = {}
@@ -260,17 +310,32 @@ def simulate(
             if rcpt is not None:
                 rdomains.setdefault(domain_of(rcpt), Counter())[kind] += 1
 
+    def accepted(msg: Message, through_filter: bool) -> None:
+        """The MTA queued ``msg``; with a filter it is handed over (one line per
+        recipient, always 250) and re-injected before any delivery attempt."""
+        messages[msg.key] = msg
+        acc(msg.account)["SENDCOUNT"] += 1
+        dims(msg, None, "messages")
+        if through_filter:
+            passes[msg.key] = passes.get(msg.key, 0) + 1
+            for rcpt in msg.pending:
+                lines[rcpt] += 1
+
     def attempt(msg: Message, phase: int, new: list[Message]) -> None:
+        remote = [r for r in msg.pending if not is_local(r)]
+        codes = transaction_outcomes(msg.key, remote, phase, dropped)
+        for rcpt in remote:
+            sink_attempts.setdefault(rcpt.lower(), []).append(codes[rcpt])
         still: list[str] = []
         failed = 0
         for rcpt in msg.pending:
             lines[rcpt] += 1
-            code = outcome(rcpt, phase)
+            code = codes.get(rcpt, 250)
             if code == 250:
                 acc(msg.account)["SUCCESSCOUNT"] += 1
                 msg.delivered += 1
                 dims(msg, rcpt, "delivered")
-            elif code == 451:
+            elif code in (451, DROPPED):
                 acc(msg.account)["DEFERCOUNT"] += 1
                 msg.deferrals += 1
                 still.append(rcpt)
@@ -284,9 +349,7 @@ def simulate(
             bkey = f"bounce-{msg.key}-{phase}"
             bounces[bkey] = msg.key
             bounce = Message(bkey, "-system-", "", [msg.sender], bounce_of=msg.key)
-            acc("-system-")["SENDCOUNT"] += 1
-            dims(bounce, None, "messages")
-            messages[bkey] = bounce
+            accepted(bounce, filtered and filter_bounces)
             new.append(bounce)
 
     for phase in range(queue_runs + 1):
@@ -302,9 +365,7 @@ def simulate(
                     msg = Message(
                         sub.key, sub.account, sub.sender, list(sub.accepted), tags=sub.tags
                     )
-                    messages[sub.key] = msg
-                    acc(sub.account)["SENDCOUNT"] += 1
-                    dims(msg, None, "messages")
+                    accepted(msg, filtered)
                     todo.append(msg)
         else:
             todo = [m for m in messages.values() if m.pending]
@@ -323,7 +384,9 @@ def simulate(
         messages,
         expected,
         rejected,
-        bounces,
+        sink_attempts=sink_attempts,
+        filter_passes=passes,
+        bounces=bounces,
         tags=_table(tags, TAG_COLUMNS),
         recipient_domains=_table(rdomains, ("delivered", "deferred", "failed", "rejected")),
         sender_domains=_table(
