@@ -104,7 +104,8 @@ def mutated(draw: st.DrawFn) -> tuple[str, list[str], set[str]]:
     touched: set[str] = set()
 
     def touch(text: str) -> None:
-        touched.update(_IDS.findall(text))
+        ids = _IDS.findall(text)
+        touched.update(ids or [""])  # a line without a queue id: id-less rejects
 
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(MUTATIONS))
