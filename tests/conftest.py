@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("LOGSTATS_TEST_SHIFT_DAYS"):
+    # the clock-shifted run (see tests/clockshift): this process and every Python process
+    # it starts see the wall clock moved ahead
+    _shift = str(ROOT / "tests" / "clockshift")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_shift, os.environ.get("PYTHONPATH", "")) if p
+    )
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    _days = float(os.environ["LOGSTATS_TEST_SHIFT_DAYS"])
+    time_machine.travel(datetime.now(UTC) + timedelta(days=_days), tick=True).start()
 
 # Real Exim and Postfix scenario fixtures (tests/mta): session-scoped, started once.
 pytest_plugins = ["tests.mta.fixtures"]
