@@ -352,7 +352,7 @@ class Correlator:
         if not r.complete or msg.received:
             return
         msg.received = True
-        msg.tracked = self.policy.may_reinject(msg.client_ip)
+        msg.tracked = self._may_reinject(msg)
         if msg.origin is None:
             self._claim_placeholder(msg, key)
         if msg.accepted_at is None:
@@ -367,6 +367,14 @@ class Correlator:
             self._emit(msg, Outcome.SEND, r.ts, "")
         if msg.orphans:
             self._flush_orphans(msg, msg.account)
+
+    def _may_reinject(self, msg: Message) -> bool:
+        """A message that may be a hop's next part: received from loopback (or a configured
+        filter relay), or made by the MTA with no submitter (a Postfix local forward).
+        Local submissions (Exim ``U=``, Postfix pickup ``uid=``) never are."""
+        if msg.client_ip:
+            return self.policy.may_reinject(msg.client_ip)
+        return msg.uid is None and msg.local_user is None and not msg.auth_id
 
     def _claim_placeholder(self, msg: Message, key: Key) -> None:
         """The hand-off was logged before this receipt: this message continues that one."""
