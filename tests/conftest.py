@@ -24,7 +24,7 @@ if os.environ.get("LOGSTATS_TEST_SHIFT_DAYS"):
     import time_machine
 
     _days = float(os.environ["LOGSTATS_TEST_SHIFT_DAYS"])
-    time_machine.travel(datetime.now(UTC) + timedelta(days=_days), tick=True).start()
+    time_machine.travel(datetime.now(UTC) + timedelta(days=_days), tick=True).start()  # clock-ok
 
 # Real Exim and Postfix scenario fixtures (tests/mta): session-scoped, started once.
 pytest_plugins = ["tests.mta.fixtures"]

@@ -83,14 +83,16 @@ class Logrotate:
         body = [f"rotate {rotate}", "missingok", "nocreate", *directives]
         self.conf.write_text(f"{log} {{\n" + "".join(f"    {d}\n" for d in body) + "}\n")
         self.dateext = "dateext" in directives
-        self.second = -1
+        self.last = -1e9
 
     def __call__(self) -> None:
         if self.dateext:
-            # names carry the second of the rotation: one rotation per second
-            while int(time.time()) == self.second:
-                time.sleep(0.02)
-            self.second = int(time.time())
+            # names carry the second of the rotation: one rotation per second of logrotate's
+            # (real) clock; measured on the monotonic clock, which no test run shifts
+            wait = self.last + 1.0 - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.last = time.monotonic()
         proc = subprocess.run(
             [LOGROTATE, "-f", "-s", str(self.state), str(self.conf)],
             capture_output=True, text=True, check=False, timeout=60,

@@ -15,4 +15,5 @@ if _days:
 
     import time_machine
 
-    time_machine.travel(datetime.now(UTC) + timedelta(days=float(_days)), tick=True).start()
+    _start = datetime.now(UTC)  # clock-ok: the travel starts from the real time
+    time_machine.travel(_start + timedelta(days=float(_days)), tick=True).start()
