@@ -174,7 +174,7 @@ class Drained:
 
 # a ledger entry: [outcome, epoch, account, sender domain, size, local, tags, interface,
 # recipient, relay, scope, queue id (of the event row)]
-_L_OUTCOME, _L_TS, _L_ACCOUNT, _L_DOMAIN, _L_SIZE = 0, 1, 2, 3, 4
+_L_OUTCOME, _L_ACCOUNT, _L_DOMAIN, _L_SIZE = 0, 2, 3, 4
 
 
 class Correlator:
