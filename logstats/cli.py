@@ -323,7 +323,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     """Read every path it can; one line on stderr for each it cannot, and exit 1 then."""
     import duckdb
 
-    from logstats.ingest import Ingestor, compact_since, stop_resource_tracker
+    from logstats.ingest import Ingestor
+    from logstats.pipeline import compact_since, stop_resource_tracker
     from logstats.store import Store
 
     cfg = _load(args)

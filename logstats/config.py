@@ -84,7 +84,7 @@ class Config:
     batch_lines: int = 50000
     max_line_length: int = 65536
     workers: int = 0  # parser processes for large files; 0: one per core, 1: none
-    parallel_bytes: int = 8 << 20  # files smaller than this are parsed in-process
+    parallel_bytes: int = 4 << 20  # runs of lines smaller than this are parsed in-process
     sources: tuple[Source, ...] = ()
     socket: str = DEFAULT_SOCKET  # the daemon's HTTP socket (queries while it runs)
     batch_seconds: float = 0.5  # a batch is committed at most this long after its first line

@@ -58,6 +58,9 @@ from logstats.model import (
     SYSTEM,
     UNKNOWN,
     Attempt,
+    CounterKey,
+    DimKey,
+    DimTally,
     Event,
     Expired,
     Finished,
@@ -68,9 +71,11 @@ from logstats.model import (
     Record,
     Rejected,
     Tagged,
+    Tally,
 )
 
 Key = tuple[str, str]  # (scope, queue_id)
+_CACHE_LIMIT = 100_000  # entries of a Policy cache before it starts over
 HANDOFF_SCOPE = "*"  # placeholders of hand-offs waiting for NEWID: ("*" + scope, NEWID)
 CLOCK_JUMP = timedelta(days=1)  # a record this far ahead of the log clock must be confirmed
 
@@ -93,20 +98,50 @@ class Policy:
     # (tag, "sender" | "recipient", fnmatch pattern on the address, lower case)
     tag_rules: tuple[tuple[str, str, str], ...] = ()
 
+    # answers already worked out (a Policy is rebuilt on reload, so these never go stale)
+    _providers: dict[tuple[str, str], str | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _uids: dict[int, str | None] = field(default_factory=dict, compare=False, repr=False)
+
     def provider_for(self, domain: str, relay: str | None) -> str | None:
         """The provider a recipient domain (or the MX host it was delivered to) belongs to."""
         host = (relay or "").split("[", 1)[0].lower()
+        key = (domain, host)
+        cache = self._providers
+        if key in cache:
+            return cache[key]
+        found = None
         for name, patterns in self.providers.items():
             for pattern in patterns:
                 if fnmatchcase(domain, pattern) or (host and fnmatchcase(host, pattern)):
-                    return name
-        return None
+                    found = name
+                    break
+            if found is not None:
+                break
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = found
+        return found
+
+    def account_for_uid(self, uid: int) -> str | None:
+        """A local submitter's uid -> its user name (looked up once per uid)."""
+        cache = self._uids
+        if uid not in cache:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[uid] = self.uid_name(uid)
+        return cache[uid]
 
     def tags_for(self, kind: str, address: str) -> list[str]:
         addr = address.lower()
         return [
             tag for tag, k, pattern in self.tag_rules if k == kind and fnmatchcase(addr, pattern)
         ]
+
+    @property
+    def recipient_rules(self) -> bool:
+        return any(k == "recipient" for _, k, _ in self.tag_rules)
 
     def account_for_id(self, ident: str) -> str:
         """An authenticated or local identity -> account (an address maps by its domain)."""
@@ -125,14 +160,6 @@ class Policy:
         return ip in self.filter_relays or f"[{ip}]" in self.filter_relays
 
 
-_COLUMN = {
-    Outcome.SEND: 0,
-    Outcome.DELIVERED: 1,
-    Outcome.DEFERRED: 2,
-    Outcome.FAILED: 3,
-    Outcome.REJECTED: 5,
-    Outcome.EXPIRED: 6,
-}
 _LOCAL_AGENTS = frozenset(("local", "virtual", "pipe", "lmtp", "maildrop", "dovecot"))
 
 
@@ -162,8 +189,8 @@ def _domain(addr: str | None) -> str:
 class Drained:
     """What a batch hands to the store."""
 
-    counters: dict[tuple[int, str, str], list[int]]
-    dims: dict[tuple[int, str, str, str, str], list[int]]
+    counters: dict[CounterKey, Tally]
+    dims: dict[DimKey, DimTally]
     events: list[Event]
     upsert: list[Message]
     dropped: set[Key]
@@ -184,7 +211,8 @@ class Correlator:
         self, mta: str, policy: Policy, messages: Mapping[Key, Message] | None = None
     ) -> None:
         self.mta = mta
-        self.policy = policy
+        self._policy = policy
+        self._recipient_rules = policy.recipient_rules
         self.messages: dict[Key, Message] = dict(messages or {})
         self.events: list[Event] = []
         self.retracted: list[Event] = []
@@ -193,17 +221,16 @@ class Correlator:
         self.expired_messages = 0
         self.last_ts: datetime | None = None  # the log's clock: newest confirmed record time
         self._jump: datetime | None = None  # a record far ahead of the clock, unconfirmed
-        # hourly counter deltas since the last drain: (epoch hour, account, sender domain)
-        # -> sends, successes, defers, fails, bytes, rejects, expired, local successes, bytes
-        self.counters: dict[tuple[int, str, str], list[int]] = {}
+        # hourly counter deltas since the last drain
+        self.counters: dict[CounterKey, Tally] = {}
         self.events_since: datetime | None = None  # keep Event rows only from here on
-        # (epoch hour, account, sender domain, dimension, value) -> accepted out, accepted in,
-        # delivered, deferred, failed, rejected, bytes, first epoch, last epoch
-        self.dims: dict[tuple[int, str, str, str, str], list[int]] = {}
+        # hourly per-dimension deltas (tag, ip, recipient domain, provider)
+        self.dims: dict[DimKey, DimTally] = {}
         self.anomalies: Counter[str] = Counter()
         self.anomaly_samples: dict[str, str] = {}
-        self._hour_ts: datetime | None = None
+        self._hour_ts: datetime | None = None  # the last record time seen by _clock_of
         self._hour = 0
+        self._epoch = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             Received: self._received,
             Attempt: self._attempt,
@@ -215,6 +242,16 @@ class Correlator:
         }
 
     # -- public API --------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """A new policy (a reloaded configuration) applies to what is counted from now on."""
+        self._policy = policy
+        self._recipient_rules = policy.recipient_rules
+
     def feed(self, record: Record) -> None:
         """Take one record; an inconsistent one is counted as an anomaly, never raised."""
         try:
@@ -423,7 +460,7 @@ class Correlator:
         if msg.auth_id:
             return p.account_for_id(msg.auth_id)
         if msg.uid is not None:
-            return p.uid_name(msg.uid) or f"uid:{msg.uid}"
+            return p.account_for_uid(msg.uid) or f"uid:{msg.uid}"
         if p.sender_domain_fallback:
             mapped = p.domains.get(_domain(msg.sender))
             if mapped:
@@ -690,6 +727,13 @@ class Correlator:
                 )
             )
 
+    def _clock_of(self, ts: datetime) -> tuple[int, int]:
+        """(epoch hour, epoch second) of ``ts``; consecutive outcomes share their time."""
+        if ts is not self._hour_ts:
+            epoch = int(ts.timestamp())
+            self._hour_ts, self._hour, self._epoch = ts, epoch // 3600, epoch
+        return self._hour, self._epoch
+
     def _count_dims(
         self,
         ts: datetime,
@@ -706,10 +750,13 @@ class Correlator:
         """Add one outcome to the per-dimension counters (tag, IP, recipient domain, provider)."""
         values: list[tuple[str, str]] = [("tag", t) for t in tags]
         if recipient:
+            if self._recipient_rules:
+                values += [
+                    ("tag", t)
+                    for t in self.policy.tags_for("recipient", recipient)
+                    if t not in tags
+                ]
             rdomain = _domain(recipient)
-            values += [
-                ("tag", t) for t in self.policy.tags_for("recipient", recipient) if t not in tags
-            ]
             if rdomain:
                 values.append(("recipient_domain", rdomain))
                 provider = self.policy.provider_for(rdomain, relay)
@@ -719,29 +766,36 @@ class Correlator:
             values.append(("ip", interface))
         if not values:
             return
-        if ts is not self._hour_ts:
-            self._hour_ts, self._hour = ts, int(ts.timestamp()) // 3600
-        epoch = int(ts.timestamp())
+        hour, epoch = self._clock_of(ts)
         incoming = account == REMOTE
+        dims = self.dims
         for kind, value in values:
-            key = (self._hour, account, domain, kind, value)
-            row = self.dims.get(key)
+            key = (hour, account, domain, kind, value)
+            row = dims.get(key)
             if row is None:
-                row = self.dims[key] = [0, 0, 0, 0, 0, 0, 0, epoch, epoch]
-            if outcome is Outcome.SEND or outcome is Outcome.REJECTED:
-                row[1 if incoming else 0] += sign
+                row = dims[key] = DimTally(first_at=epoch, last_at=epoch)
             if outcome is Outcome.DELIVERED:
-                row[2] += sign
-                row[6] += sign * size
+                row.delivered += sign
+                row.bytes += sign * size
             elif outcome is Outcome.DEFERRED:
-                row[3] += sign
-            elif outcome is Outcome.FAILED or outcome is Outcome.REJECTED:
-                row[4] += sign
-                if outcome is Outcome.REJECTED:
-                    row[5] += sign
+                row.deferred += sign
+            elif outcome is Outcome.FAILED:
+                row.failed += sign
+            elif outcome is Outcome.SEND:
+                if incoming:
+                    row.accepted_in += sign
+                else:
+                    row.accepted_out += sign
+            elif outcome is Outcome.REJECTED:
+                if incoming:
+                    row.accepted_in += sign
+                else:
+                    row.accepted_out += sign
+                row.failed += sign
+                row.rejected += sign
             if sign > 0:
-                row[7] = min(row[7], epoch)
-                row[8] = max(row[8], epoch)
+                row.first_at = min(row.first_at, epoch)
+                row.last_at = max(row.last_at, epoch)
 
     def _count(
         self,
@@ -754,15 +808,23 @@ class Correlator:
         sign: int = 1,
     ) -> None:
         """Add one outcome to the hourly counters of this batch."""
-        if ts is not self._hour_ts:
-            self._hour_ts, self._hour = ts, int(ts.timestamp()) // 3600
-        key = (self._hour, account, domain)
+        key = (self._clock_of(ts)[0], account, domain)
         row = self.counters.get(key)
         if row is None:
-            row = self.counters[key] = [0] * 9
-        row[_COLUMN[outcome]] += sign
+            row = self.counters[key] = Tally()
         if outcome is Outcome.DELIVERED:
-            row[4] += sign * size
+            row.successes += sign
+            row.bytes += sign * size
             if local:
-                row[7] += sign
-                row[8] += sign * size
+                row.local_successes += sign
+                row.local_bytes += sign * size
+        elif outcome is Outcome.DEFERRED:
+            row.defers += sign
+        elif outcome is Outcome.FAILED:
+            row.fails += sign
+        elif outcome is Outcome.SEND:
+            row.sends += sign
+        elif outcome is Outcome.REJECTED:
+            row.rejects += sign
+        elif outcome is Outcome.EXPIRED:
+            row.expired += sign

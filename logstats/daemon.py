@@ -19,11 +19,8 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -34,44 +31,16 @@ from logstats import config as config_mod
 from logstats.api import ApiServer, TcpApiServer
 from logstats.correlate import Correlator
 from logstats.errors import ConfigError, StoreError, cause_of
-from logstats.follow import Follower, Piece
-from logstats.grammar import (
-    ChunkParse,
-    Clock,
-    LineParser,
-    detect_mta,
-    make_parser,
-    parse_chunk,
-    parse_lines,
-)
-from logstats.ingest import (
-    batch_of,
-    compact_since,
-    discard_pool,
-    earliest_hour,
-    stop_resource_tracker,
-    worker_pool,
-)
-from logstats.model import Position
+from logstats.follow import Follower
+from logstats.grammar import detect_mta
 from logstats.notify import Notifier
+from logstats.pipeline import Drain, Pipeline, compact_since, stop_resource_tracker
 from logstats.query import prometheus_text
-from logstats.sources import split_lines
-from logstats.store import Batch, Store, anomaly_rows, metric_rows
+from logstats.sources import Piece, split_lines
+from logstats.store import Store, anomaly_rows, metric_rows
 
 Log = Any  # a structlog bound logger
 MIN_POLL_INTERVAL = 0.1  # seconds: inotify wake-ups closer than this share one poll
-PARALLEL_BYTES = 4 << 20  # a poll that read this much (a backlog) is parsed in workers
-
-
-@dataclass(slots=True)
-class _Open:
-    """What is waiting to be committed."""
-
-    lines: int = 0
-    first_at: float | None = None
-    positions: dict[str, tuple[str, Position]] = field(default_factory=dict)  # head -> mta, pos
-    unparsed: dict[str, Counter[str]] = field(default_factory=dict)
-    samples: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Daemon:
@@ -90,10 +59,8 @@ class Daemon:
         self.wake = threading.Event()
         self.reload_requested = False
         self.followers: dict[str, Follower] = {}
-        self.parsers: dict[str, tuple[LineParser, Clock]] = {}
-        self.correlators: dict[str, Correlator] = {}
-        self.open = _Open()
-        self.unsaved: list[_Pending] = []
+        self.first_at: float | None = None  # when the open batch took its first line
+        self.unsaved: list[Drain] = []
         self.failures = 0
         self.retry_at = 0.0
         self.total_lines = 0
@@ -102,8 +69,6 @@ class Daemon:
         self.last_prune = 0.0
         self.backlog = False
         self.commit_s = 0.0
-        self.pool: ProcessPoolExecutor | None = None  # parser workers, for backlogs only
-        self.earliest_hour: int | None = None  # earliest bucket written since compaction
         self.compacted_month: str | None = None
         self.lines_by_source: dict[str, int] = {}
 
@@ -122,9 +87,15 @@ class Daemon:
             stop_resource_tracker()  # the parser pool is shut down by now
 
     def _run(self) -> int:
-        policy = self.config.policy()
+        self.pipeline = Pipeline(
+            self.store,
+            self.config,
+            lambda: datetime.now(UTC),
+            on_sample=self._sample,
+            on_workers_lost=self._workers_lost,
+        )
         for mta in ("exim", "postfix"):
-            self.correlators[mta] = Correlator(mta, policy, self.store.pending(mta))
+            self.pipeline.correlator(mta)
         self._sync_followers()
         self.servers: list[ApiServer | TcpApiServer] = [
             ApiServer(self.config.socket, self.store.con, self.status, self.config, self._metrics)
@@ -157,8 +128,7 @@ class Daemon:
                 observer.stop()
             for server in self.servers:
                 server.shutdown_and_remove()
-            if self.pool is not None:
-                self.pool.shutdown(cancel_futures=True)
+            self.pipeline.close()
             for follower in self.followers.values():
                 follower.close()
         self.log.info("serve_stopped", lines=self.total_lines, exit_code=code)
@@ -196,8 +166,8 @@ class Daemon:
         if self.backlog:
             return 0.0  # catching up: read on at once (commits are bounded by batch_lines)
         timeout = self.config.poll_seconds
-        if self.open.first_at is not None:
-            due = self.open.first_at + self.config.batch_seconds - self.monotonic()
+        if self.first_at is not None:
+            due = self.first_at + self.config.batch_seconds - self.monotonic()
             timeout = min(timeout, max(due, 0.0))
         if self.unsaved:
             timeout = min(timeout, max(self.retry_at - self.monotonic(), 0.0))
@@ -262,9 +232,7 @@ class Daemon:
         self.config = new
         for server in self.servers:
             server.config = new
-        policy = new.policy()
-        for correlator in self.correlators.values():
-            correlator.policy = policy
+        self.pipeline.reconfigure(new)
         self._sync_followers()
         self.log.info("config_reloaded", path=path, sources=list(self.followers))
         self.notifier.ready(self._status_line())
@@ -287,129 +255,52 @@ class Daemon:
                     self.config.max_line_length,
                 )
 
+    @property
+    def correlators(self) -> dict[str, Correlator]:
+        return self.pipeline.correlators
+
     # -- reading -----------------------------------------------------------------------------
     def _poll_all(self) -> None:
         self.backlog = False
         for follower in self.followers.values():
             pieces = follower.poll()
             self.backlog = self.backlog or follower.more
-            if follower.mta and sum(len(p.body) for p in pieces) >= PARALLEL_BYTES:
-                self._take_in_workers(follower, pieces)
-            else:
-                for piece in pieces:
-                    self._take(follower, piece.body, piece.position, piece.too_long)
             for note in follower.notes:
                 self.log.warning(note.event, path=note.path, detail=note.detail)
             follower.notes.clear()
-
-    def _take_in_workers(self, follower: Follower, pieces: list[Piece]) -> None:
-        """A backlog: parse its chunks in worker processes (as backfill does), feed in order.
-
-        A worker that dies (killed, out of memory) breaks the pool: the pieces it had not
-        answered for are parsed here, with the same function, and fed in the same order, so
-        nothing is lost or counted twice; the next backlog gets a new pool."""
-
-        def lose(exc: BaseException) -> None:
-            if self.pool is None:
-                return
-            self.log.warning(
-                "parse_workers_lost",
-                path=follower.path,
-                error=str(exc) or type(exc).__name__,
-                recovery="the rest of this backlog is parsed in the daemon; a new pool next time",
-            )
-            discard_pool(self.pool)
-            self.pool = None
-
-        if self.pool is None:
-            self.pool = worker_pool(os.cpu_count() or 2)
-        tz, max_len = self.config.tz(), self.config.max_line_length
-        futures: list[Future[ChunkParse] | None] = []
-        for p in pieces:
-            future = None
-            if self.pool is not None:
-                try:
-                    future = self.pool.submit(
-                        parse_chunk, follower.mta, tz, p.position.mtime, max_len, p.body
-                    )
-                except BrokenProcessPool as exc:
-                    lose(exc)
-            futures.append(future)
-        for piece, future in zip(pieces, futures, strict=True):
-            parsed = None
-            if future is not None:
-                try:
-                    parsed = future.result()
-                except BrokenProcessPool as exc:
-                    lose(exc)
-            if parsed is None:
-                parsed = parse_chunk(follower.mta, tz, piece.position.mtime, max_len, piece.body)
-            self._absorb(follower, parsed, piece.position, piece.too_long)
-
-    def _take(self, follower: Follower, body: bytes, pos: Position, too_long: int) -> None:
-        lines, dropped = split_lines(body, self.config.max_line_length)
-        if not follower.mta:
-            follower.mta = detect_mta(lines) or ""
+            if pieces and not follower.mta:
+                follower.mta = self._detect(follower, pieces)
             if not follower.mta:
-                self.log.warning(
-                    "source_mta_unknown", path=follower.path, hint="set sources[].mta in the config"
+                continue  # neither counted nor checkpointed: a restart reads them again
+            lines = 0
+            size = sum(len(p.body) for p in pieces)
+            for parsed in self.pipeline.take(follower.mta, pieces, size):
+                lines += parsed.lines
+            if lines:
+                self.total_lines += lines
+                self.lines_by_source[follower.path] = (
+                    self.lines_by_source.get(follower.path, 0) + lines
                 )
-                return
-        parser, _ = self._parser(follower.mta, pos)
-        parsed = parse_lines(parser, lines)
-        if dropped:
-            parsed.unparsed["too-long"] += dropped
-            parsed.lines += dropped
-        self._absorb(follower, parsed, pos, too_long)
+            if pieces and self.first_at is None:
+                self.first_at = self.monotonic()
 
-    def _absorb(self, follower: Follower, parsed: ChunkParse, pos: Position, too_long: int) -> None:
-        """Feed parsed records to the correlator and note where the file stands."""
-        mta = follower.mta
-        _, clock = self._parser(mta, pos)
-        correlator = self.correlators[mta]
-        for record in parsed.records:
-            correlator.feed(record)
-        year, month = clock.state()
-        op = self.open
-        op.positions[pos.head_hash] = (
-            mta,
-            Position(
-                pos.head_hash,
-                pos.path,
-                pos.inode,
-                pos.byte_offset,
-                pos.lines,
-                pos.mtime,
-                pos.done,
-                year,
-                month,
-            ),
+    def _detect(self, follower: Follower, pieces: list[Piece]) -> str:
+        lines: list[str] = []
+        for piece in pieces:
+            lines += split_lines(piece.body, self.config.max_line_length)[0][:50]
+        mta = detect_mta(lines[:50]) or ""
+        if not mta and lines:
+            self.log.warning(
+                "source_mta_unknown", path=follower.path, hint="set sources[].mta in the config"
+            )
+        return mta
+
+    def _workers_lost(self, exc: BaseException) -> None:
+        self.log.warning(
+            "parse_workers_lost",
+            error=str(exc) or type(exc).__name__,
+            recovery="the rest of these lines are parsed in the daemon; a new pool next time",
         )
-        n = parsed.lines + too_long
-        if too_long:
-            parsed.unparsed["too-long"] += too_long
-        if parsed.unparsed:
-            op.unparsed.setdefault(mta, Counter()).update(parsed.unparsed)
-            samples = op.samples.setdefault(mta, {})
-            for reason, text in parsed.samples.items():
-                samples.setdefault(reason, text)
-                self._sample(mta, reason, text)
-        op.lines += n
-        self.total_lines += n
-        self.lines_by_source[follower.path] = self.lines_by_source.get(follower.path, 0) + n
-        if op.first_at is None:
-            op.first_at = self.monotonic()
-
-    def _parser(self, mta: str, pos: Position) -> tuple[LineParser, Clock]:
-        entry = self.parsers.get(pos.head_hash)
-        if entry is None:
-            known = self.store.position(pos.head_hash)
-            clock = Clock(self.config.tz(), datetime.fromtimestamp(pos.mtime, UTC))
-            if known is not None:
-                clock.restore(known.year, known.month)
-            entry = (make_parser(mta, clock, self.config.max_line_length), clock)
-            self.parsers[pos.head_hash] = entry
-        return entry
 
     def _sample(self, mta: str, reason: str, text: str) -> None:
         now = self.monotonic()
@@ -420,22 +311,22 @@ class Daemon:
     # -- committing --------------------------------------------------------------------------
     def _commit(self, *, force: bool, final: bool = False) -> bool:
         """Commit if the open batch is due; False when the daemon must exit."""
-        op = self.open
         now = self.monotonic()
         due = (
             force
-            or op.lines >= self.config.batch_lines
-            or (op.first_at is not None and now - op.first_at >= self.config.batch_seconds)
+            or self.pipeline.due
+            or (self.first_at is not None and now - self.first_at >= self.config.batch_seconds)
         )
         if self.unsaved and now < self.retry_at and not final:
             return True
         if not due and not self.unsaved:
             return True
         if due:
-            self.unsaved.append(self._drain())
+            self.unsaved.append(self.pipeline.drain())
+            self.first_at = None
         started = time.perf_counter()
         try:
-            isolated = self.store.commit_many(self._merge(self.unsaved))
+            isolated = self.pipeline.commit(self.unsaved)
         except duckdb.Error as exc:
             self.failures += 1
             backoff = min(0.5 * 2 ** (self.failures - 1), 30.0)
@@ -465,14 +356,11 @@ class Daemon:
             )
         self._log_anomalies()
         if lines:
-            batches = self._merge(self.unsaved)
             self.log.info(
                 "batch_committed",
                 lines=lines,
-                events=sum(
-                    sum(row[:4]) + row[5] for b in batches for row in (b.counters or {}).values()
-                ),
-                unknown=sum(sum(b.unparsed.values()) for b in batches),
+                events=sum(d.events for d in self.unsaved),
+                unknown=sum(d.unknown for d in self.unsaved),
                 lag_s=self._lag(),
                 ms=round(ms, 1),
             )
@@ -483,7 +371,7 @@ class Daemon:
 
     def _log_anomalies(self) -> None:
         """One warning per anomaly kind and minute at most (all are counted in the store)."""
-        for batch in self._merge(self.unsaved):
+        for batch in (b for d in self.unsaved for b in d.batches):
             for kind, n in batch.anomalies.items():
                 key = "anomaly:" + kind
                 now = self.monotonic()
@@ -501,7 +389,7 @@ class Daemon:
         while self.unsaved and self.failures <= self.config.commit_retries:
             time.sleep(max(self.retry_at - self.monotonic(), 0.0))
             try:
-                self.store.commit_many(self._merge(self.unsaved))
+                self.pipeline.commit(self.unsaved)
             except duckdb.Error as exc:
                 self.failures += 1
                 self.retry_at = self.monotonic() + min(0.5 * 2 ** (self.failures - 1), 30.0)
@@ -511,36 +399,11 @@ class Daemon:
             return True
         return not self.unsaved
 
-    def _drain(self) -> _Pending:
-        op, self.open = self.open, _Open()
-        now = datetime.now(UTC)
-        pending = _Pending(lines=op.lines)
-        for mta, correlator in self.correlators.items():
-            if correlator.last_ts is not None:
-                correlator.expire(correlator.last_ts)  # log time, as backfill does
-            correlator.events_since = now - timedelta(days=self.config.retention_days)
-            drained = correlator.drain()
-            self.earliest_hour = earliest_hour(drained, self.earliest_hour)
-            pending.batches.append(
-                batch_of(
-                    mta,
-                    drained,
-                    [p for m, p in op.positions.values() if m == mta],
-                    dict(op.unparsed.get(mta, {})),
-                    op.samples.get(mta, {}),
-                )
-            )
-        return pending
-
-    @staticmethod
-    def _merge(unsaved: list[_Pending]) -> list[Batch]:
-        return [b for p in unsaved for b in p.batches]
-
     def _compact(self) -> None:
         """Hourly: fold the counter deltas written since the last time, sorted by account;
         in a new month, re-sort the whole previous month (few blocks per account query)."""
         month = datetime.now(UTC).strftime("%Y-%m")
-        since = self.earliest_hour
+        since = self.pipeline.earliest_hour
         if self.compacted_month not in (None, month):
             first = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             previous = (first - timedelta(days=1)).replace(day=1)
@@ -555,7 +418,7 @@ class Daemon:
         except duckdb.Error as exc:
             self.log.error("compact_failed", error=str(exc))
             return
-        self.earliest_hour = None
+        self.pipeline.earliest_hour = None
         self.notifier.watchdog()
         self.log.info(
             "counters_compacted",
@@ -611,14 +474,6 @@ class Daemon:
     def _metrics(self, cursor: duckdb.DuckDBPyConnection) -> str:
         mail, unknown, accounts = metric_rows(cursor, self.config.metrics_per_account)
         return prometheus_text(self.status(), mail, unknown, accounts, anomaly_rows(cursor))
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A drained batch (one ``Batch`` per MTA) not yet committed."""
-
-    lines: int
-    batches: list[Batch] = field(default_factory=list)
 
 
 def _expand(pattern: str) -> list[str]:

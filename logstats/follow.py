@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import lzma
 import os
 import re
@@ -44,25 +43,24 @@ from typing import BinaryIO
 
 from logstats.errors import SourceError
 from logstats.model import Position
-from logstats.sources import compression, open_binary, read_chunks
+from logstats.sources import (
+    HEAD,
+    LineCutter,
+    Piece,
+    compression,
+    file_pieces,
+    fingerprint,
+    identity,
+    line_count,
+)
 
 READ = 1 << 20
 READ_BUDGET = 8 << 20  # bytes one poll reads at most
-HEAD_LIMIT = 64 * 1024
 HEAD_CHECK_SECONDS = 1.0
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")  # what sources.open_binary can read
 _NUMBERED = re.compile(r"\.(\d{1,5})")  # logrotate .1, .2 (exicyclog .01, savelog .0)
 _DATED = re.compile(r"[-.]\d[\d._-]*\d")  # dateext -20240101, postfix .20240101-120000
 _READ_ERRORS = (OSError, SourceError, EOFError, lzma.LZMAError, zlib.error)
-
-
-@dataclass(slots=True)
-class Piece:
-    """Complete lines read from one file, and where that file stands afterwards."""
-
-    body: bytes
-    position: Position
-    too_long: int = 0
 
 
 @dataclass(slots=True)
@@ -88,11 +86,9 @@ class _Open:
 
 
 def head_hash_of(fh: BinaryIO) -> str:
-    """Hash of the first complete line ("" while there is none)."""
+    """The fingerprint of an open (plain, growing) file: "" while it has no complete line."""
     fh.seek(0)
-    head = fh.read(HEAD_LIMIT)
-    nl = head.find(b"\n")
-    return hashlib.sha1(head[: nl + 1]).hexdigest() if nl >= 0 else ""
+    return fingerprint(fh.read(HEAD), False)
 
 
 def siblings(path: str) -> list[str]:
@@ -104,12 +100,8 @@ def siblings(path: str) -> list[str]:
 
 
 def file_head_hash(path: str) -> str:
-    with open_binary(path) as f:
-        head = f.read(HEAD_LIMIT)
-    nl = head.find(b"\n")
-    if nl >= 0:
-        return hashlib.sha1(head[: nl + 1]).hexdigest()
-    return hashlib.sha1(head).hexdigest() if head and compression(path) else ""
+    """The fingerprint of a (maybe rotated, maybe compressed) file."""
+    return identity(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,33 +506,25 @@ class Follower:
         Only its last piece is marked ``done``: an interrupted read resumes from the last
         committed piece."""
         st = os.stat(path)
-        mtime = content_mtime(path, st)
-        chunks = read_chunks(
+        yield from file_pieces(
             path,
+            head,
             offset,
+            lines,
+            inode=st.st_ino,
+            mtime=content_mtime(path, st),
             final=True,
+            done_at_end=True,
             max_line_length=self.max_line_length,
             chunk_size=self.chunk_size,
         )
-        last: Piece | None = None
-        for raw in chunks:
-            lines += raw.body.count(b"\n") + (0 if raw.body.endswith(b"\n") or not raw.body else 1)
-            if last is not None:
-                yield last
-            position = Position(head, path, st.st_ino, raw.end_offset, lines, mtime)
-            last = Piece(raw.body, position, raw.too_long)
-        if last is None:
-            last = Piece(b"", Position(head, path, st.st_ino, offset, lines, mtime))
-        p = last.position
-        done = Position(p.head_hash, p.path, p.inode, p.byte_offset, p.lines, p.mtime, done=True)
         self._finished.add(head)
-        yield Piece(last.body, done, last.too_long)
 
     def _read(self, cur: _Open, final: bool, budget: list[int]) -> list[Piece]:
         """Complete lines appended to the open file since the last read (within budget)."""
-        pieces = []
+        pieces: list[Piece] = []
         cur.fh.seek(cur.offset)
-        pending = b""
+        cutter = LineCutter(self.max_line_length, cur.skipping)
         while budget[0] > 0:
             try:
                 data = cur.fh.read(self.chunk_size)
@@ -549,47 +533,29 @@ class Follower:
                 break
             if not data:
                 break
-            buf = pending + data
-            too_long = 0
-            if cur.skipping:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    cur.offset += len(buf)
-                    pending = b""
-                    continue
-                cur.offset += nl + 1
-                buf = buf[nl + 1 :]
-                cur.skipping = False
-            last = buf.rfind(b"\n")
-            if last < 0:
-                if len(buf) > self.max_line_length:
-                    cur.offset += len(buf)
-                    cur.skipping = True
-                    pending = b""
-                    pieces.append(self._piece(cur, b"", 1))
-                else:
-                    pending = buf
-                continue
-            body, pending = buf[: last + 1], buf[last + 1 :]
-            cur.offset += len(body)
-            cur.lines += body.count(b"\n")
-            budget[0] -= len(body)
-            pieces.append(self._piece(cur, body, too_long))
+            cut = cutter.feed(data)
+            cur.skipping = cutter.skipping
+            if cut is not None:
+                budget[0] -= len(cut.body)
+                self._advance(cur, cut.body, cut.advance, cut.too_long, pieces)
         if budget[0] <= 0:
             return pieces  # the partial tail, if any, is read again next time
-        if final and pending and not cur.skipping:
-            cur.offset += len(pending)
-            cur.lines += 1
-            pieces.append(self._piece(cur, pending, 0))
-        elif len(pending) > self.max_line_length:
-            cur.offset += len(pending)  # an over-long line still being written: skip it
-            cur.skipping = True
-            pieces.append(self._piece(cur, b"", 1))
+        cut = cutter.end(final)
+        cur.skipping = cutter.skipping
+        if cut is not None:
+            self._advance(cur, cut.body, cut.advance, cut.too_long, pieces)
         return pieces
 
-    def _piece(self, cur: _Open, body: bytes, too_long: int) -> Piece:
-        return Piece(
-            body,
-            Position(cur.head_hash, cur.path, cur.inode, cur.offset, cur.lines, cur.mtime),
-            too_long,
-        )
+    def _advance(
+        self, cur: _Open, body: bytes, advance: int, too_long: int, pieces: list[Piece]
+    ) -> None:
+        cur.offset += advance
+        cur.lines += line_count(body, too_long)
+        if body or too_long:
+            pieces.append(
+                Piece(
+                    body,
+                    Position(cur.head_hash, cur.path, cur.inode, cur.offset, cur.lines, cur.mtime),
+                    too_long,
+                )
+            )

@@ -1,52 +1,45 @@
-"""Wiring of the one-shot pipeline: files -> grammar -> correlator -> store.
+"""``logstats backfill``: files -> ``Pipeline`` -> store.
 
-``Ingestor`` owns the correlators (one per MTA, restored from the store) and writes one
-transaction per batch with the counters, the in-flight messages and the file checkpoint,
-so an interruption anywhere leaves a store the next run continues from.
+``Ingestor`` plans the files (paths and globs expanded, each file's MTA detected, each
+MTA's files oldest first) and reads each one through the ``Pipeline`` that the daemon
+uses too, committing every ``ingest.batch_lines`` lines and at the end of each file, so an
+interruption anywhere leaves a store the next run continues from.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import itertools
-import multiprocessing
 import os
 import re
-import signal
 import stat
 import sys
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
 from logstats.config import Config
-from logstats.correlate import Correlator, Drained
+from logstats.correlate import Correlator
 from logstats.errors import SourceError, StoreError, cause_of
-from logstats.grammar import ChunkParse, Clock, detect_mta, make_parser, parse_chunk, parse_lines
-from logstats.model import Position
+from logstats.grammar import Clock, detect_mta
+from logstats.pipeline import Pipeline
 from logstats.sources import (
     CHUNK,
     STDIN,
     STDIN_NAME,
     FileInfo,
-    RawChunk,
     ShorterThanCheckpoint,
     Stream,
+    file_pieces,
     file_size,
     inspect,
     open_stream,
-    read_chunks,
-    split_lines,
     stdin_reference,
 )
-from logstats.store import Batch, Store
+from logstats.store import Store
 
 _ISO = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[-+]\d\d:?\d\d)?")
 _BSD = re.compile(r"^[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d")
@@ -134,6 +127,9 @@ def first_timestamp(info: FileInfo, clock: Clock) -> datetime | None:
 
 
 class Ingestor:
+    """``logstats backfill``: plans the files and reads each through the ``Pipeline``,
+    committing a batch every ``ingest.batch_lines`` lines and at the end of each file."""
+
     def __init__(
         self,
         store: Store,
@@ -145,22 +141,24 @@ class Ingestor:
         self.store = store
         self.stdin = stdin  # what ``-`` reads (binary); None: the process's standard input
         self._streams: dict[str, Stream] = {}  # standard input, inspected, waiting to be read
-        self.workers_lost = 0  # times a parser worker died (its chunks were parsed here)
         self.chunk_size = chunk_size  # bytes read at a time; a batch ends on a chunk boundary
         self.config = config
         self.now = now
-        self.policy = config.policy()
         self.tz = config.tz()
-        self.correlators: dict[str, Correlator] = {}
-        self._executor: ProcessPoolExecutor | None = None
+        self.pipeline = Pipeline(store, config, now)
         self.interrupted = False  # set (from a signal handler) to stop after this batch
-        self.earliest_hour: int | None = None  # earliest counter bucket written (epoch hours)
 
-    def correlator(self, mta: str) -> Correlator:
-        c = self.correlators.get(mta)
-        if c is None:
-            c = self.correlators[mta] = Correlator(mta, self.policy, self.store.pending(mta))
-        return c
+    @property
+    def correlators(self) -> dict[str, Correlator]:
+        return self.pipeline.correlators
+
+    @property
+    def workers_lost(self) -> int:
+        return self.pipeline.workers_lost
+
+    @property
+    def earliest_hour(self) -> int | None:
+        return self.pipeline.earliest_hour
 
     def plan(
         self, paths: Iterable[str], mta: str | None = None, on_problem: OnProblem | None = None
@@ -210,7 +208,6 @@ class Ingestor:
             report.skipped = f"already read as {known.path}"
             return report
         offset = known.byte_offset if known else 0
-        lines_done = known.lines if known else 0
         if known is not None and not info.compressed and not info.stream:
             size = _size(info.path)
             if size < offset:
@@ -219,45 +216,33 @@ class Ingestor:
                     f"({offset} bytes): a partial copy? nothing read"
                 )
                 return report
-        clock = Clock(self.tz, datetime.fromtimestamp(info.mtime, UTC))
-        if known is not None:
-            clock.restore(known.year, known.month)
-        correlator = self.correlator(mta)
-        correlator.events_since = self.now() - timedelta(days=self.config.retention_days)
-        feed = correlator.feed
-        batch_lines = self.config.batch_lines
-        pending_lines = 0
-        unparsed: Counter[str] = Counter()
-        samples: dict[str, str] = {}
+        stream = self._streams.pop(info.path, None) if info.stream else None
+        if info.stream and stream is None:
+            raise SourceError(f"{info.path}: standard input can be read only once")
+        pieces = file_pieces(
+            info.path,
+            info.head_hash,
+            offset,
+            known.lines if known else 0,
+            inode=info.inode,
+            mtime=info.mtime,
+            final=info.compressed,
+            done_at_end=info.compressed,  # a plain file may still grow: never done
+            max_line_length=self.config.max_line_length,
+            chunk_size=self.chunk_size,
+            stream=stream.content if stream is not None else None,
+        )
+        pipeline = self.pipeline
         try:
-            for parsed, end_offset in self._parsed(info, mta, offset, clock):
-                for record in parsed.records:
-                    feed(record)
-                report.records += len(parsed.records)
-                report.ignored += parsed.ignored
-                unparsed.update(parsed.unparsed)
-                for reason, text in parsed.samples.items():
-                    samples.setdefault(reason, text)
+            for parsed in pipeline.take(mta, pieces, self._size_hint(info, offset, stream)):
+                chunk = parsed.chunk
+                report.records += len(chunk.records)
+                report.ignored += chunk.ignored
                 report.lines += parsed.lines
-                pending_lines += parsed.lines
-                lines_done += parsed.lines
-                offset = end_offset
-                if pending_lines >= batch_lines:
-                    self._commit(
-                        mta=mta,
-                        info=info,
-                        offset=offset,
-                        lines=lines_done,
-                        clock=clock,
-                        done=False,
-                        unparsed=unparsed,
-                        samples=samples,
-                        report=report,
-                    )
-                    pending_lines = 0
-                    unparsed, samples = Counter(), {}
+                if pipeline.due:
+                    self._commit(report)
                 if progress is not None:
-                    progress(info.path, report.lines, offset)
+                    progress(info.path, report.lines, parsed.piece.position.byte_offset)
                 if self.interrupted:
                     report.skipped = "interrupted"
                     break
@@ -270,215 +255,35 @@ class Ingestor:
                 )
                 return report
             # what was read before the failure is consistent with the offset reached: keep it
-            self._commit(
-                mta=mta,
-                info=info,
-                offset=offset,
-                lines=lines_done,
-                clock=clock,
-                done=False,
-                unparsed=unparsed,
-                samples=samples,
-                report=report,
-            )
+            self._commit(report)
             raise
-        self._commit(
-            mta=mta,
-            info=info,
-            offset=offset,
-            lines=lines_done,
-            clock=clock,
-            done=info.compressed,
-            unparsed=unparsed,
-            samples=samples,
-            report=report,
-        )
+        self._commit(report)
         return report
 
-    def _parsed(
-        self, info: FileInfo, mta: str, offset: int, clock: Clock
-    ) -> Iterator[tuple[ChunkParse, int]]:
-        """Parsed chunks in file order: in this process for small files, else in workers.
+    def _size_hint(self, info: FileInfo, offset: int, stream: Stream | None) -> int:
+        """About how many bytes are left to read (workers pay off on large files only; a
+        stream has no size: the pipeline goes by what it has read)."""
+        return 0 if stream is not None else _size(info.path) - offset
 
-        A worker that dies (killed, out of memory) costs no chunk: what it had is parsed
-        here, the rest of the file too, and the next file gets a new pool."""
-        max_len = self.config.max_line_length
-        stream = self._streams.pop(info.path, None) if info.stream else None
-        if info.stream and stream is None:
-            raise SourceError(f"{info.path}: standard input can be read only once")
-        chunks: Iterator[RawChunk] = read_chunks(
-            info.path,
-            offset,
-            final=info.compressed,
-            max_line_length=max_len,
-            chunk_size=self.chunk_size,
-            stream=stream.content if stream is not None else None,
-        )
-        workers = self.config.workers
-        if workers == 0:
-            workers = os.cpu_count() or 1
-        if stream is not None:  # no size to go by: read ahead to see whether it is large
-            ahead: list[RawChunk] = []
-            size = 0
-            if workers >= 2:
-                for raw in chunks:
-                    ahead.append(raw)
-                    size += len(raw.body)
-                    if size >= self.config.parallel_bytes:
-                        break
-            chunks = itertools.chain(ahead, chunks)
-        else:
-            size = _size(info.path) - offset
-        if workers < 2 or size < self.config.parallel_bytes:
-            parser = make_parser(mta, clock, max_len)
-            for raw in chunks:
-                lines, too_long = split_lines(raw.body, max_len)
-                parsed = parse_lines(parser, lines)
-                if too_long or raw.too_long:
-                    parsed.unparsed["too-long"] += too_long + raw.too_long
-                    parsed.lines += too_long + raw.too_long
-                yield parsed, raw.end_offset
-            return
-        pool: ProcessPoolExecutor | None = self._pool(workers)
-        inflight: deque[tuple[Future[ChunkParse] | None, RawChunk]] = deque()
-        for raw in chunks:
-            future = None
-            if pool is not None:
-                try:
-                    future = pool.submit(parse_chunk, mta, self.tz, info.mtime, max_len, raw.body)
-                except BrokenProcessPool:
-                    self._lose_pool()
-                    pool = None
-            inflight.append((future, raw))
-            if len(inflight) > 2 * workers:
-                yield self._result(mta, info, inflight.popleft())
-        while inflight:
-            yield self._result(mta, info, inflight.popleft())
-
-    def _result(
-        self, mta: str, info: FileInfo, item: tuple[Future[ChunkParse] | None, RawChunk]
-    ) -> tuple[ChunkParse, int]:
-        future, raw = item
-        parsed = None
-        if future is not None:
-            try:
-                parsed = future.result()
-            except BrokenProcessPool:
-                self._lose_pool()
-        if parsed is None:  # its worker died: the same parse, here
-            parsed = parse_chunk(mta, self.tz, info.mtime, self.config.max_line_length, raw.body)
-        if raw.too_long:
-            parsed.unparsed["too-long"] += raw.too_long
-            parsed.lines += raw.too_long
-        return parsed, raw.end_offset
-
-    def _pool(self, workers: int) -> ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = worker_pool(workers)
-        return self._executor
-
-    def _lose_pool(self) -> None:
-        """A worker died: the pool is broken. Reap it; the next file gets a new one."""
-        if self._executor is not None:
-            self.workers_lost += 1
-            discard_pool(self._executor)
-            self._executor = None
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
-
-    def _commit(
-        self,
-        *,
-        mta: str,
-        info: FileInfo,
-        offset: int,
-        lines: int,
-        clock: Clock,
-        done: bool,
-        unparsed: Counter[str],
-        samples: dict[str, str],
-        report: FileReport,
-    ) -> None:
-        correlator = self.correlator(mta)
-        if correlator.last_ts is not None:
-            correlator.expire(correlator.last_ts)
-        d = correlator.drain()
-        self.earliest_hour = earliest_hour(d, self.earliest_hour)
-        year, month = clock.state()
-        position = Position(
-            info.head_hash, info.path, info.inode, offset, lines, info.mtime, done, year, month
-        )
-        batch = batch_of(mta, d, [position], dict(unparsed), samples)
+    def _commit(self, report: FileReport) -> None:
+        drain = self.pipeline.drain()
         try:
-            isolated = self.store.commit(batch)
+            isolated = self.pipeline.commit([drain])
         except duckdb.Error as exc:
             raise StoreError(
                 f"database {self.store.path}: cannot write: {cause_of(exc)} (nothing of the "
                 "batch in hand was stored; the same command continues from the last commit)"
             ) from exc
-        report.events += len(d.events)
-        report.unparsed.update(unparsed)
-        report.anomalies.update(d.anomalies)
+        for batch in drain.batches:
+            report.events += len(batch.events)
+            report.unparsed.update(batch.unparsed)
+            report.anomalies.update(batch.anomalies)
         if isolated:
             report.isolated += len(isolated)
             report.isolated_reason = report.isolated_reason or isolated[0].reason
 
-
-def ignore_sigint() -> None:
-    """Parser workers leave Ctrl-C to the main process, which stops after its batch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def worker_init(parent: int) -> None:
-    """A parser worker: leaves Ctrl-C to the main process and dies with it (on Linux, even
-    when it is killed with SIGKILL), so that no worker outlives the command."""
-    ignore_sigint()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before that took effect
-        os._exit(1)
-
-
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Parser processes (spawned: the main process has threads and a DuckDB connection)."""
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=worker_init,
-        initargs=(os.getpid(),),
-    )
-
-
-def discard_pool(pool: ProcessPoolExecutor) -> None:
-    """Drop a broken pool (a worker died) without waiting on it: its queue feeder may be
-    blocked writing a chunk no worker will read, so a waiting shutdown can hang.  The
-    remaining workers are killed and reaped."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        with contextlib.suppress(Exception):
-            proc.kill()
-            proc.join(5)
-
-
-def stop_resource_tracker() -> None:
-    """Stop and reap multiprocessing's resource tracker, which spawned pools start and which
-    would otherwise outlive the command for a moment (an orphan, then a zombie).  Call it
-    once the pools are shut down; a later pool starts a new one."""
-    from multiprocessing import resource_tracker
-
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    stop = getattr(tracker, "_stop", None)
-    if stop is not None:
-        with contextlib.suppress(Exception):
-            stop()
+    def close(self) -> None:
+        self.pipeline.close()
 
 
 def _size(path: str) -> int:
@@ -486,41 +291,3 @@ def _size(path: str) -> int:
         return file_size(path)
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def batch_of(
-    mta: str,
-    drained: Drained,
-    positions: list[Position],
-    unparsed: dict[str, int],
-    samples: dict[str, str],
-) -> Batch:
-    """One MTA's share of a transaction: the correlator's output and where files stand."""
-    return Batch(
-        mta=mta,
-        events=drained.events,
-        counters=drained.counters,
-        dims=drained.dims,
-        upsert=drained.upsert,
-        dropped=drained.dropped,
-        positions=positions,
-        unparsed=unparsed,
-        samples=samples,
-        retracted=drained.retracted,
-        anomalies=dict(drained.anomalies),
-        anomaly_samples=drained.anomaly_samples,
-    )
-
-
-def earliest_hour(drained: Drained, current: int | None) -> int | None:
-    """The earliest hour bucket among ``drained``'s counters and ``current``."""
-    hours = [key[0] for key in drained.counters]
-    if current is not None:
-        hours.append(current)
-    return min(hours, default=None)
-
-
-def compact_since(store: Store, hour: int | None) -> None:
-    """Fold and sort (by account) the counters written from ``hour`` on."""
-    if hour is not None:
-        store.compact(datetime.fromtimestamp(hour * 3600, UTC))

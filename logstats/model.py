@@ -183,6 +183,61 @@ class Event(NamedTuple):
     local: bool = False  # a delivery on this host (mailbox, pipe, file), not to a remote MTA
 
 
+# hourly counters: (epoch hour, account, sender domain)
+CounterKey = tuple[int, str, str]
+# hourly per-dimension counters: (epoch hour, account, sender domain, dimension, value)
+DimKey = tuple[int, str, str, str, str]
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counter deltas of one hour, account and sender domain (the ``counters`` row)."""
+
+    sends: int = 0  # messages accepted and attributed
+    successes: int = 0  # recipients delivered
+    defers: int = 0  # deferral events
+    fails: int = 0  # recipients failed permanently
+    bytes: int = 0  # message size over deliveries
+    rejects: int = 0  # SMTP-time RCPT rejects (each a send and a failure for cPanel)
+    expired: int = 0  # in-flight messages dropped by logstats' own TTL
+    local_successes: int = 0  # of successes: delivered on this host
+    local_bytes: int = 0
+
+    def values(self) -> tuple[int, ...]:
+        """In the order of the store's ``counters`` columns."""
+        return (
+            self.sends, self.successes, self.defers, self.fails, self.bytes, self.rejects,
+            self.expired, self.local_successes, self.local_bytes,
+        )  # fmt: skip
+
+    @property
+    def events(self) -> int:
+        """Countable outcomes (sends, deliveries, deferrals, failures, rejects)."""
+        return self.sends + self.successes + self.defers + self.fails + self.rejects
+
+
+@dataclass(slots=True)
+class DimTally:
+    """Counter deltas of one hour, account, sender domain and dimension value (``dims``)."""
+
+    accepted_out: int = 0  # messages sent by accounts
+    accepted_in: int = 0  # messages from outside (-remote-), RCPT rejects included
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0  # failed, expired or rejected recipients
+    rejected: int = 0  # of failed: SMTP-time RCPT rejects
+    bytes: int = 0
+    first_at: int = 0  # epoch seconds of the first and last activity
+    last_at: int = 0
+
+    def counts(self) -> tuple[int, ...]:
+        """The counts, in the order of the store's ``dims`` columns."""
+        return (
+            self.accepted_out, self.accepted_in, self.delivered, self.deferred, self.failed,
+            self.rejected, self.bytes,
+        )  # fmt: skip
+
+
 @dataclass(slots=True)
 class Message:
     """A message in flight (or a partial Postfix receipt), persisted between runs."""

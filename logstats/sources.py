@@ -24,11 +24,12 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from logstats.errors import SourceError
+from logstats.model import Position
 
 CHUNK = 1 << 20
 HEAD = 256 * 1024  # bytes inspected for the identity, the MTA and the first timestamp
@@ -97,14 +98,27 @@ def inspect(path: str, sample: int = 50) -> FileInfo:
     return FileInfo(path, head_hash, text, st.st_ino, mtime, kind is not None)
 
 
-def _identity(head: bytes, final: bool, sample: int) -> tuple[str, list[str]]:
-    """The hash of the first complete line (of all of ``head`` when the content is
-    ``final`` and has no newline) and the first lines, decoded."""
+def fingerprint(head: bytes, final: bool) -> str:
+    """A file's identity: the hash of its first complete line in ``head`` (its first
+    ``HEAD`` bytes), "" while there is none.  A ``final`` content (compressed: finished)
+    without a newline is identified by all of ``head``.  Backfill, the daemon and the
+    rotation catch-up all identify files by this one function."""
     nl = head.find(b"\n")
-    head_hash = hashlib.sha1(head[: nl + 1]).hexdigest() if nl >= 0 else ""
-    if nl < 0 and final and head:
-        head_hash = hashlib.sha1(head).hexdigest()
-    return head_hash, head.decode("utf-8", "replace").split("\n")[:sample]
+    if nl >= 0:
+        return hashlib.sha1(head[: nl + 1]).hexdigest()
+    return hashlib.sha1(head).hexdigest() if final and head else ""
+
+
+def identity(path: str) -> str:
+    """The fingerprint of the file ``path`` names (decompressed when it is compressed)."""
+    with open_binary(path) as f:
+        head = f.read(HEAD)
+    return fingerprint(head, compression(path) is not None)
+
+
+def _identity(head: bytes, final: bool, sample: int) -> tuple[str, list[str]]:
+    """The fingerprint and the first lines, decoded."""
+    return fingerprint(head, final), head.decode("utf-8", "replace").split("\n")[:sample]
 
 
 class _Prepended(io.RawIOBase):
@@ -278,6 +292,73 @@ def read_chunks(
         yield from _chunks_of(f, path, offset, final, max_line_length, chunk_size)
 
 
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """What ``LineCutter`` made of the bytes it was given."""
+
+    body: bytes  # complete lines
+    advance: int  # bytes consumed: the body and any over-long line skipped
+    too_long: int  # over-long lines skipped (counted once each, when the skip starts)
+
+
+class LineCutter:
+    """Cuts bytes read one after another into runs of complete lines: the one place where
+    over-long lines are skipped (backfill, the daemon and rotated files all read through it).
+
+    A line longer than ``max_line_length`` that spans reads (no newline within the limit)
+    is skipped up to its newline and counted once; a complete over-long line inside a body
+    is left to ``split_lines``, which drops and counts it.  Bytes after the last newline
+    wait for the next ``feed``; ``end`` says what becomes of them."""
+
+    __slots__ = ("max_line_length", "skipping", "tail")
+
+    def __init__(self, max_line_length: int, skipping: bool = False) -> None:
+        self.max_line_length = max_line_length
+        self.skipping = skipping  # inside an over-long line: skip up to its newline
+        self.tail = b""
+
+    def feed(self, data: bytes) -> Cut | None:
+        buf = self.tail + data if self.tail else data
+        self.tail = b""
+        advance = 0
+        if self.skipping:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                return Cut(b"", len(buf), 0)
+            advance = nl + 1
+            buf = buf[nl + 1 :]
+            self.skipping = False
+        last = buf.rfind(b"\n")
+        if last < 0:
+            if len(buf) > self.max_line_length:
+                self.skipping = True
+                return Cut(b"", advance + len(buf), 1)
+            self.tail = buf
+            return Cut(b"", advance, 0) if advance else None
+        body, self.tail = buf[: last + 1], buf[last + 1 :]
+        return Cut(body, advance + len(body), 0)
+
+    def end(self, final: bool) -> Cut | None:
+        """No more bytes for now.  A ``final`` content's unterminated last line is a line;
+        otherwise it waits (is read again later), unless it is over-long already."""
+        tail, self.tail = self.tail, b""
+        if not tail:
+            return None
+        if final:
+            return Cut(tail, len(tail), 0)
+        if len(tail) > self.max_line_length:
+            self.skipping = True
+            return Cut(b"", len(tail), 1)
+        return None
+
+
+def line_count(body: bytes, too_long: int = 0) -> int:
+    """The lines a piece of complete lines holds (its last may lack the newline), with
+    the over-long lines skipped before it."""
+    n = body.count(b"\n")
+    return n + (1 if body and not body.endswith(b"\n") else 0) + too_long
+
+
 def _chunks_of(
     f: io.BufferedIOBase, path: str, offset: int, final: bool, max_line_length: int, size: int
 ) -> Iterator[RawChunk]:
@@ -290,8 +371,8 @@ def _chunks_of(
             skipping = f.read(1) != b"\n"
         except (OSError, EOFError, lzma.LZMAError) as exc:
             raise SourceError(f"cannot read {path}: {exc}") from exc
+    cutter = LineCutter(max_line_length, skipping)
     pos = offset
-    tail = b""
     while True:
         try:
             data = f.read(size)
@@ -299,28 +380,63 @@ def _chunks_of(
             raise SourceError(f"cannot read {path}: {exc}") from exc
         if not data:
             break
-        buf = tail + data
-        last = buf.rfind(b"\n")
-        if last < 0:
-            if skipping or len(buf) > max_line_length:
-                pos += len(buf)
-                tail = b""
-                yield RawChunk(b"", pos, 0 if skipping else 1)
-                skipping = True
-            else:
-                tail = buf
-            continue
-        body, tail = buf[: last + 1], buf[last + 1 :]
-        if skipping:
-            cut = body.find(b"\n")
-            pos += cut + 1
-            body = body[cut + 1 :]
-            skipping = False
-        pos += len(body)
-        yield RawChunk(body, pos, 0)
-    if final and tail and not skipping:
-        pos += len(tail)
-        yield RawChunk(tail, pos, 0)
+        cut = cutter.feed(data)
+        if cut is not None:
+            pos += cut.advance
+            yield RawChunk(cut.body, pos, cut.too_long)
+    cut = cutter.end(final)
+    if cut is not None:
+        pos += cut.advance
+        yield RawChunk(cut.body, pos, cut.too_long)
+
+
+@dataclass(slots=True)
+class Piece:
+    """Complete lines read from one file, and where that file stands after them."""
+
+    body: bytes
+    position: Position
+    too_long: int = 0  # over-long lines skipped just before ``body``
+
+
+def file_pieces(
+    path: str,
+    head_hash: str,
+    offset: int,
+    lines: int,
+    *,
+    inode: int,
+    mtime: float,
+    final: bool,
+    done_at_end: bool,
+    max_line_length: int,
+    chunk_size: int = CHUNK,
+    stream: io.BufferedIOBase | None = None,
+) -> Iterator[Piece]:
+    """A file (or ``stream``) from ``offset`` to its end, as pieces.
+
+    There is always a last piece (maybe empty); it is marked ``done`` when ``done_at_end``
+    (a rotated or compressed file: nothing will be added to it), so an interrupted read
+    resumes from the last piece committed."""
+    last: Piece | None = None
+    for raw in read_chunks(
+        path,
+        offset,
+        final=final,
+        max_line_length=max_line_length,
+        chunk_size=chunk_size,
+        stream=stream,
+    ):
+        lines += line_count(raw.body, raw.too_long)
+        if last is not None:
+            yield last
+        last = Piece(raw.body, Position(head_hash, path, inode, raw.end_offset, lines, mtime),
+                     raw.too_long)  # fmt: skip
+    if last is None:
+        last = Piece(b"", Position(head_hash, path, inode, offset, lines, mtime))
+    if done_at_end:
+        last = Piece(last.body, replace(last.position, done=True), last.too_long)
+    yield last
 
 
 def read_lines(

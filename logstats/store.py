@@ -26,7 +26,10 @@ from logstats.errors import SchemaError, StoreError, StoreLockedError, cause_of
 from logstats.model import (
     AccountStats,
     Attempt,
+    CounterKey,
     Dimension,
+    DimKey,
+    DimTally,
     Event,
     Message,
     Outcome,
@@ -34,6 +37,7 @@ from logstats.model import (
     SeriesRequest,
     SeriesRow,
     StatsRequest,
+    Tally,
 )
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -152,9 +156,9 @@ class Batch:
     mta: str
     events: list[Event] = field(default_factory=list)
     # hourly deltas from the correlator; None: computed from ``events``
-    counters: dict[tuple[int, str, str], list[int]] | None = None
+    counters: dict[CounterKey, Tally] | None = None
     # hourly per-dimension deltas (tag, ip, recipient domain, provider) from the correlator
-    dims: dict[tuple[int, str, str, str, str], list[int]] = field(default_factory=dict)
+    dims: dict[DimKey, DimTally] = field(default_factory=dict)
     upsert: list[Message] = field(default_factory=list)
     dropped: set[tuple[str, str]] = field(default_factory=set)
     positions: list[Position] = field(default_factory=list)
@@ -173,31 +177,31 @@ def _aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC)
 
 
-def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], list[int]]:
+def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], Tally]:
     """Hourly counter deltas per (bucket, mta, account, sender domain)."""
-    by_hour: dict[tuple[int, str, str, str], list[int]] = {}
+    by_hour: dict[tuple[int, str, str, str], Tally] = {}
     for e in events:
         key = (int(e.ts.timestamp()) // 3600, e.mta, e.account, e.sender_domain)
         row = by_hour.get(key)
         if row is None:
-            row = by_hour[key] = [0] * len(COUNTER_COLUMNS)
+            row = by_hour[key] = Tally()
         match e.outcome:
             case Outcome.SEND:
-                row[0] += 1
+                row.sends += 1
             case Outcome.DELIVERED:
-                row[1] += 1
-                row[4] += e.size
+                row.successes += 1
+                row.bytes += e.size
                 if e.local:
-                    row[7] += 1
-                    row[8] += e.size
+                    row.local_successes += 1
+                    row.local_bytes += e.size
             case Outcome.DEFERRED:
-                row[2] += 1
+                row.defers += 1
             case Outcome.FAILED:
-                row[3] += 1
+                row.fails += 1
             case Outcome.REJECTED:
-                row[5] += 1
+                row.rejects += 1
             case Outcome.EXPIRED:
-                row[6] += 1
+                row.expired += 1
     return {(_hour(h), *rest): row for (h, *rest), row in by_hour.items()}  # type: ignore[misc]
 
 
@@ -471,16 +475,12 @@ class Store:
                 counters = aggregate(batch.events)
             else:
                 counters = {(_hour(h), mta, a, d): row for (h, a, d), row in batch.counters.items()}
-            rows += [(mta, "counters", (*key, *values)) for key, values in counters.items()]
-            for (hour, account, domain, kind, value), row in batch.dims.items():
-                first, last = (_naive(datetime.fromtimestamp(t, UTC)) for t in row[7:9])
-                rows.append(
-                    (
-                        mta,
-                        "dims",
-                        (_hour(hour), mta, account, domain, kind, value, *row[:7], first, last),
-                    )
-                )
+            rows += [(mta, "counters", (*key, *t.values())) for key, t in counters.items()]
+            for (hour, account, domain, kind, value), d in batch.dims.items():
+                first = _naive(datetime.fromtimestamp(d.first_at, UTC))
+                last = _naive(datetime.fromtimestamp(d.last_at, UTC))
+                row = (_hour(hour), mta, account, domain, kind, value, *d.counts(), first, last)
+                rows.append((mta, "dims", row))
             for e in batch.events:
                 if since is None or e.ts >= since:
                     rows.append((mta, "events", _event_row(e)))

@@ -30,10 +30,10 @@ def at(seconds: int) -> datetime:
 def totals(c: Correlator) -> dict[str, list[int]]:
     """Per account: sends, successes, defers, fails, bytes, rejects, expired."""
     out: dict[str, list[int]] = {}
-    for (_, account, _), row in c.drain().counters.items():
+    for (_, account, _), tally in c.drain().counters.items():
         acc = out.setdefault(account, [0] * 7)
-        for i in range(7):
-            acc[i] += row[i]
+        for i, n in enumerate(tally.values()[:7]):
+            acc[i] += n
     return out
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-import logstats.ingest as ingest_mod
+import logstats.pipeline as pipeline_mod
 from logstats.config import Config
 from logstats.ingest import Ingestor
 from logstats.store import Store
@@ -432,7 +432,7 @@ def test_backfill_parses_here_what_a_dead_worker_had(
         return ing
 
     fill(work / "one.duckdb", Config(**cfg, workers=1))
-    monkeypatch.setattr(ingest_mod, "worker_pool", lambda n: _DyingPool(n, answers=3))
+    monkeypatch.setattr(pipeline_mod, "worker_pool", lambda n: _DyingPool(n, answers=3))
     ing = fill(work / "dying.duckdb", Config(**cfg, workers=2, parallel_bytes=1))
     assert 2 == ing.workers_lost == _DyingPool.made
     assert store_summary(work / "one.duckdb") == store_summary(work / "dying.duckdb")

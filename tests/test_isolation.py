@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from logstats import api
-from logstats.model import MAX_NUMBER, Event, Outcome, StatsRequest
+from logstats.model import MAX_NUMBER, Event, Outcome, StatsRequest, Tally
 from logstats.store import Batch, Store
 from tests.daemon_harness import Messages, Serve, append, short_dir, summed, write_config
 
@@ -66,8 +66,8 @@ def test_store_keeps_what_it_can_and_quarantines_the_rest(tmp_path: Path) -> Non
         mta="exim",
         events=[Event(ts, "exim", "", "q1", "alice", "alice.test", Outcome.SEND)],
         counters={
-            (hour, "alice", "alice.test"): [1, 0, 0, 0, 0, 0, 0, 0, 0],
-            (hour, "carol", "carol.test"): [1, 9000, 0, 0, 9000 * HUGE, 0, 0, 0, 0],
+            (hour, "alice", "alice.test"): Tally(sends=1),
+            (hour, "carol", "carol.test"): Tally(sends=1, successes=9000, bytes=9000 * HUGE),
         },
         positions=[Position("h1", "/var/log/exim4/mainlog", 1, 100, 3)],
     )

@@ -42,8 +42,9 @@ import duckdb
 import pytest
 
 from logstats import follow
-from logstats.follow import Follower, Piece
+from logstats.follow import Follower
 from logstats.model import Position
+from logstats.sources import Piece
 from tests.daemon_harness import (
     Serve,
     append,
