@@ -199,6 +199,77 @@ class Drained:
     anomaly_samples: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Counters as plain rows: what a correlator in another process counted."""
+
+    counters: list[tuple[Any, ...]]  # (hour, account, domain, *Tally.values())
+    dims: list[tuple[Any, ...]]  # (hour, account, domain, kind, value, *counts, first, last)
+    events: list[Event]
+    anomalies: dict[str, int]
+    anomaly_samples: dict[str, str]
+
+
+def may_be_hop(
+    policy: Policy,
+    client_ip: str | None,
+    uid: int | None,
+    local_user: str | None,
+    auth_id: str | None,
+) -> bool:
+    """A message that may be a hop's next part: received from loopback (or a configured
+    filter relay), or made by the MTA with no submitter (a Postfix local forward).  Local
+    submissions (Exim ``U=``, Postfix pickup ``uid=``) never are."""
+    if client_ip:
+        return policy.may_reinject(client_ip)
+    return uid is None and local_user is None and not auth_id
+
+
+def self_contained(records: list[Record], policy: Policy) -> set[Key]:
+    """The messages of a run of records that a fresh correlator counts exactly as the
+    long-running one would, given that the long-running one has nothing in flight under
+    their keys (``Correlator.knows``): each is received and leaves the queue within the
+    run (its finish is its last record), is no hop's candidate (``may_be_hop``), names no
+    next hop, and no other record names it (a hand-off, a bounce notice, a reject)."""
+    state: dict[Key, list[Any]] = {}  # key -> [received, finished last, client, uid, user, auth]
+    excluded: set[Key] = set()
+    for r in records:
+        if isinstance(r, Rejected):
+            if r.queue_id:
+                excluded.add((r.scope, r.queue_id))
+            continue
+        key = (r.scope, r.queue_id)
+        if isinstance(r, Notice):
+            excluded.add(key)
+            excluded.add((r.scope, r.new_id))
+            continue
+        s = state.get(key)
+        if s is None:
+            s = state[key] = [False, False, None, None, None, None]
+        elif s[1]:
+            excluded.add(key)  # a record after its finish: a queue id used again
+        s[1] = isinstance(r, Finished)
+        if isinstance(r, Received):
+            if s[0]:
+                continue  # after the receipt: what decides whether it may be a hop is known
+            if r.client_ip and not s[2]:
+                s[2] = r.client_ip
+            if r.uid is not None and r.uid >= 0:
+                s[3] = r.uid
+            if r.local_user and not s[4]:
+                s[4] = r.local_user
+            if r.auth_id and not s[5]:
+                s[5] = r.auth_id
+            if r.complete:
+                s[0] = True
+                if may_be_hop(policy, s[2], s[3], s[4], s[5]):
+                    excluded.add(key)
+        elif isinstance(r, Attempt) and r.handoff_id and r.handoff_id != r.queue_id:
+            excluded.add(key)
+            excluded.add((r.scope, r.handoff_id))
+    return {k for k, s in state.items() if s[0] and s[1] and k not in excluded}
+
+
 # a ledger entry: [outcome, epoch, account, sender domain, size, local, tags, interface,
 # recipient, relay, scope, queue id (of the event row)]
 _L_OUTCOME, _L_ACCOUNT, _L_DOMAIN, _L_SIZE = 0, 2, 3, 4
@@ -276,6 +347,74 @@ class Correlator:
         dropped = self.dropped - self.dirty.intersection(self.messages)
         self.dirty, self.dropped = set(), set()
         return Drained(counters, dims, events, upsert, dropped, retracted, anomalies, samples)
+
+    def merge(self, counts: Counts) -> None:
+        """Add what another correlator counted for self-contained messages (see
+        ``self_contained``): the same counters as if their records had been fed here."""
+        counters = self.counters
+        for hour, account, domain, *values in counts.counters:
+            key = (hour, account, domain)
+            t = counters.get(key)
+            if t is None:
+                counters[key] = Tally(*values)
+                continue
+            t.sends += values[0]
+            t.successes += values[1]
+            t.defers += values[2]
+            t.fails += values[3]
+            t.bytes += values[4]
+            t.rejects += values[5]
+            t.expired += values[6]
+            t.local_successes += values[7]
+            t.local_bytes += values[8]
+        dims = self.dims
+        for hour, account, domain, kind, value, *counted in counts.dims:
+            dkey = (hour, account, domain, kind, value)
+            d = dims.get(dkey)
+            if d is None:
+                dims[dkey] = DimTally(*counted)
+                continue
+            d.accepted_out += counted[0]
+            d.accepted_in += counted[1]
+            d.delivered += counted[2]
+            d.deferred += counted[3]
+            d.failed += counted[4]
+            d.rejected += counted[5]
+            d.bytes += counted[6]
+            d.first_at = min(d.first_at, counted[7])
+            d.last_at = max(d.last_at, counted[8])
+        since = self.events_since
+        self.events += [e for e in counts.events if since is None or e.ts >= since]
+        self.anomalies.update(counts.anomalies)
+        for kind, sample in counts.anomaly_samples.items():
+            self.anomaly_samples.setdefault(kind, sample)
+
+    def observe(self, first: datetime, newest: datetime) -> bool:
+        """Let the log's clock see records counted elsewhere, whose times run from ``first``
+        without a jump up to ``newest``; False (nothing changed) when they would not have
+        moved it smoothly (a jump from where it stands): then they must be fed here."""
+        last = self.last_ts
+        if last is not None and first > last + CLOCK_JUMP:
+            return False
+        if last is None or newest > last:
+            self.last_ts = newest
+        self._jump = None
+        return True
+
+    def knows(self, key: Key) -> bool:
+        """Whether a message (or a hand-off waiting for it) is in flight under ``key``."""
+        return key in self.messages or (HANDOFF_SCOPE + key[0], key[1]) in self.messages
+
+    def counts(self) -> Counts:
+        """Drain the counters as plain rows (cheap to send between processes)."""
+        d = self.drain()
+        return Counts(
+            counters=[(*k, *t.values()) for k, t in d.counters.items()],
+            dims=[(*k, *t.counts(), t.first_at, t.last_at) for k, t in d.dims.items()],
+            events=d.events,
+            anomalies=dict(d.anomalies),
+            anomaly_samples=d.anomaly_samples,
+        )
 
     def expire(self, now: datetime) -> int:
         """Forget messages idle for longer than the TTL; count their waiting outcomes.
@@ -406,12 +545,7 @@ class Correlator:
             self._flush_orphans(msg, msg.account)
 
     def _may_reinject(self, msg: Message) -> bool:
-        """A message that may be a hop's next part: received from loopback (or a configured
-        filter relay), or made by the MTA with no submitter (a Postfix local forward).
-        Local submissions (Exim ``U=``, Postfix pickup ``uid=``) never are."""
-        if msg.client_ip:
-            return self.policy.may_reinject(msg.client_ip)
-        return msg.uid is None and msg.local_user is None and not msg.auth_id
+        return may_be_hop(self.policy, msg.client_ip, msg.uid, msg.local_user, msg.auth_id)
 
     def _claim_placeholder(self, msg: Message, key: Key) -> None:
         """The hand-off was logged before this receipt: this message continues that one."""

@@ -523,6 +523,9 @@ class Follower:
     def _read(self, cur: _Open, final: bool, budget: list[int]) -> list[Piece]:
         """Complete lines appended to the open file since the last read (within budget)."""
         pieces: list[Piece] = []
+        with contextlib.suppress(OSError):
+            # yearless stamps are placed before the file's modification time: as it is now
+            cur.mtime = os.fstat(cur.fh.fileno()).st_mtime
         cur.fh.seek(cur.offset)
         cutter = LineCutter(self.max_line_length, cur.skipping)
         while budget[0] > 0:

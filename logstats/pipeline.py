@@ -13,8 +13,15 @@ checkpoints in one transaction, so an interruption anywhere leaves a store the n
 continues from, with nothing lost or counted twice.
 
 Large runs of pieces (a backfilled file, a daemon's backlog) are parsed in worker
-processes, small ones here; either way the records reach the correlator in file order.
-A worker that dies (killed, out of memory) costs no piece: what it had is parsed here.
+processes, small ones here, by the same function (``grammar.parse_chunk``: each piece has
+a clock of its own, anchored at the file's modification time when it was read), so a line
+gets the same record either way, and the records reach the correlator in file order.
+Workers also count the messages that are whole within their piece and that nothing else
+refers to (``correlate.self_contained``), with a correlator of their own; the main process
+merges those counts and correlates the rest, or, when one of those messages is in flight
+here, feeds the piece's records itself.  Either way the store ends up the same
+(tests/test_pipeline.py).  A worker that dies (killed, out of memory) costs no piece:
+what it had is done here.
 """
 
 from __future__ import annotations
@@ -29,17 +36,38 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
 
 from logstats.config import Config
-from logstats.correlate import Correlator, Drained
-from logstats.grammar import ChunkParse, Clock, make_parser, parse_chunk, parse_lines
+from logstats.correlate import (
+    CLOCK_JUMP,
+    Correlator,
+    Counts,
+    Drained,
+    Key,
+    Policy,
+    self_contained,
+)
+from logstats.grammar import ChunkParse, parse_chunk
 from logstats.model import Position
-from logstats.sources import Piece, split_lines
+from logstats.sources import Piece
 from logstats.store import Batch, Isolated, Store
 
 OnSample = Callable[[str, str, str], None]  # mta, reason, text of an unknown line
 OnWorkersLost = Callable[[BaseException], None]
+
+
+@dataclass(slots=True)
+class Counted:
+    """What a worker made of a piece: the records left to the main process (in order), and
+    the counts of the self-contained messages it counted itself."""
+
+    chunk: ChunkParse
+    counts: Counts | None = None
+    keys: list[Key] = field(default_factory=list)  # the messages counted in ``counts``
+    first: datetime | None = None  # the time of the piece's first record
+    newest: datetime | None = None  # the latest record time (the records run without jumps)
 
 
 @dataclass(slots=True)
@@ -48,6 +76,7 @@ class Parsed:
 
     piece: Piece
     chunk: ChunkParse
+    counted: Counted | None = None  # from a worker
 
     @property
     def lines(self) -> int:
@@ -100,11 +129,14 @@ class Pipeline:
         self.policy = config.policy()
         self.tz = config.tz()
         self.correlators: dict[str, Correlator] = {}
-        self.clocks: dict[str, Clock] = {}  # head hash -> the clock of a file being read
         self.open = _Open()
         self.workers_lost = 0  # times a parser worker died (its pieces were parsed here)
         self.earliest_hour: int | None = None  # earliest counter bucket drained (epoch hours)
+        self.counted_in_workers = 0  # self-contained messages counted by workers
+        self.fed_here = 0  # ... that had to be fed here after all (a key in flight here)
         self._pool: ProcessPoolExecutor | None = None
+        self._generation = 0
+        self._token = ""
 
     # -- configuration -----------------------------------------------------------------------
     def correlator(self, mta: str) -> Correlator:
@@ -116,12 +148,14 @@ class Pipeline:
         return c
 
     def reconfigure(self, config: Config) -> None:
-        """A reloaded configuration: the new account map applies from the next record."""
+        """A reloaded configuration: the new account map applies from the next record (the
+        workers, which count with the account map too, are replaced)."""
         self.config = config
         self.policy = config.policy()
         self.tz = config.tz()
         for correlator in self.correlators.values():
             correlator.policy = self.policy
+        self.close()
 
     def _events_since(self) -> datetime:
         return self.now() - timedelta(days=self.config.retention_days)
@@ -151,7 +185,7 @@ class Pipeline:
         lost = self.workers_lost
         threshold = self.config.parallel_bytes
         seen = size_hint
-        inflight: deque[tuple[Future[ChunkParse] | None, Piece]] = deque()
+        inflight: deque[tuple[Future[Counted] | None, Piece]] = deque()
         for piece in pieces:
             if workers < 2 or seen < threshold:
                 seen += len(piece.body)
@@ -161,14 +195,7 @@ class Pipeline:
             pool = self._pool_of(workers) if self.workers_lost == lost else None
             if pool is not None:
                 try:
-                    future = pool.submit(
-                        parse_chunk,
-                        mta,
-                        self.tz,
-                        piece.position.mtime,
-                        self.config.max_line_length,
-                        piece.body,
-                    )
+                    future = pool.submit(count_chunk, *self._work(mta, piece))
                 except BrokenProcessPool as exc:
                     self._lose_pool(exc)
             inflight.append((future, piece))
@@ -178,51 +205,52 @@ class Pipeline:
             yield self._result(mta, *inflight.popleft())
 
     def _parse_here(self, mta: str, piece: Piece) -> ChunkParse:
-        max_len = self.config.max_line_length
-        lines, too_long = split_lines(piece.body, max_len)
-        chunk = parse_lines(make_parser(mta, self._clock(mta, piece.position), max_len), lines)
-        if too_long:
-            chunk.unparsed["too-long"] += too_long
-            chunk.lines += too_long
-        return chunk
+        """The same parse a worker makes (``parse_chunk``), in this process."""
+        return parse_chunk(*self._work(mta, piece)[1:6])
 
-    def _result(self, mta: str, future: Future[ChunkParse] | None, piece: Piece) -> Parsed:
-        chunk = None
+    def _work(self, mta: str, piece: Piece) -> tuple[Any, ...]:
+        """The arguments of ``count_chunk`` for a piece."""
+        since = self.correlator(mta).events_since
+        return (
+            self._token, mta, self.tz, piece.position.mtime, self.config.max_line_length,
+            piece.body, since,
+        )  # fmt: skip
+
+    def _result(self, mta: str, future: Future[Counted] | None, piece: Piece) -> Parsed:
+        counted = None
         if future is not None:
             try:
-                chunk = future.result()
+                counted = future.result()
             except BrokenProcessPool as exc:
                 self._lose_pool(exc)
-        if chunk is None:  # its worker died: the same parse, here
-            chunk = parse_chunk(
-                mta, self.tz, piece.position.mtime, self.config.max_line_length, piece.body
-            )
-        return Parsed(piece, chunk)
-
-    def _clock(self, mta: str, pos: Position) -> Clock:
-        """The clock of the file ``pos`` is in: it places yearless stamps, and where it
-        stands (year, month) is stored with the file's checkpoint."""
-        clock = self.clocks.get(pos.head_hash)
-        if clock is None:
-            clock = Clock(self.tz, datetime.fromtimestamp(pos.mtime, UTC))
-            known = self.store.position(pos.head_hash)
-            if known is not None:
-                clock.restore(known.year, known.month)
-            self.clocks[pos.head_hash] = clock
-        return clock
+        if counted is None:  # its worker died: the same work, here
+            counted = count_chunk(*self._work(mta, piece))
+        return Parsed(piece, counted.chunk, counted)
 
     def _absorb(self, mta: str, parsed: Parsed) -> None:
         """Feed the records to the correlator and note where the file stands."""
-        feed = self.correlator(mta).feed
+        correlator = self.correlator(mta)
+        counted = parsed.counted
+        if counted is not None and counted.counts is not None:
+            assert counted.first is not None and counted.newest is not None
+            if any(correlator.knows(k) for k in counted.keys) or not correlator.observe(
+                counted.first, counted.newest
+            ):
+                # what the worker counted depends on what is in flight here: all of the
+                # piece's records are fed here instead (the same parse)
+                parsed.chunk = self._parse_here(mta, parsed.piece)
+                self.fed_here += len(counted.keys)
+            else:
+                correlator.merge(counted.counts)
+                self.counted_in_workers += len(counted.keys)
+        feed = correlator.feed
         for record in parsed.chunk.records:
             feed(record)
         piece, chunk = parsed.piece, parsed.chunk
         pos = piece.position
-        year, month = self._clock(mta, pos).state()
+        year, month = chunk.clock
         op = self.open
         op.positions[pos.head_hash] = (mta, replace(pos, year=year, month=month))
-        if pos.done:
-            self.clocks.pop(pos.head_hash, None)  # finished: its clock is no longer needed
         if piece.too_long:
             chunk.unparsed["too-long"] += piece.too_long
         if chunk.unparsed:
@@ -265,7 +293,11 @@ class Pipeline:
     # -- workers -----------------------------------------------------------------------------
     def _pool_of(self, workers: int) -> ProcessPoolExecutor | None:
         if self._pool is None:
-            self._pool = worker_pool(workers)
+            self._generation += 1
+            _POLICIES.pop(self._token, None)
+            self._token = f"{os.getpid()}.{id(self)}.{self._generation}"
+            _POLICIES[self._token] = self.policy  # for count_chunk run here (a dead worker)
+            self._pool = worker_pool(workers, self._token, self.config)
         return self._pool
 
     def _lose_pool(self, exc: BaseException) -> None:
@@ -281,6 +313,7 @@ class Pipeline:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        _POLICIES.pop(self._token, None)
 
 
 def batch_of(
@@ -322,15 +355,62 @@ def compact_since(store: Store, hour: int | None) -> None:
 
 
 # -- parser worker processes ---------------------------------------------------------------
+_POLICIES: dict[str, Policy] = {}  # token -> the policy its workers count with
+
+
+def count_chunk(
+    token: str,
+    mta: str,
+    tz: tzinfo,
+    reference: float,
+    max_line_length: int,
+    body: bytes,
+    events_since: datetime | None,
+) -> Counted:
+    """A worker's share of a piece: parse it, and count its self-contained messages
+    (``correlate.self_contained``) with a correlator of its own, with the same code and
+    policy as the main process.  The rest of the records, in order, are left to the main
+    process, which merges the counts unless one of those messages turns out to be in
+    flight there (see ``Pipeline._absorb``)."""
+    chunk = parse_chunk(mta, tz, reference, max_line_length, body)
+    policy = _POLICIES.get(token)
+    records = chunk.records
+    if policy is None or not records:
+        return Counted(chunk)
+    first = newest = records[0].ts
+    for r in records:
+        if r.ts > newest:
+            if r.ts > newest + CLOCK_JUMP:
+                return Counted(chunk)  # a jump: the log clock's rules need every record
+            newest = r.ts
+    keys = self_contained(records, policy)
+    if not keys:
+        return Counted(chunk)
+    correlator = Correlator(mta, policy)
+    correlator.events_since = events_since
+    rest = []
+    for r in records:
+        if (r.scope, r.queue_id) in keys:
+            correlator.feed(r)
+        else:
+            rest.append(r)
+    if correlator.messages:
+        return Counted(chunk)  # not self-contained after all: all of it to the main process
+    chunk.records = rest
+    return Counted(chunk, correlator.counts(), list(keys), first, newest)
+
+
 def ignore_sigint() -> None:
     """Parser workers leave Ctrl-C to the main process, which stops after its batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def worker_init(parent: int) -> None:
+def worker_init(parent: int, token: str, config: Config) -> None:
     """A parser worker: leaves Ctrl-C to the main process and dies with it (on Linux, even
-    when it is killed with SIGKILL), so that no worker outlives the command."""
+    when it is killed with SIGKILL), so that no worker outlives the command; it counts
+    with the policy of ``config``."""
     ignore_sigint()
+    _POLICIES[token] = config.policy()
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -341,13 +421,13 @@ def worker_init(parent: int) -> None:
         os._exit(1)
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int, token: str, config: Config) -> ProcessPoolExecutor:
     """Parser processes (spawned: the main process has threads and a DuckDB connection)."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=worker_init,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), token, config),
     )
 
 

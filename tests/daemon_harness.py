@@ -469,6 +469,50 @@ def store_summary(db: Path | str) -> dict[str, Any]:
     return {"counters": counters, "pending": pending, "unparsed": unparsed}
 
 
+def store_contents(db: Path | str) -> dict[str, Any]:
+    """Everything two stores that read the same lines must hold alike: the counters and
+    the dimension counters folded by key (rows with nothing in them left out), the event
+    rows, the messages in flight with their whole state, unknown lines and anomalies."""
+    counts = ("sends", "successes", "defers", "fails", "bytes", "rejects", "expired",
+              "local_successes", "local_bytes")  # fmt: skip
+    dim_counts = ("accepted_out", "accepted_in", "delivered", "deferred", "failed", "rejected",
+                  "bytes")  # fmt: skip
+
+    def folded(table: str, key: str, cols: tuple[str, ...], extra: str = "") -> str:
+        sums = ", ".join(f"sum({c})::BIGINT" for c in cols)
+        nonzero = " OR ".join(f"sum({c}) <> 0" for c in cols)
+        return (
+            f"SELECT {key}, {sums}{extra} FROM {table} GROUP BY ALL HAVING {nonzero} "
+            "ORDER BY ALL"
+        )
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {
+            "counters": con.execute(
+                folded("counters", "bucket, mta, account, sender_domain", counts)
+            ).fetchall(),
+            "dims": con.execute(
+                folded(
+                    "dims",
+                    "bucket, mta, account, sender_domain, kind, value",
+                    dim_counts,
+                    ", min(first_at), max(last_at)",
+                )
+            ).fetchall(),
+            "events": con.execute("SELECT * FROM events ORDER BY ALL").fetchall(),
+            "pending": con.execute("SELECT * FROM pending ORDER BY ALL").fetchall(),
+            "unparsed": con.execute(
+                "SELECT mta, reason, lines FROM unparsed ORDER BY ALL"
+            ).fetchall(),
+            "anomalies": con.execute(
+                "SELECT mta, kind, count FROM anomalies ORDER BY ALL"
+            ).fetchall(),
+        }
+    finally:
+        con.close()
+
+
 def unparsed(db: Path | str) -> dict[str, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:

@@ -432,7 +432,7 @@ def test_backfill_parses_here_what_a_dead_worker_had(
         return ing
 
     fill(work / "one.duckdb", Config(**cfg, workers=1))
-    monkeypatch.setattr(pipeline_mod, "worker_pool", lambda n: _DyingPool(n, answers=3))
+    monkeypatch.setattr(pipeline_mod, "worker_pool", lambda n, *_: _DyingPool(n, answers=3))
     ing = fill(work / "dying.duckdb", Config(**cfg, workers=2, parallel_bytes=1))
     assert 2 == ing.workers_lost == _DyingPool.made
     assert store_summary(work / "one.duckdb") == store_summary(work / "dying.duckdb")

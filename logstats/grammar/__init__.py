@@ -43,6 +43,7 @@ class ChunkParse:
     unparsed: Counter[str] = field(default_factory=Counter)
     samples: dict[str, str] = field(default_factory=dict)
     lines: int = 0
+    clock: tuple[int, int] = (0, 0)  # (year, month) the clock of yearless stamps reached
 
 
 def parse_lines(parser: LineParser, lines: list[str]) -> ChunkParse:
@@ -70,16 +71,18 @@ def parse_lines(parser: LineParser, lines: list[str]) -> ChunkParse:
 def parse_chunk(
     mta: str, tz: tzinfo, reference: float, max_line_length: int, body: bytes
 ) -> ChunkParse:
-    """Decode and parse one raw chunk (run in worker processes: no shared state).
+    """Decode and parse one raw chunk (here or in a worker process: no shared state).
 
     The chunk gets a clock of its own, so a yearless stamp takes the latest year that does
-    not put it after the file's modification time (``reference``).
+    not put it after the file's modification time when it was read (``reference``), and
+    moves on with the months within the chunk (``Dec 31`` then ``Jan  1``).
     """
     from logstats.sources import split_lines
 
     lines, too_long = split_lines(body, max_line_length)
     clock = Clock(tz, datetime.fromtimestamp(reference, UTC))
     out = parse_lines(make_parser(mta, clock, max_line_length), lines)
+    out.clock = clock.state()
     if too_long:
         out.unparsed["too-long"] += too_long
         out.lines += too_long
