@@ -335,7 +335,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         failed.append(str(exc))
         print(f"logstats: error: {exc}", file=sys.stderr, flush=True)
 
-    with _opened(Store(_db(args, cfg))) as store:
+    with _opened(Store(_db(args, cfg), memory_limit=cfg.memory_limit)) as store:
         ingestor = Ingestor(store, cfg, now=lambda: datetime.now(UTC))
 
         def interrupt(signum: int, frame: object) -> None:

@@ -73,6 +73,7 @@ class Config:
     timezone: str | None = None  # None: the machine's zone
     db: str = DEFAULT_DB
     retention_days: int = 10
+    memory_limit: str = "128MB"  # DuckDB's memory while writing (sorts beyond it spill to disk)
     domains: Mapping[str, str] = field(default_factory=dict)
     userdomains: str | None = None
     uids: Mapping[int, str] = field(default_factory=dict)
@@ -188,7 +189,7 @@ def parse_duration(value: object, key: str, where: str) -> timedelta:
 
 _SCHEMA: dict[str, Any] = {
     "timezone": str,
-    "store": {"path": str, "retention_days": int},
+    "store": {"path": str, "retention_days": int, "memory_limit": "size"},
     "accounts": {
         "domains": dict,
         "userdomains": str,
@@ -230,6 +231,11 @@ def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> Non
         elif kind == "address":
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise ConfigError(f"{where}: {dotted}: expected PORT or HOST:PORT, got {value!r}")
+        elif kind == "size":
+            if not isinstance(value, str) or not _SIZE.fullmatch(value.strip()):
+                raise ConfigError(
+                    f"{where}: {dotted}: expected a size like 128MB or 1GiB, got {value!r}"
+                )
         elif kind == "seconds":
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(
@@ -239,6 +245,9 @@ def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> Non
             raise ConfigError(f"{where}: {dotted}: expected a positive integer, got {value!r}")
         elif kind is not int and not isinstance(value, kind):
             raise ConfigError(f"{where}: {dotted}: expected {kind.__name__}, got {value!r}")
+
+
+_SIZE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B|B)", re.IGNORECASE)
 
 
 def _read_text(path: str, where: str) -> str:
@@ -311,6 +320,7 @@ def load(path: str | None) -> Config:
         timezone=timezone,
         db=resolve(store.get("path", defaults.db)),
         retention_days=store.get("retention_days", defaults.retention_days),
+        memory_limit=store.get("memory_limit", defaults.memory_limit),
         domains={str(k).lower(): str(v) for k, v in accounts.get("domains", {}).items()},
         userdomains=resolve(accounts["userdomains"]) if "userdomains" in accounts else None,
         uids=uids,

@@ -46,6 +46,8 @@ This module is pure: no IO, no clock, no logging.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -104,25 +106,42 @@ class Policy:
     )
     _uids: dict[int, str | None] = field(default_factory=dict, compare=False, repr=False)
 
+    _provider_re: list[tuple[re.Pattern[str], tuple[str, ...]]] = field(
+        default_factory=list, compare=False, repr=False
+    )
+
     def provider_for(self, domain: str, relay: str | None) -> str | None:
-        """The provider a recipient domain (or the MX host it was delivered to) belongs to."""
+        """The provider a recipient domain (or the MX host it was delivered to) belongs to:
+        the first provider (in configuration order) with a pattern (fnmatch, case
+        sensitive) that matches either."""
         host = (relay or "").split("[", 1)[0].lower()
         key = (domain, host)
         cache = self._providers
         if key in cache:
             return cache[key]
+        if not self._provider_re:
+            # every provider's patterns in one expression, a group per provider: the
+            # first alternative that matches names the first provider that matches
+            names = tuple(self.providers)
+            groups = (
+                f"(?P<p{i}>{'|'.join(fnmatch.translate(p) for p in self.providers[n])})"
+                for i, n in enumerate(names)
+                if self.providers[n]
+            )
+            self._provider_re.append((re.compile("|".join(groups) or "(?!)"), names))
+        regex, names = self._provider_re[0]
         found = None
-        for name, patterns in self.providers.items():
-            for pattern in patterns:
-                if fnmatchcase(domain, pattern) or (host and fnmatchcase(host, pattern)):
-                    found = name
-                    break
-            if found is not None:
-                break
+        for text in (domain, host) if host else (domain,):
+            m = regex.match(text)
+            if m is not None and m.lastgroup is not None:
+                index = int(m.lastgroup[1:])
+                if found is None or index < found:
+                    found = index
+        name = None if found is None else names[found]
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
-        cache[key] = found
-        return found
+        cache[key] = name
+        return name
 
     def account_for_uid(self, uid: int) -> str | None:
         """A local submitter's uid -> its user name (looked up once per uid)."""

@@ -74,7 +74,8 @@ class Daemon:
 
     # -- life cycle --------------------------------------------------------------------------
     def run(self) -> int:
-        self.store = Store(self.config.db)  # a damaged or locked database: StoreError
+        # a damaged or locked database: StoreError
+        self.store = Store(self.config.db, memory_limit=self.config.memory_limit)
         try:
             return self._run()
         except duckdb.Error as exc:  # not a commit (those are retried): reading the store

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ def _aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC)
 
 
-def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], Tally]:
+def aggregate(events: Iterable[Event]) -> dict[tuple[int, str, str, str], Tally]:
     """Hourly counter deltas per (bucket, mta, account, sender domain)."""
     by_hour: dict[tuple[int, str, str, str], Tally] = {}
     for e in events:
@@ -202,11 +202,16 @@ def aggregate(events: Iterable[Event]) -> dict[tuple[datetime, str, str, str], T
                 row.rejects += 1
             case Outcome.EXPIRED:
                 row.expired += 1
-    return {(_hour(h), *rest): row for (h, *rest), row in by_hour.items()}  # type: ignore[misc]
+    return by_hour
 
 
-def _hour(epoch_hour: int) -> datetime:
-    return datetime.fromtimestamp(epoch_hour * 3600, UTC).replace(tzinfo=None)
+def _micros(ts: datetime) -> int:
+    """A timestamp as the store's rows carry it: microseconds since the epoch (UTC)."""
+    return int((ts - _EPOCH) // _MICROSECOND)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
@@ -238,7 +243,10 @@ def message_from_json(text: str) -> Message:
 class Store:
     """One DuckDB connection (read-write for the single writer, or read-only)."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, memory_limit: str | None = None
+    ) -> None:
+        """``memory_limit``: DuckDB's (``128MB``); beyond it, large sorts spill to disk."""
         self.path = str(path)
         self.read_only = read_only
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
@@ -270,6 +278,8 @@ class Store:
         except duckdb.Error as exc:
             raise self._open_error(exc) from exc
         try:
+            if memory_limit:
+                self.con.execute(f"SET memory_limit = '{memory_limit}'")
             self._check_size()
             self._migrate()
         except StoreError:
@@ -474,12 +484,12 @@ class Store:
             if batch.counters is None:
                 counters = aggregate(batch.events)
             else:
-                counters = {(_hour(h), mta, a, d): row for (h, a, d), row in batch.counters.items()}
+                counters = {(h, mta, a, d): row for (h, a, d), row in batch.counters.items()}
+            # timestamps as numbers (hours, seconds, microseconds since the epoch): the
+            # store turns them into TIMESTAMPs (see _WRITERS)
             rows += [(mta, "counters", (*key, *t.values())) for key, t in counters.items()]
             for (hour, account, domain, kind, value), d in batch.dims.items():
-                first = _naive(datetime.fromtimestamp(d.first_at, UTC))
-                last = _naive(datetime.fromtimestamp(d.last_at, UTC))
-                row = (_hour(hour), mta, account, domain, kind, value, *d.counts(), first, last)
+                row = (hour, mta, account, domain, kind, value, *d.counts(), d.first_at, d.last_at)
                 rows.append((mta, "dims", row))
             for e in batch.events:
                 if since is None or e.ts >= since:
@@ -500,10 +510,10 @@ class Store:
                             m.scope,
                             m.queue_id,
                             m.account,
-                            _naive(m.accepted_at) if m.accepted_at else None,
+                            _micros(m.accepted_at) if m.accepted_at else None,
                             m.received and not m.finished,
                             m.origin is not None,
-                            _naive(m.last_seen),
+                            _micros(m.last_seen),
                             message_to_json(m),
                             m.origin or f"{m.scope} {m.queue_id}",
                         ),
@@ -655,7 +665,7 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
 
 def _event_row(e: Event) -> tuple[Any, ...]:
     return (
-        _naive(e.ts), e.mta, e.scope, e.queue_id, e.account, e.sender_domain, e.recipient,
+        _micros(e.ts), e.mta, e.scope, e.queue_id, e.account, e.sender_domain, e.recipient,
         e.outcome.value, e.size,
     )  # fmt: skip
 
@@ -668,20 +678,41 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return cols
 
 
-def _insert(table: str, width: int) -> Any:
-    placeholders = ", ".join(f"unnest(${i + 1})" for i in range(width))
-    sql = f"INSERT INTO {table} SELECT {placeholders}"
+def _insert(table: str, exprs: str) -> Any:
+    """A writer of rows into ``table``: the rows go to DuckDB as one JSON text (far cheaper
+    to hand over than Python values one by one) and ``exprs`` (SQL over ``j``, one row as
+    a JSON array) make the columns of each, numbers of hours, seconds or microseconds
+    since the epoch becoming TIMESTAMPs."""
+    sql = (
+        f"INSERT INTO {table} SELECT {exprs} "
+        "FROM (SELECT unnest(from_json($1::VARCHAR, '[\"JSON\"]')) AS j)"
+    )
 
     def write(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
-        con.execute(sql, _columns(rows, width))
+        con.execute(sql, [json.dumps(rows, ensure_ascii=False, allow_nan=False)])
 
     return write
+
+
+def _cols(*kinds: str) -> str:
+    """SQL expressions for JSON array elements: ``s`` text, ``n`` a number, ``b`` a
+    boolean, ``h``/``t``/``u`` hours/seconds/microseconds since the epoch as a TIMESTAMP."""
+    forms = {
+        "s": "j->>{i}",
+        "n": "(j->>{i})::BIGINT",
+        "b": "(j->>{i})::BOOLEAN",
+        "h": "make_timestamp((j->>{i})::BIGINT * 3600000000)",
+        "t": "make_timestamp((j->>{i})::BIGINT * 1000000)",
+        "u": "make_timestamp((j->>{i})::BIGINT)",
+    }
+    return ", ".join(forms[k].format(i=i) for i, k in enumerate(kinds))
 
 
 def _retract(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
     for row in rows:
         con.execute(
-            "DELETE FROM events WHERE rowid = (SELECT min(rowid) FROM events WHERE ts = ? "
+            "DELETE FROM events WHERE rowid = (SELECT min(rowid) FROM events WHERE "
+            "ts = make_timestamp(?) "
             "AND mta = ? AND scope = ? AND queue_id = ? AND account = ? AND sender_domain = ? "
             "AND recipient = ? AND outcome = ?)",
             list(row[:8]),
@@ -720,12 +751,12 @@ def _tally(table: str, key: str, count: str) -> Any:
 
 
 _WRITERS: dict[str, Any] = {
-    "counters": _insert("counters", 4 + len(COUNTER_COLUMNS)),
-    "dims": _insert("dims", 15),
-    "events": _insert("events", 9),
+    "counters": _insert("counters", _cols("h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS))),
+    "dims": _insert("dims", _cols("h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t")),
+    "events": _insert("events", _cols("u", "s", "s", "s", "s", "s", "s", "s", "n")),
     "retract": _retract,
     "unpend": _unpend,
-    "pending": _insert("pending", 10),
+    "pending": _insert("pending", _cols("s", "s", "s", "s", "u", "b", "b", "u", "s", "s")),
     "checkpoints": _checkpoints,
     "unparsed": _tally("unparsed", "reason", "lines"),
     "anomalies": _tally("anomalies", "kind", "count"),

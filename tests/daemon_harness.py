@@ -482,8 +482,7 @@ def store_contents(db: Path | str) -> dict[str, Any]:
         sums = ", ".join(f"sum({c})::BIGINT" for c in cols)
         nonzero = " OR ".join(f"sum({c}) <> 0" for c in cols)
         return (
-            f"SELECT {key}, {sums}{extra} FROM {table} GROUP BY ALL HAVING {nonzero} "
-            "ORDER BY ALL"
+            f"SELECT {key}, {sums}{extra} FROM {table} GROUP BY ALL HAVING {nonzero} ORDER BY ALL"
         )
 
     con = duckdb.connect(str(db), read_only=True)

@@ -24,6 +24,7 @@ def write(tmp_path, text):
         ("store: [1, 2]\n", "store: expected a mapping"),
         ("store:\n  retention_days: -3\n", "store.retention_days: expected a positive integer"),
         ("correlation:\n  ttl: soon\n", "correlation.ttl: expected a duration"),
+        ("store:\n  memory_limit: lots\n", "store.memory_limit: expected a size"),
         ("timezone: Mars/Olympus\n", "timezone: unknown zone"),
         ("accounts: {domains: {a.test: x}\n", "not valid YAML"),
         ("sources:\n  - {path: /x, mta: sendmail}\n", "sources[0].mta"),

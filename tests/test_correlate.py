@@ -424,3 +424,37 @@ def test_a_junk_stamp_far_ahead_does_not_expire_everything():
     assert c.last_ts == at(0)
     c.feed(Finished(T + timedelta(days=3000, seconds=5), "", "1zz-2"))
     assert c.last_ts == T + timedelta(days=3000, seconds=5)
+
+
+def test_provider_lookup_is_fnmatch_in_configuration_order() -> None:
+    """The compiled provider lookup answers as fnmatch.fnmatchcase tried provider by
+    provider, pattern by pattern, on the recipient domain or the MX host (the oracle)."""
+    import fnmatch
+    import random
+
+    from logstats.config import DEFAULT_PROVIDERS
+
+    providers = {
+        **DEFAULT_PROVIDERS,
+        "mine": ("*.example", "mx?.corp.test", "[ab]*.zz"),
+        "none": (),
+    }
+
+    def oracle(domain: str, relay: str | None) -> str | None:
+        host = (relay or "").split("[", 1)[0].lower()
+        for name, patterns in providers.items():
+            for p in patterns:
+                if fnmatch.fnmatchcase(domain, p) or (host and fnmatch.fnmatchcase(host, p)):
+                    return name
+        return None
+
+    policy = Policy(providers=providers)
+    patterns = [p for ps in providers.values() for p in ps]
+    words = ["gmail.com", "mx.google.com", "a.example", "mx1.corp.test", "b.zz", "yahoo.com",
+             "outlook.com", "x.y", "", "GMAIL.COM", "aspmx.l.google.com", "icloud.com"]  # fmt: skip
+    rnd = random.Random(1)
+    for _ in range(5000):
+        fill = rnd.choice(["", "a", "x.y"])
+        domain = rnd.choice([*words, *(p.replace("*", fill).replace("?", "1") for p in patterns)])
+        relay = rnd.choice([None, "", domain, rnd.choice(words) + "[192.0.2.1]:25", "local"])
+        assert policy.provider_for(domain, relay) == oracle(domain, relay), (domain, relay)
