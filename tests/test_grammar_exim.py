@@ -194,3 +194,41 @@ def test_crlf_line_ends_parse_like_lf():
     assert lf.records == crlf.records
     assert (lf.unparsed, lf.ignored) == (crlf.unparsed, crlf.ignored)
     assert any(type(r).__name__ == "Finished" for r in crlf.records)
+
+
+def test_fields_read_token_by_token_as_by_every_position() -> None:
+    """``fields`` (the tail read token by token) finds exactly the fields a search for a
+    key at every position after a blank or comma finds, on the corpus, the generated logs'
+    shapes and random junk of the characters that matter."""
+    import random
+    import re
+
+    from logstats.grammar.common import fields
+
+    every_position = re.compile(
+        r"(?:^|(?<=[\s,]))(?P<key>[A-Za-z][A-Za-z0-9_-]*)="
+        r"(?P<value>\"(?:[^\"\\]|\\.)*\"|<[^>]*>|[^\s,]*)"
+    )
+
+    def reference(text: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for m in every_position.finditer(text):
+            key, value = m.group("key", "value")
+            if key not in out:
+                if value[:1] == '"' and value[-1:] == '"' and len(value) > 1:
+                    value = value[1:-1]
+                out[key] = value
+        return out
+
+    texts = [s.line for s in SAMPLES]
+    for mta in ("exim", "postfix"):
+        for path in corpus_files(mta):
+            texts += path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rnd = random.Random(7)
+    alphabet = 'ab=,<> "\\\t1xX-_.'
+    texts += [
+        "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40))) for _ in range(50000)
+    ]
+    for text in texts:
+        for tail in (text, text[19:], text[37:]):
+            assert fields(tail) == reference(tail), repr(tail)

@@ -30,10 +30,14 @@ MONTHS = {
 }
 
 # ``key=value`` fields after the fixed part of a line.  Values are quoted strings, ``<...>``
-# addresses or runs of non-blanks.  Used through ``fields()``, which walks the whole tail.
+# addresses or runs of non-blanks; a key starts after a blank or a comma (or the start).
+# The element reads the tail token by token (a field, another run of non-blanks, or
+# blanks and commas), so that a field is looked for only where a token starts; used
+# through ``fields()``, which walks the whole tail.
 kv_field = pp.Regex(
-    r"(?:^|(?<=[\s,]))(?P<key>[A-Za-z][A-Za-z0-9_-]*)="
+    r"(?<![^\s,])(?P<key>[A-Za-z][A-Za-z0-9_-]*)="
     r"(?P<value>\"(?:[^\"\\]|\\.)*\"|<[^>]*>|[^\s,]*)"
+    r"|[^\s,]+|[\s,]+"
 )
 kv_field.set_name("kv_field")
 _KV = kv_field.re
@@ -82,13 +86,10 @@ def match(el: pp.Regex, text: str) -> re.Match[str] | None:
 def fields(text: str) -> dict[str, str]:
     """All ``key=value`` pairs of ``text``; the first occurrence of a key wins."""
     out: dict[str, str] = {}
-    for m in _KV.finditer(text):
-        key = m.group("key")
-        if key not in out:
-            value = m.group("value")
-            if value[:1] == '"' and value[-1:] == '"' and len(value) > 1:
-                value = value[1:-1]
-            out[key] = value
+    for key, raw in _KV.findall(text):
+        if key and key not in out:
+            quoted = raw[:1] == '"' and raw[-1:] == '"' and len(raw) > 1
+            out[key] = raw[1:-1] if quoted else raw
     return out
 
 

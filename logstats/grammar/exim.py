@@ -123,9 +123,12 @@ class EximParser:
         self._max_len = max_line_length
 
     def parse(self, line: str) -> ParseResult:
-        bad = clean(line, self._max_len)
-        if bad:
-            return Unparsed(bad, line[:512])
+        # common.clean can only object to long lines or lines with control characters,
+        # NUL or U+FFFD: skip the call for the (usual) plain printable line
+        if len(line) > self._max_len or not line.isprintable() or "\ufffd" in line:
+            bad = clean(line, self._max_len)
+            if bad:
+                return Unparsed(bad, line[:512])
         if line[:1] in (" ", "\t") or not line:
             return Ignored("continuation")
         if line[4:5] == "-" and line[:4].isdigit() and _MAY_COUNT.search(line) is None:
