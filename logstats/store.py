@@ -143,9 +143,18 @@ MIGRATIONS += (
             SELECT * FROM counters ORDER BY sender_domain, bucket;
         CREATE TABLE dims_by_value AS
             SELECT * FROM dims ORDER BY kind, value, bucket;
+        -- all-time totals per MTA and account (the /metrics answer), of the same rows
+        CREATE TABLE counter_totals AS
+            SELECT mta, account, sum(sends)::BIGINT AS sends,
+                   sum(successes)::BIGINT AS successes, sum(defers)::BIGINT AS defers,
+                   sum(fails)::BIGINT AS fails, sum(bytes)::BIGINT AS bytes,
+                   sum(rejects)::BIGINT AS rejects, sum(expired)::BIGINT AS expired,
+                   sum(local_successes)::BIGINT AS local_successes,
+                   sum(local_bytes)::BIGINT AS local_bytes
+            FROM counters GROUP BY mta, account ORDER BY mta, account;
         CREATE TABLE copy_marks (
-            tbl VARCHAR PRIMARY KEY,            -- counters or dims
-            rows_copied BIGINT NOT NULL,        -- rows of tbl its copy holds (summed)
+            tbl VARCHAR PRIMARY KEY,            -- counters (and counter_totals) or dims
+            rows_copied BIGINT NOT NULL,        -- rows of tbl its copies hold (summed)
             rowid_end BIGINT                    -- rows of tbl from this rowid on: not
         );                                      -- copied (NULL: not known, read tbl)
         INSERT INTO copy_marks SELECT 'counters', count(*), coalesce(max(rowid) + 1, 0)
@@ -620,11 +629,16 @@ class Store:
                             [end, *params],
                         )
                     con.execute(f"DELETE FROM {copy} {where}", params)
+                    if table == "counters":  # folding keeps sums: only rows since add
+                        _add_totals(con, "WHERE rowid >= ?", [end])
                 con.execute(f"CREATE TEMP TABLE folded AS {fold}", params)
                 con.execute(f"DELETE FROM {table} {where}", params)
                 con.execute(f"INSERT INTO {table} SELECT * FROM folded")
                 if end is None:
                     con.execute(f"INSERT INTO {copy} SELECT * FROM {table} ORDER BY {order}")
+                    if table == "counters":
+                        con.execute("DELETE FROM counter_totals")
+                        _add_totals(con, "", [])
                 else:
                     con.execute(f"INSERT INTO {copy} SELECT * FROM folded ORDER BY {order}")
                 con.execute("DROP TABLE folded")
@@ -859,6 +873,21 @@ def _uncopied_from(con: duckdb.DuckDBPyConnection, table: str) -> int | None:
     return end if since is not None and copied + int(since[0]) == total else None
 
 
+def _add_totals(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> None:
+    """Add the counters rows matching ``where`` to ``counter_totals`` (one row per key)."""
+    sums = ", ".join(f"sum({c})::BIGINT" for c in COUNTER_COLUMNS)
+    con.execute(
+        "CREATE TEMP TABLE totals AS SELECT mta, account, "
+        f"{sums} FROM (SELECT * FROM counter_totals UNION ALL BY NAME "
+        f"SELECT mta, account, {', '.join(COUNTER_COLUMNS)} FROM counters {where}) "
+        "GROUP BY mta, account ORDER BY mta, account",
+        params,
+    )
+    con.execute("DELETE FROM counter_totals")
+    con.execute("INSERT INTO counter_totals SELECT * FROM totals")
+    con.execute("DROP TABLE totals")
+
+
 @contextlib.contextmanager
 def _snapshot(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Statements inside read one snapshot: a transaction, unless one is open already."""
@@ -1011,30 +1040,46 @@ def metric_rows(
 ) -> tuple[
     list[tuple[str, str, int]], list[tuple[str, str, int]], list[tuple[str, str, int]] | None
 ]:
-    """(mta, outcome, total), (mta, reason, unknown lines), and per-account totals."""
+    """(mta, outcome, total), (mta, reason, unknown lines), and per-account totals.
+
+    All-time sums: read from ``counter_totals`` plus the counters rows written since it was
+    made (``_uncopied_from``), or from ``counters`` when its marks do not hold."""
     sums = ", ".join(f"sum({col})" for _, col in _OUTCOME_SUMS)
-    mail = []
-    for row in con.execute(
-        f"SELECT mta, {sums} FROM counters GROUP BY mta ORDER BY mta"
-    ).fetchall():
-        mail += [
-            (row[0], name, int(v or 0)) for (name, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
-        ]
-    unknown = [
-        (m, r, int(n))
-        for m, r, n in con.execute(
-            "SELECT mta, reason, lines FROM unparsed ORDER BY 1, 2"
-        ).fetchall()
-    ]
-    accounts = None
-    if per_account:
-        accounts = []
+    with _snapshot(con):
+        end = _uncopied_from(con, "counters")
+        source, params = "counters", []
+        if end is not None:
+            cols = ", ".join(COUNTER_COLUMNS)
+            source = (
+                f"(SELECT mta, account, {cols} FROM counter_totals UNION ALL "
+                f"SELECT mta, account, {cols} FROM counters WHERE rowid >= ?)"
+            )
+            params = [end]
+        mail = []
         for row in con.execute(
-            f"SELECT account, {sums} FROM counters GROUP BY account ORDER BY account"
+            f"SELECT mta, {sums} FROM {source} GROUP BY mta ORDER BY mta", params
         ).fetchall():
-            accounts += [
-                (row[0], n, int(v or 0)) for (n, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
+            mail += [
+                (row[0], name, int(v or 0))
+                for (name, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
             ]
+        unknown = [
+            (m, r, int(n))
+            for m, r, n in con.execute(
+                "SELECT mta, reason, lines FROM unparsed ORDER BY 1, 2"
+            ).fetchall()
+        ]
+        accounts = None
+        if per_account:
+            accounts = []
+            for row in con.execute(
+                f"SELECT account, {sums} FROM {source} GROUP BY account ORDER BY account",
+                params,
+            ).fetchall():
+                accounts += [
+                    (row[0], n, int(v or 0))
+                    for (n, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
+                ]
     return mail, unknown, accounts
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import logstats.store as store_mod
 from logstats.model import Dimension, Resolution, SeriesRequest
-from logstats.store import MIGRATIONS, Batch, Store, series
+from logstats.store import MIGRATIONS, Batch, Store, metric_rows, series
 
 H0 = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp()) // 3600  # first hour of the data
 HOURS = 24 * 75  # into May: three months
@@ -128,6 +128,9 @@ def assert_same_answers(
             assert list(series(cur, req)) == want, req
         finally:
             cur.close()
+    got = metric_rows(store.con, True)
+    monkeypatch.setattr(store_mod, "_uncopied_from", lambda con, table: None)
+    assert got == metric_rows(store.con, True)  # the totals of counters themselves
     monkeypatch.setattr(store_mod, "_uncopied_from", real)
     assert used, "no request went through the copies"
     if through_copies:
@@ -143,6 +146,11 @@ def assert_copies_hold_their_tables(store: Store) -> None:
         sums = ", ".join(f"sum({c})" for c in cols)
         q = f"SELECT {keys}, {sums} FROM {{}} GROUP BY ALL ORDER BY ALL"
         assert con.execute(q.format(table)).fetchall() == con.execute(q.format(copy)).fetchall()
+        if table == "counters":
+            totals = f"SELECT mta, account, {sums} FROM {{}} GROUP BY ALL ORDER BY ALL"
+            assert con.execute(totals.format(table)).fetchall() == (
+                con.execute(totals.format("counter_totals")).fetchall()
+            )
         n, end = con.execute(
             "SELECT rows_copied, rowid_end FROM copy_marks WHERE tbl = ?", [table]
         ).fetchone()  # type: ignore[misc]
