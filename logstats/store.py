@@ -348,9 +348,10 @@ class Store:
         row = self.con.execute("PRAGMA database_size").fetchone()
         if not row:
             return
-        block_size, total_blocks = int(row[2]), int(row[3])
+        block_size, total_blocks, free_blocks = int(row[2]), int(row[3]), int(row[5])
         headers = 3 * 4096  # the main header and two database headers, then the blocks
-        expected = headers + block_size * total_blocks
+        # a checkpoint may cut free blocks off the end of the file, still counted
+        expected = headers + block_size * (total_blocks - free_blocks)
         actual = Path(self.path).stat().st_size
         if actual < expected:
             raise StoreError(
