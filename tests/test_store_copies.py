@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import logstats.store as store_mod
-from logstats.model import Dimension, Resolution, SeriesRequest
+from logstats.model import Dimension, DimTally, Resolution, SeriesRequest, Tally
 from logstats.store import MIGRATIONS, Batch, Store, metric_rows, series
 
 H0 = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp()) // 3600  # first hour of the data
@@ -37,21 +37,21 @@ FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
 def random_batch(rng: random.Random, hours: range, n: int = 40) -> Batch:
     """Counter and dimension deltas for ``n`` random keys in ``hours`` (epoch hours)."""
-    counters: dict[tuple[int, str, str], list[int]] = {}
-    dims: dict[tuple[int, str, str, str, str], list[int]] = {}
+    counters: dict[tuple[int, str, str], Tally] = {}
+    dims: dict[tuple[int, str, str, str, str], DimTally] = {}
     for _ in range(n):
         hour = rng.choice(hours)
         account = rng.choice(ACCOUNTS)
         domain = rng.choice(DOMAINS[account])
-        counters[(hour, account, domain)] = [rng.randrange(1, 50) for _ in range(9)]
+        counters[(hour, account, domain)] = Tally(*(rng.randrange(1, 50) for _ in range(9)))
         kind = rng.choice(tuple(KINDS))
         value = rng.choice(KINDS[kind])
         first = hour * 3600 + rng.randrange(0, 1800)
-        dims[(hour, account, domain, kind, value)] = [
+        dims[(hour, account, domain, kind, value)] = DimTally(
             *(rng.randrange(0, 20) for _ in range(7)),
             first,
             first + rng.randrange(0, 1800),
-        ]
+        )
     return Batch(mta=rng.choice(("exim", "postfix")), counters=counters, dims=dims)
 
 
