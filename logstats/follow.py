@@ -55,7 +55,7 @@ from logstats.sources import (
 )
 
 READ = 1 << 20
-READ_BUDGET = 8 << 20  # bytes one poll reads at most
+READ_BUDGET = 32 << 20  # bytes one poll reads at most (a backlog is caught up in such steps)
 HEAD_CHECK_SECONDS = 1.0
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")  # what sources.open_binary can read
 _NUMBERED = re.compile(r"\.(\d{1,5})")  # logrotate .1, .2 (exicyclog .01, savelog .0)

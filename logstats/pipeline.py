@@ -50,7 +50,7 @@ from logstats.correlate import (
     self_contained,
 )
 from logstats.grammar import ChunkParse, parse_chunk
-from logstats.model import Position
+from logstats.model import Position, Rejected
 from logstats.sources import Piece
 from logstats.store import Batch, Isolated, Store
 
@@ -368,8 +368,9 @@ def count_chunk(
     events_since: datetime | None,
 ) -> Counted:
     """A worker's share of a piece: parse it, and count its self-contained messages
-    (``correlate.self_contained``) with a correlator of its own, with the same code and
-    policy as the main process.  The rest of the records, in order, are left to the main
+    (``correlate.self_contained``) and its rejects without a queue id (which depend on
+    nothing in flight) with a correlator of its own, with the same code and policy as the
+    main process.  The rest of the records, in order, are left to the main
     process, which merges the counts unless one of those messages turns out to be in
     flight there (see ``Pipeline._absorb``)."""
     chunk = parse_chunk(mta, tz, reference, max_line_length, body)
@@ -384,16 +385,16 @@ def count_chunk(
                 return Counted(chunk)  # a jump: the log clock's rules need every record
             newest = r.ts
     keys = self_contained(records, policy)
-    if not keys:
-        return Counted(chunk)
     correlator = Correlator(mta, policy)
     correlator.events_since = events_since
     rest = []
     for r in records:
-        if (r.scope, r.queue_id) in keys:
-            correlator.feed(r)
+        if (r.scope, r.queue_id) in keys or (type(r) is Rejected and not r.queue_id):
+            correlator.feed(r)  # (a reject without a queue id is counted on its own)
         else:
             rest.append(r)
+    if len(rest) == len(records):
+        return Counted(chunk)
     if correlator.messages:
         return Counted(chunk)  # not self-contained after all: all of it to the main process
     chunk.records = rest
