@@ -804,12 +804,20 @@ def _unpend(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None
 
 
 def _checkpoints(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    """A file's checkpoint is updated in place (an update costs a third of an upsert on
+    the key's index, and a followed file's checkpoint is rewritten by every commit)."""
     now = _naive(_now())
-    for row in rows:
-        con.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [*row, now],
-        )
+    for head, *rest in rows:
+        changed = con.execute(
+            "UPDATE checkpoints SET mta = ?, path = ?, inode = ?, byte_offset = ?, lines = ?, "
+            "mtime = ?, done = ?, year = ?, month = ?, updated_at = ? WHERE head_hash = ?",
+            [*rest, now, head],
+        ).fetchone()
+        if not changed or not changed[0]:
+            con.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [head, *rest, now],
+            )
 
 
 def _tally(table: str, key: str, count: str) -> Any:
