@@ -754,26 +754,15 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return cols
 
 
-def _insert(table: str, exprs: str) -> Any:
-    """A writer of rows into ``table``: the rows go to DuckDB as one JSON text (far cheaper
-    to hand over than Python values one by one) and ``exprs`` (SQL over ``j``, one row as
-    a JSON array) make the columns of each, numbers of hours, seconds or microseconds
-    since the epoch becoming TIMESTAMPs."""
-    sql = (
-        f"INSERT INTO {table} SELECT {exprs} "
-        "FROM (SELECT unnest(from_json($1::VARCHAR, '[\"JSON\"]')) AS j)"
-    )
-
-    def write(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
-        con.execute(sql, [json.dumps(rows, ensure_ascii=False, allow_nan=False)])
-
-    return write
+_FEW_ROWS = 200  # up to this many rows go as lists of values (less fixed cost than JSON)
 
 
-def _cols(*kinds: str) -> str:
-    """SQL expressions for JSON array elements: ``s`` text, ``n`` a number, ``b`` a
-    boolean, ``h``/``t``/``u`` hours/seconds/microseconds since the epoch as a TIMESTAMP."""
-    forms = {
+def _insert(table: str, *kinds: str) -> Any:
+    """A writer of rows into ``table`` whose columns are of ``kinds``: ``s`` text, ``n`` a
+    number, ``b`` a boolean, ``h``/``t``/``u`` hours/seconds/microseconds since the epoch,
+    stored as a TIMESTAMP.  Many rows go to DuckDB as one JSON text (far cheaper to hand
+    over than Python values one by one); a few as one list per column."""
+    json_forms = {
         "s": "j->>{i}",
         "n": "(j->>{i})::BIGINT",
         "b": "(j->>{i})::BOOLEAN",
@@ -781,7 +770,30 @@ def _cols(*kinds: str) -> str:
         "t": "make_timestamp((j->>{i})::BIGINT * 1000000)",
         "u": "make_timestamp((j->>{i})::BIGINT)",
     }
-    return ", ".join(forms[k].format(i=i) for i, k in enumerate(kinds))
+    list_forms = {
+        "s": "unnest(${p})::VARCHAR",
+        "n": "unnest(${p})::BIGINT",
+        "b": "unnest(${p})::BOOLEAN",
+        "h": "make_timestamp(unnest(${p})::BIGINT * 3600000000)",
+        "t": "make_timestamp(unnest(${p})::BIGINT * 1000000)",
+        "u": "make_timestamp(unnest(${p})::BIGINT)",
+    }
+    from_json = ", ".join(json_forms[k].format(i=i) for i, k in enumerate(kinds))
+    many = (
+        f"INSERT INTO {table} SELECT {from_json} "
+        "FROM (SELECT unnest(from_json($1::VARCHAR, '[\"JSON\"]')) AS j)"
+    )
+    few = f"INSERT INTO {table} SELECT " + ", ".join(
+        list_forms[k].format(p=i + 1) for i, k in enumerate(kinds)
+    )
+
+    def write(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) <= _FEW_ROWS:
+            con.execute(few, _columns(rows, len(kinds)))
+        else:
+            con.execute(many, [json.dumps(rows, ensure_ascii=False, allow_nan=False)])
+
+    return write
 
 
 def _retract(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
@@ -835,12 +847,12 @@ def _tally(table: str, key: str, count: str) -> Any:
 
 
 _WRITERS: dict[str, Any] = {
-    "counters": _insert("counters", _cols("h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS))),
-    "dims": _insert("dims", _cols("h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t")),
-    "events": _insert("events", _cols("u", "s", "s", "s", "s", "s", "s", "s", "n")),
+    "counters": _insert("counters", "h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS)),
+    "dims": _insert("dims", "h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t"),
+    "events": _insert("events", "u", "s", "s", "s", "s", "s", "s", "s", "n"),
     "retract": _retract,
     "unpend": _unpend,
-    "pending": _insert("pending", _cols("s", "s", "s", "s", "u", "b", "b", "u", "s", "s")),
+    "pending": _insert("pending", "s", "s", "s", "s", "u", "b", "b", "u", "s", "s"),
     "checkpoints": _checkpoints,
     "unparsed": _tally("unparsed", "reason", "lines"),
     "anomalies": _tally("anomalies", "kind", "count"),
