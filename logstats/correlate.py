@@ -376,32 +376,16 @@ class Correlator:
             t = counters.get(key)
             if t is None:
                 counters[key] = Tally(*values)
-                continue
-            t.sends += values[0]
-            t.successes += values[1]
-            t.defers += values[2]
-            t.fails += values[3]
-            t.bytes += values[4]
-            t.rejects += values[5]
-            t.expired += values[6]
-            t.local_successes += values[7]
-            t.local_bytes += values[8]
+            else:
+                t.add(values)
         dims = self.dims
         for hour, account, domain, kind, value, *counted in counts.dims:
             dkey = (hour, account, domain, kind, value)
             d = dims.get(dkey)
             if d is None:
                 dims[dkey] = DimTally(*counted)
-                continue
-            d.accepted_out += counted[0]
-            d.accepted_in += counted[1]
-            d.delivered += counted[2]
-            d.deferred += counted[3]
-            d.failed += counted[4]
-            d.rejected += counted[5]
-            d.bytes += counted[6]
-            d.first_at = min(d.first_at, counted[7])
-            d.last_at = max(d.last_at, counted[8])
+            else:
+                d.add(counted)
         since = self.events_since
         self.events += [e for e in counts.events if since is None or e.ts >= since]
         self.anomalies.update(counts.anomalies)

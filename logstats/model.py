@@ -12,6 +12,7 @@ depends on none of them.  All datetimes are timezone-aware UTC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -210,6 +211,18 @@ class Tally:
             self.expired, self.local_successes, self.local_bytes,
         )  # fmt: skip
 
+    def add(self, values: Sequence[int]) -> None:
+        """Add counts given in the order of ``values()``."""
+        self.sends += values[0]
+        self.successes += values[1]
+        self.defers += values[2]
+        self.fails += values[3]
+        self.bytes += values[4]
+        self.rejects += values[5]
+        self.expired += values[6]
+        self.local_successes += values[7]
+        self.local_bytes += values[8]
+
     @property
     def events(self) -> int:
         """Countable outcomes (sends, deliveries, deferrals, failures, rejects)."""
@@ -229,6 +242,19 @@ class DimTally:
     bytes: int = 0
     first_at: int = 0  # epoch seconds of the first and last activity
     last_at: int = 0
+
+    def add(self, values: Sequence[int]) -> None:
+        """Add counts (and widen the first and last times) given in the order of
+        ``counts()``, then first, last."""
+        self.accepted_out += values[0]
+        self.accepted_in += values[1]
+        self.delivered += values[2]
+        self.deferred += values[3]
+        self.failed += values[4]
+        self.rejected += values[5]
+        self.bytes += values[6]
+        self.first_at = min(self.first_at, values[7])
+        self.last_at = max(self.last_at, values[8])
 
     def counts(self) -> tuple[int, ...]:
         """The counts, in the order of the store's ``dims`` columns."""

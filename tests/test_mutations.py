@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from logstats.correlate import Correlator, Policy
 from logstats.grammar import Clock, make_parser, parse_lines
+from logstats.pipeline import batch_of
 from logstats.sources import split_lines
-from logstats.store import Batch, Store
+from logstats.store import Store
 from tests.corpus import CORPUS, corpus_files
 
 SAMPLES = Path(__file__).resolve().parent / "mta" / "samples"
@@ -77,19 +78,7 @@ def run(mta: str, lines: list[str], store: Store | None = None) -> dict[tuple[st
                 (e.account, e.outcome.value, e.recipient, e.size, e.local)
             ] -= 1
         if store is not None:
-            batch = Batch(
-                mta=mta,
-                events=drained.events,
-                counters=drained.counters,
-                dims=drained.dims,
-                upsert=drained.upsert,
-                dropped=drained.dropped,
-                unparsed=dict(parsed.unparsed),
-                samples=parsed.samples,
-                retracted=drained.retracted,
-                anomalies=dict(drained.anomalies),
-                anomaly_samples=drained.anomaly_samples,
-            )
+            batch = batch_of(mta, drained, [], dict(parsed.unparsed), parsed.samples)
             assert [] == store.commit(batch)  # every row as the pipeline makes it is storable
     return {k: +v for k, v in per_message.items()}
 
