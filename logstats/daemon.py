@@ -1,9 +1,10 @@
 """``logstats serve``: follow the configured logs, count exactly once, answer queries.
 
-One thread (this loop) owns the followers, the correlators and the read-write DuckDB
-connection.  The watchdog observer only wakes it; a timer wakes it too, because inotify
-can lose events and some filesystems have none.  Work is committed in batches, bounded by
-size (``ingest.batch_lines``) and by age (``serve.batch_seconds``), each in one transaction
+One thread (this loop) owns the followers, the pipeline (correlators, parser workers) and
+the read-write DuckDB connection.  watchdog's inotify reader only wakes it; a timer wakes
+it too, because inotify can lose events and some filesystems have none.  Work is
+committed in batches, bounded by size (``ingest.batch_lines``) and by age
+(``serve.batch_seconds``), each in one transaction
 with the files' checkpoints and the in-flight messages: after ``kill -9`` the next start
 continues from the last commit, and nothing is lost or counted twice.
 
