@@ -61,6 +61,7 @@ class Daemon:
         self.reload_requested = False
         self.followers: dict[str, Follower] = {}
         self.first_at: float | None = None  # when the open batch took its first line
+        self.giving_up = False  # a commit failed too often: exit 1 (systemd restarts us)
         self.unsaved: list[Drain] = []
         self.failures = 0
         self.retry_at = 0.0
@@ -139,7 +140,7 @@ class Daemon:
     def _loop(self) -> int:
         ping = self.notifier.watchdog_interval()
         last_ping = last_status = self.monotonic()
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.giving_up:
             self.wake.wait(self._timeout())
             if not self.backlog:
                 # let a burst of inotify events (one per write) become one poll
@@ -148,7 +149,7 @@ class Daemon:
             if self.reload_requested:
                 self._reload()
             self._poll_all()
-            if not self._commit(force=False):
+            if self.giving_up or not self._commit(force=False):
                 return 1
             now = self.monotonic()
             if ping is not None and now - last_ping >= ping:
@@ -161,8 +162,10 @@ class Daemon:
                 self.last_prune = now
                 self._prune()
                 self._compact()
+        if self.giving_up:
+            return 1
         self._poll_all()
-        return 0 if self._commit(force=True, final=True) else 1
+        return 0 if not self.giving_up and self._commit(force=True, final=True) else 1
 
     def _timeout(self) -> float:
         if self.backlog:
@@ -263,17 +266,17 @@ class Daemon:
                 follower.mta = self._detect(follower, pieces)
             if not follower.mta:
                 continue  # neither counted nor checkpointed: a restart reads them again
-            lines = 0
             size = sum(len(p.body) for p in pieces)
             for parsed in self.pipeline.take(follower.mta, pieces, size):
-                lines += parsed.lines
-            if lines:
-                self.total_lines += lines
+                self.total_lines += parsed.lines
                 self.lines_by_source[follower.path] = (
-                    self.lines_by_source.get(follower.path, 0) + lines
+                    self.lines_by_source.get(follower.path, 0) + parsed.lines
                 )
-            if pieces and self.first_at is None:
-                self.first_at = self.monotonic()
+                if self.first_at is None:
+                    self.first_at = self.monotonic()
+                if self.pipeline.due and not self._commit(force=False):
+                    self.giving_up = True  # a batch is as large as batches get, even mid-poll
+                    return
 
     def _detect(self, follower: Follower, pieces: list[Piece]) -> str:
         lines: list[str] = []
