@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
+from logstats import __version__
 from logstats import config as config_mod
 from logstats.errors import LogstatsError, SourceError, StoreError, cause_of
 from logstats.model import Ignored, Mta, Unparsed
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="logstats",
         description="Per-account mail statistics from Exim and Postfix logs.",
     )
+    parser.add_argument("--version", action="version", version=f"logstats {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -143,12 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sendgrid": "/api/distributor.manage.json method=stats user=alice days=7",
         "smtpeter": "/v1/stats/newsletter",
     }
+    vendors = {"mailgun": "Mailgun", "sendgrid": "SendGrid", "smtpeter": "SMTPeter"}
     for api_name, example in examples.items():
         vp = qsub.add_parser(
             api_name,
             parents=[common],
-            help=f"{api_name.capitalize()} stats, the same paths and parameters as its API",
-            description=f"Answer as the {api_name.capitalize()} API would, for the endpoint "
+            help=f"{vendors[api_name]} stats, the same paths and parameters as its API",
+            description=f"Answer as the {vendors[api_name]} API would, for the endpoint "
             f"PATH and NAME=VALUE parameters (repeat a name for several values), e.g. "
             f"`logstats query {api_name} {example}`. Through a running `logstats serve` "
             "when it serves this database, else from the file (read-only, as an admin).",

@@ -120,6 +120,7 @@ class Daemon:
             "serve_ready",
             sources=list(self.followers),
             socket=self.config.socket,
+            tcp=self.config.tcp,
             db=self.config.db,
         )
         code = 0

@@ -258,6 +258,8 @@ class Ingestor:
             self._commit(report)
             raise
         self._commit(report)
+        if known is not None and not report.lines and report.skipped is None:
+            report.skipped = f"already read (as {known.path}, up to byte {offset}): nothing new"
         return report
 
     def _size_hint(self, info: FileInfo, offset: int, stream: Stream | None) -> int:

@@ -182,3 +182,30 @@ def test_vendor_shapes_from_the_cli(tmp_path):
     bad = run_cli("query", "mailgun", *base, "/v3/stats/total", "event=bogus", check=False)
     assert 1 == bad.returncode
     assert "event" in json.loads(bad.stdout)["message"]
+
+
+def test_version_and_vendor_names_in_the_help():
+    """`logstats --version` prints the version and exits 0; the help spells the vendors'
+    names as they do."""
+    import logstats
+
+    proc = run_cli("--version")
+    assert f"logstats {logstats.__version__}" == proc.stdout.strip()
+    text = run_cli("query", "--help").stdout
+    assert "SendGrid stats" in text and "SMTPeter stats" in text and "Mailgun stats" in text
+    assert "Sendgrid" not in text and "Smtpeter" not in text
+
+
+def test_a_file_read_again_is_reported_as_already_read(tmp_path):
+    """Backfilling a file a second time reads nothing and says so (not `reason=null`)."""
+    import json
+
+    log = tmp_path / "mainlog"
+    log.write_text("\n".join(exim_log(5).lines) + "\n")
+    db = str(tmp_path / "a.duckdb")
+    run_cli("backfill", "--db", db, str(log))
+    proc = run_cli("backfill", "--db", db, str(log))
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    skipped = [e for e in events if e.get("event") == "file_skipped"]
+    assert skipped and 0 == skipped[0]["lines"]
+    assert skipped[0]["reason"].startswith("already read")

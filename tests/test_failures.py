@@ -245,7 +245,9 @@ def test_stdin_is_read_once_whatever_form_it_comes_in(work: Path) -> None:
     assert summed(EXIM_TRUTH) == stats(db)
     again = run(*args, stdin=EXIM)
     assert 0 == again.returncode, err(again)
-    assert [0] == [e["lines"] for e in events(again, "file_read")]
+    skipped = events(again, "file_skipped")
+    assert [0] == [e["lines"] for e in skipped]  # read again: nothing new, and it says so
+    assert skipped[0]["reason"].startswith("already read")
     (work / "mainlog").write_bytes(EXIM)
     proc = run("backfill", "--config", CONFIG, "--db", str(db), str(work / "mainlog"))
     assert 0 == proc.returncode, err(proc)
@@ -283,7 +285,7 @@ def test_stdin_from_journalctl_continues_where_it_stopped(work: Path) -> None:
     assert 0 == proc.returncode, err(proc)
     assert [len(lines) - len(lines) // 2] == [e["lines"] for e in events(proc, "file_read")]
     proc = run(*args, stdin=journal(POSTFIX, "Tue 2026-11-24 07:00:00 UTC"))
-    assert [0] == [e["lines"] for e in events(proc, "file_read")]
+    assert [0] == [e["lines"] for e in events(proc, "file_skipped")]  # already read
     proc = run(*args, stdin=journal(half, "Tue 2026-11-24 07:00:00 UTC"))  # an older, shorter
     assert 0 == proc.returncode, err(proc)
     assert "nothing new" in events(proc, "file_skipped")[0]["reason"]
