@@ -227,7 +227,7 @@ def api() -> Iterator[Api]:
         )
         with Serve(cfg) as serve:
             serve.wait_ready(timeout=60)
-            ready = next(e for e in serve.events if e.get("event") == "serve_ready")
+            ready = serve.wait_event("serve_ready", timeout=60)  # logged after READY=1
             assert f"127.0.0.1:{port}" == ready["tcp"]  # the line names both listeners
             yield Api(port, serve.socket_path, load_truth(), first, last)
             assert serve.proc.poll() is None, serve.stderr[-20:]
