@@ -45,9 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from logstats import query as lquery  # noqa: E402
+from logstats.metrics import render as render_metrics  # noqa: E402
 from logstats.model import SeriesRequest, StatsRequest  # noqa: E402
 from logstats.shapes import SHAPES  # noqa: E402
-from logstats.store import Store, account_stats, metric_rows, series  # noqa: E402
+from logstats.store import Store, account_stats, series  # noqa: E402
 
 DATA = ROOT / "bench" / ".data"
 GEN_VERSION = 3  # bump when the generated data changes (invalidates the cache)
@@ -444,7 +445,7 @@ def in_process_once(
     cur = con.cursor()  # the API reads through a cursor per request
     try:
         if case.shape == METRICS:
-            return lquery.prometheus_text({}, *metric_rows(cur, True))
+            return render_metrics(cur, per_account=True)
         if case.shape == "cpanel.emailtrack":
             from logstats.api import window
 

@@ -220,8 +220,10 @@ class Router:
         if path == "/healthz":
             return 200, {"ok": True, **self.status()}, JSON
         if path == "/metrics":
+            from logstats.metrics import CONTENT_TYPE
+
             with self._cursor() as cur:
-                return 200, self.metrics(cur), "text/plain; version=0.0.4"
+                return 200, self.metrics(cur), CONTENT_TYPE
         if path in ("/v1/emailtrack", "/json-api/cpanel"):
             return self._emailtrack(path, _single(params), headers, peer)
         for name, route_method, pattern in _ROUTES:
@@ -408,10 +410,9 @@ LOCAL = "\0local-file-reader"  # not a Unix user name: only LocalRouter uses it
 
 
 def prometheus_local(cursor: duckdb.DuckDBPyConnection, config: Config) -> str:
-    from logstats.query import prometheus_text
-    from logstats.store import metric_rows
+    from logstats.metrics import render
 
-    return prometheus_text({}, *metric_rows(cursor, config.metrics_per_account))
+    return render(cursor, per_account=config.metrics_per_account)
 
 
 class ApiServer(Router, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

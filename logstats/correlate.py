@@ -56,7 +56,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from logstats.model import (
+    DELAY,
     REMOTE,
+    SIZE,
     SYSTEM,
     UNKNOWN,
     Attempt,
@@ -66,6 +68,7 @@ from logstats.model import (
     Event,
     Expired,
     Finished,
+    HistKey,
     Message,
     Notice,
     Outcome,
@@ -74,6 +77,7 @@ from logstats.model import (
     Rejected,
     Tagged,
     Tally,
+    bucket_bound,
 )
 
 Key = tuple[str, str]  # (scope, queue_id)
@@ -216,6 +220,8 @@ class Drained:
     retracted: list[Event] = field(default_factory=list)  # event rows taken back
     anomalies: Counter[str] = field(default_factory=Counter)
     anomaly_samples: dict[str, str] = field(default_factory=dict)
+    # histogram deltas: (metric, upper bound) -> [observations, their sum]
+    histograms: dict[HistKey, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +233,7 @@ class Counts:
     events: list[Event]
     anomalies: dict[str, int]
     anomaly_samples: dict[str, str]
+    histograms: list[tuple[str, int, int, int]] = field(default_factory=list)  # metric, le, n, sum
 
 
 def may_be_hop(
@@ -316,6 +323,8 @@ class Correlator:
         self.events_since: datetime | None = None  # keep Event rows only from here on
         # hourly per-dimension deltas (tag, ip, recipient domain, provider)
         self.dims: dict[DimKey, DimTally] = {}
+        # histogram deltas (delivery delay, message size): (metric, bound) -> [count, sum]
+        self.histograms: dict[HistKey, list[int]] = {}
         self.anomalies: Counter[str] = Counter()
         self.anomaly_samples: dict[str, str] = {}
         self._hour_ts: datetime | None = None  # the last record time seen by _clock_of
@@ -362,10 +371,13 @@ class Correlator:
         retracted, self.retracted = self.retracted, []
         anomalies, self.anomalies = self.anomalies, Counter()
         samples, self.anomaly_samples = self.anomaly_samples, {}
+        histograms, self.histograms = self.histograms, {}
         upsert = [self.messages[k] for k in self.dirty if k in self.messages]
         dropped = self.dropped - self.dirty.intersection(self.messages)
         self.dirty, self.dropped = set(), set()
-        return Drained(counters, dims, events, upsert, dropped, retracted, anomalies, samples)
+        return Drained(
+            counters, dims, events, upsert, dropped, retracted, anomalies, samples, histograms
+        )
 
     def merge(self, counts: Counts) -> None:
         """Add what another correlator counted for self-contained messages (see
@@ -386,6 +398,14 @@ class Correlator:
                 dims[dkey] = DimTally(*counted)
             else:
                 d.add(counted)
+        histograms = self.histograms
+        for metric, bound, n, total in counts.histograms:
+            h = histograms.get((metric, bound))
+            if h is None:
+                histograms[(metric, bound)] = [n, total]
+            else:
+                h[0] += n
+                h[1] += total
         since = self.events_since
         self.events += [e for e in counts.events if since is None or e.ts >= since]
         self.anomalies.update(counts.anomalies)
@@ -417,6 +437,7 @@ class Correlator:
             events=d.events,
             anomalies=dict(d.anomalies),
             anomaly_samples=d.anomaly_samples,
+            histograms=[(m, b, n, total) for (m, b), (n, total) in d.histograms.items()],
         )
 
     def expire(self, now: datetime) -> int:
@@ -633,7 +654,10 @@ class Correlator:
             and self._handoff(msg, a, account)
         ):
             return
-        self._emit(msg, a.outcome, a.ts, _address(a), account, local=_is_local(a), relay=a.relay)
+        self._emit(
+            msg, a.outcome, a.ts, _address(a), account,
+            local=_is_local(a), relay=a.relay, delay=a.delay_ms,
+        )  # fmt: skip
 
     def _handoff(self, msg: Message, a: Attempt, account: str) -> bool:
         """A delivery that names the next queue id.  True when handled here (a hop, not
@@ -685,7 +709,7 @@ class Correlator:
         self.dirty.add(hkey)
         self._emit(
             msg, a.outcome, a.ts, _address(a), account,
-            local=_is_local(a), relay=a.relay, ledger=hop.ledger,
+            local=_is_local(a), relay=a.relay, ledger=hop.ledger, delay=a.delay_ms,
         )  # fmt: skip
         return True  # counted, provisionally
 
@@ -710,7 +734,9 @@ class Correlator:
         ts = datetime.fromtimestamp(entry[1], UTC)
         account, domain, size, local = entry[2], entry[3], int(entry[4]), bool(entry[5])
         tags, interface, recipient, relay = list(entry[6]), entry[7], entry[8], entry[9]
+        delay = entry[12] if len(entry) > 12 else None  # not in entries of older versions
         self._count(ts, account, domain, outcome, size, local, sign)
+        self._observe(outcome, size, delay, sign)
         if outcome is not Outcome.EXPIRED:
             self._count_dims(
                 ts, account, domain, outcome, size, tags, interface, recipient, relay, sign
@@ -819,12 +845,14 @@ class Correlator:
         local: bool = False,
         relay: str | None = None,
         ledger: list[list[Any]] | None = None,
+        delay: int | None = None,
     ) -> None:
         account = account or msg.account or UNKNOWN
         domain = msg.domain
         if domain is None:
             domain = msg.domain = _domain(msg.sender)
         self._count(ts, account, domain, outcome, msg.size, local)
+        self._observe(outcome, msg.size, delay)
         if outcome is not Outcome.EXPIRED:
             self._count_dims(
                 ts, account, domain, outcome, msg.size, msg.tags, msg.interface, recipient, relay
@@ -843,6 +871,7 @@ class Correlator:
                 relay,
                 msg.scope,
                 msg.queue_id,
+                delay,
             ]
             if msg.tracked:
                 msg.ledger.append(entry)
@@ -933,6 +962,26 @@ class Correlator:
             if sign > 0:
                 row.first_at = min(row.first_at, epoch)
                 row.last_at = max(row.last_at, epoch)
+
+    def _observe(self, outcome: Outcome, size: int, delay: int | None, sign: int = 1) -> None:
+        """Add one outcome to the histograms: an accepted message's size (when the log gave
+        one), a delivered recipient's delay (when the log gave one).  Counted with the
+        counters, so that a count taken back (a hop that was no delivery) is taken back
+        here too."""
+        if outcome is Outcome.SEND:
+            metric, value = SIZE, size
+            if value <= 0:
+                return
+        elif outcome is Outcome.DELIVERED and delay is not None:
+            metric, value = DELAY, delay
+        else:
+            return
+        key = (metric, bucket_bound(metric, value))
+        h = self.histograms.get(key)
+        if h is None:
+            h = self.histograms[key] = [0, 0]
+        h[0] += sign
+        h[1] += sign * value
 
     def _count(
         self,

@@ -36,9 +36,8 @@ from logstats.follow import Follower
 from logstats.grammar import detect_mta
 from logstats.notify import Notifier
 from logstats.pipeline import Drain, Pipeline, compact_since, stop_resource_tracker
-from logstats.query import prometheus_text
 from logstats.sources import Piece, split_lines
-from logstats.store import Store, anomaly_rows, metric_rows
+from logstats.store import Store
 
 Log = Any  # a structlog bound logger
 MIN_POLL_INTERVAL = 0.1  # seconds: inotify wake-ups closer than this share one poll
@@ -467,8 +466,9 @@ class Daemon:
         }
 
     def _metrics(self, cursor: duckdb.DuckDBPyConnection) -> str:
-        mail, unknown, accounts = metric_rows(cursor, self.config.metrics_per_account)
-        return prometheus_text(self.status(), mail, unknown, accounts, anomaly_rows(cursor))
+        from logstats.metrics import render
+
+        return render(cursor, per_account=self.config.metrics_per_account, status=self.status())
 
 
 class _Stoppable(Protocol):

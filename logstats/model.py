@@ -12,6 +12,7 @@ depends on none of them.  All datetimes are timezone-aware UTC.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -86,6 +87,7 @@ class Attempt(NamedTuple):
     cut_through: bool = False  # Exim ">>", logged before the "<=" line
     reply: str | None = None  # remote text, diagnostics only
     interface: str | None = None  # the local IP the delivery left from (Exim I=)
+    delay_ms: int | None = None  # receipt to this delivery (Postfix delay=, Exim QT=), in ms
 
 
 class Expired(NamedTuple):
@@ -182,6 +184,32 @@ class Event(NamedTuple):
     recipient: str = ""
     size: int = 0  # message size; bytes count only on DELIVERED
     local: bool = False  # a delivery on this host (mailbox, pipe, file), not to a remote MTA
+
+
+# Histograms (``/metrics``): fixed upper bounds, in the integer unit they are stored in.
+# Observations are stored as integers so that sums are exact on every path (the order in
+# which counts from worker processes are added changes no bit of them).
+DELAY = "delivery_delay"  # receipt to delivery of one recipient, in milliseconds
+SIZE = "message_size"  # the size of one accepted message, in bytes
+HISTOGRAM_BOUNDS: dict[str, tuple[int, ...]] = {
+    # 0.1 s .. 5 days (Postfix's maximal_queue_lifetime; Exim's usual retry horizon)
+    DELAY: (
+        100, 1_000, 5_000, 15_000, 60_000, 300_000, 900_000, 3_600_000, 14_400_000,
+        86_400_000, 432_000_000,
+    ),
+    # 1 KiB .. 64 MiB in powers of 4 (message_size_limit: Postfix 10 MB, Exim 50 MiB)
+    SIZE: tuple(1024 * 4**k for k in range(9)),
+}  # fmt: skip
+INF_BOUND = (1 << 63) - 1  # the upper bound of the +Inf bucket, as stored
+# one histogram bucket's delta: (metric, upper bound) -> [observations, their sum]
+HistKey = tuple[str, int]
+
+
+def bucket_bound(metric: str, value: int) -> int:
+    """The upper bound of the bucket an observation falls in (``value <= bound``)."""
+    bounds = HISTOGRAM_BOUNDS[metric]
+    i = bisect_left(bounds, value)
+    return bounds[i] if i < len(bounds) else INF_BOUND
 
 
 # hourly counters: (epoch hour, account, sender domain)

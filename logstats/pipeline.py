@@ -337,6 +337,7 @@ def batch_of(
         retracted=drained.retracted,
         anomalies=dict(drained.anomalies),
         anomaly_samples=drained.anomaly_samples,
+        histograms=drained.histograms,
     )
 
 

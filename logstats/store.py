@@ -31,6 +31,7 @@ from logstats.model import (
     DimKey,
     DimTally,
     Event,
+    HistKey,
     Message,
     Outcome,
     Position,
@@ -168,6 +169,22 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        "0006_histograms",
+        """
+        -- the /metrics histograms (delivery delay, message size), all-time, per MTA: one row
+        -- per bucket, its observations and their sum (in the integer unit of the metric:
+        -- milliseconds, bytes); ``le`` is the bucket's upper bound in that unit, and
+        -- 9223372036854775807 for +Inf.  Buckets are not cumulative here.
+        CREATE TABLE histograms (
+            mta VARCHAR NOT NULL, metric VARCHAR NOT NULL, le BIGINT NOT NULL,
+            count BIGINT NOT NULL, sum BIGINT NOT NULL, PRIMARY KEY (mta, metric, le)
+        );
+        """,
+    ),
+)
+
 # A copy of a table clustered for answers across accounts, and its order on disk.
 COPIES: dict[str, tuple[str, str]] = {
     "counters": ("counters_by_domain", "sender_domain, bucket"),
@@ -216,6 +233,8 @@ class Batch:
     retracted: list[Event] = field(default_factory=list)  # event rows taken back
     anomalies: dict[str, int] = field(default_factory=dict)
     anomaly_samples: dict[str, str] = field(default_factory=dict)
+    # histogram deltas: (metric, upper bound) -> [observations, their sum]
+    histograms: dict[HistKey, list[int]] = field(default_factory=dict)
 
 
 def _naive(ts: datetime) -> datetime:
@@ -582,6 +601,9 @@ class Store:
                 rows.append((mta, "unparsed", (mta, reason, n, batch.samples.get(reason))))
             for kind, n in batch.anomalies.items():
                 rows.append((mta, "anomalies", (mta, kind, n, batch.anomaly_samples.get(kind))))
+            for (metric, bound), (n, total) in batch.histograms.items():
+                if n or total:
+                    rows.append((mta, "histograms", (mta, metric, bound, n, total)))
         return rows
 
     def _write_rows(self, rows: list[_Row]) -> None:
@@ -846,6 +868,16 @@ def _tally(table: str, key: str, count: str) -> Any:
     return write
 
 
+def _histograms(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    for row in rows:
+        con.execute(
+            "INSERT INTO histograms VALUES (?, ?, ?, ?, ?) ON CONFLICT (mta, metric, le) DO "
+            "UPDATE SET count = histograms.count + excluded.count, "
+            "sum = histograms.sum + excluded.sum",
+            list(row),
+        )
+
+
 _WRITERS: dict[str, Any] = {
     "counters": _insert("counters", "h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS)),
     "dims": _insert("dims", "h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t"),
@@ -856,6 +888,7 @@ _WRITERS: dict[str, Any] = {
     "checkpoints": _checkpoints,
     "unparsed": _tally("unparsed", "reason", "lines"),
     "anomalies": _tally("anomalies", "kind", "count"),
+    "histograms": _histograms,
 }
 _TABLE_ORDER = tuple(_WRITERS)
 
@@ -1141,5 +1174,15 @@ def anomaly_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
         (m, k, int(n))
         for m, k, n in con.execute(
             "SELECT mta, kind, count FROM anomalies ORDER BY 1, 2"
+        ).fetchall()
+    ]
+
+
+def histogram_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, int, int]]:
+    """(mta, metric, upper bound, observations, their sum) of every stored bucket."""
+    return [
+        (m, metric, int(le), int(n), int(total))
+        for m, metric, le, n, total in con.execute(
+            "SELECT mta, metric, le, count, sum FROM histograms ORDER BY 1, 2, 3"
         ).fetchall()
     ]

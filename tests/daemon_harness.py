@@ -447,7 +447,8 @@ def backfill(cfg: Path, db: Path, *paths: Path, mta: str | None = None) -> Stats
 
 
 def store_summary(db: Path | str) -> dict[str, Any]:
-    """What two stores must agree on: hourly counters, in-flight messages, unknown lines."""
+    """What two stores must agree on: hourly counters, in-flight messages, unknown lines,
+    the /metrics histograms."""
     con = duckdb.connect(str(db), read_only=True)
     try:
         sums = ", ".join(
@@ -464,15 +465,25 @@ def store_summary(db: Path | str) -> dict[str, Any]:
             "SELECT mta, scope, queue_id, account, received FROM pending ORDER BY ALL"
         ).fetchall()
         unparsed = con.execute("SELECT mta, reason, lines FROM unparsed ORDER BY ALL").fetchall()
+        histograms = con.execute(
+            "SELECT mta, metric, le, count, sum FROM histograms "
+            "WHERE count <> 0 OR sum <> 0 ORDER BY ALL"
+        ).fetchall()
     finally:
         con.close()
-    return {"counters": counters, "pending": pending, "unparsed": unparsed}
+    return {
+        "counters": counters,
+        "pending": pending,
+        "unparsed": unparsed,
+        "histograms": histograms,
+    }
 
 
 def store_contents(db: Path | str) -> dict[str, Any]:
     """Everything two stores that read the same lines must hold alike: the counters and
     the dimension counters folded by key (rows with nothing in them left out), the event
-    rows, the messages in flight with their whole state, unknown lines and anomalies."""
+    rows, the messages in flight with their whole state, unknown lines, anomalies and the
+    /metrics histograms."""
     counts = ("sends", "successes", "defers", "fails", "bytes", "rejects", "expired",
               "local_successes", "local_bytes")  # fmt: skip
     dim_counts = ("accepted_out", "accepted_in", "delivered", "deferred", "failed", "rejected",
@@ -506,6 +517,11 @@ def store_contents(db: Path | str) -> dict[str, Any]:
             ).fetchall(),
             "anomalies": con.execute(
                 "SELECT mta, kind, count FROM anomalies ORDER BY ALL"
+            ).fetchall(),
+            # the /metrics histograms, bucket by bucket (empty buckets left out)
+            "histograms": con.execute(
+                "SELECT mta, metric, le, count, sum FROM histograms "
+                "WHERE count <> 0 OR sum <> 0 ORDER BY ALL"
             ).fetchall(),
         }
     finally:

@@ -22,7 +22,8 @@ Existing client libraries from PyPI, unpatched, configured only with the base UR
   ``dev`` extra; its test skips with that reason. The SendGrid calls it would make (POST
   form to ``/api/distributor.manage.json`` with ``api_user``/``api_key``) are made here
   with the standard library instead.
-- ``prometheus-client`` (``prometheus_client.parser``) parses ``/metrics``; in ``dev``.
+- ``prometheus-client`` (``prometheus_client.parser``) parses ``/metrics``; a runtime
+  dependency (it renders ``/metrics``).
 """
 
 from __future__ import annotations
@@ -888,30 +889,40 @@ def test_wrong_method_is_405_not_500(api: Api) -> None:
 
 
 def test_metrics_parse_and_equal_truth(api: Api) -> None:
-    """``/metrics`` parses as Prometheus text (prometheus_client.parser) and its
-    ``logstats_mail_total`` per outcome, summed over both MTAs, equals the truth: send =
-    SENDCOUNT less RCPT rejects, delivered, deferred, failed = FAILCOUNT less rejects,
-    rejected; ``logstats_delivered_bytes_total`` = TOTALSIZE."""
+    """``/metrics`` parses as Prometheus text (prometheus_client.parser) and its counters,
+    summed over both MTAs, equal the truth: ``logstats_messages_accepted_total`` =
+    SENDCOUNT less RCPT rejects; ``logstats_recipients_total`` delivered, failed =
+    FAILCOUNT less rejects, rejected; ``logstats_deferrals_total`` = DEFERCOUNT;
+    ``logstats_delivered_bytes_total`` = TOTALSIZE."""
     parser = pytest.importorskip("prometheus_client.parser")
     resp = api.request("GET", "/metrics")
     assert 200 == resp.status, resp.text
     assert resp.content_type.startswith("text/plain")
     families = {f.name: f for f in parser.text_string_to_metric_families(resp.text)}
-    mail: dict[str, float] = {}
-    for s in families["logstats_mail"].samples:
-        mail[s.labels["outcome"]] = mail.get(s.labels["outcome"], 0) + s.value
-    size = sum(s.value for s in families["logstats_delivered_bytes"].samples)
+
+    def total(name: str) -> int:
+        return int(sum(s.value for s in families[name].samples))
+
+    recipients: dict[str, float] = {}
+    for s in families["logstats_recipients"].samples:
+        recipients[s.labels["outcome"]] = recipients.get(s.labels["outcome"], 0) + s.value
     t = api.truth
     rejected = sum(r["rejected"] for r in t.sender_domains.values())
     assert {
-        "send": t.total("SENDCOUNT") - rejected,
+        "accepted": t.total("SENDCOUNT") - rejected,
         "delivered": t.total("SUCCESSCOUNT"),
         "deferred": t.total("DEFERCOUNT"),
         "failed": t.total("FAILCOUNT") - rejected,
         "rejected": rejected,
         "expired": 0,
         "bytes": t.total("TOTALSIZE"),
-    } == {**{k: int(v) for k, v in mail.items()}, "bytes": int(size)}
+    } == {
+        **{k: int(v) for k, v in recipients.items()},
+        "accepted": total("logstats_messages_accepted"),
+        "deferred": total("logstats_deferrals"),
+        "expired": total("logstats_messages_expired"),
+        "bytes": total("logstats_delivered_bytes"),
+    }
 
 
 # --- client libraries ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ process: ``ingest.workers: 1``), the fast one (workers parse pieces and count th
 self-contained messages themselves; the main process merges their counts and correlates
 the rest), and the daemon following the same lines.  They are compared on everything a
 store holds (``store_contents``): counters and dimension counters folded by key, event
-rows, messages in flight with their state, unknown lines, anomalies.  Inputs: the real
+rows, messages in flight with their state, unknown lines, anomalies, the /metrics
+histograms (delivery delay, message size) bucket by bucket.  Inputs: the real
 MTAs' logs of tests/mta/samples, the public corpus, and large logs of bench/genlog.py,
 cut into small pieces so that many messages span pieces.  Every log line comes from those
 files or from fixed dates; no test reads the wall clock.
@@ -75,6 +76,10 @@ def test_real_mta_logs_fast_path_equals_line_by_line(tmp_path: Path) -> None:
         work = tmp_path / mta
         work.mkdir()
         counted[mta] = both_ways(work, [SAMPLES / f"{mta}.log"], 2048).counted_in_workers
+        # the histograms compared hold something: sizes of both, delays of Postfix (the
+        # Exim scenario's log_selector has no +queue_time)
+        metrics = {row[1] for row in store_contents(work / "fast.duckdb")["histograms"]}
+        assert {"message_size", *(["delivery_delay"] if mta == "postfix" else [])} == metrics
     assert counted["exim"] > 0
 
 
@@ -203,5 +208,6 @@ def test_daemon_fed_the_same_lines_equals_both(tmp_path: Path) -> None:
         store_contents(tmp_path / "db.duckdb"),
         store_contents(tmp_path / "lines.duckdb"),
     )
-    for table in ("counters", "dims", "pending", "unparsed", "anomalies"):
+    assert daemon["histograms"], "no message sizes counted"
+    for table in ("counters", "dims", "pending", "unparsed", "anomalies", "histograms"):
         assert daemon[table] == lines_db[table], table

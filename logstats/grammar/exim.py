@@ -23,6 +23,7 @@ from logstats.grammar.common import (
     address,
     clean,
     element,
+    exim_time_to_ms,
     fields,
     first_ip,
     match,
@@ -260,7 +261,22 @@ def _flag_line(flag: str, g: re.Match[str], ts: datetime, scope: str, qid: str) 
         interface=_interface(rest),
         cut_through=flag == ">>",
         reply=rest.partition(": ")[2] or None if outcome is not Outcome.DELIVERED else None,
+        delay_ms=_queue_time(rest) if outcome is Outcome.DELIVERED else None,
     )
+
+
+def _queue_time(rest: str) -> int | None:
+    """``QT=`` (log_selector +queue_time: from receipt to this delivery) in ms.  Exim logs
+    it after the remote's quoted confirmation ``C="..."``, which is the remote's text: the
+    field is looked for after it.  ``DT=`` (+deliver_time) is the time of this delivery
+    attempt alone, not a delay, and is not used."""
+    start = rest.find(' C="')
+    if start >= 0:
+        start = rest.rfind('"') + 1
+    at = rest.find(" QT=", max(start, 0))
+    if at < 0:
+        return None
+    return exim_time_to_ms(rest[at + 4 :].partition(" ")[0])
 
 
 def _interface(rest: str) -> str | None:

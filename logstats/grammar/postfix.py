@@ -36,6 +36,7 @@ from logstats.grammar.common import (
     fields,
     first_ip,
     match,
+    seconds_to_ms,
     tag_header,
     to_int,
 )
@@ -370,7 +371,17 @@ def _delivery(
         dsn=dsn,
         handoff_id=handoff,
         reply=reply,
+        delay_ms=_delay(m.string, m.end("relay"), m.start("status")),
     )
+
+
+def _delay(line: str, start: int, end: int) -> int | None:
+    """``delay=`` between ``relay=`` and ``status=`` of a delivery line, in ms."""
+    at = line.find(", delay=", start, end)
+    if at < 0:
+        return None
+    stop = line.find(",", at + 8, end)
+    return seconds_to_ms(line[at + 8 : stop if stop >= 0 else end].strip())
 
 
 def _qmgr(qid: str, text: str, ts: datetime, scope: str, line: str) -> ParseResult:

@@ -14,6 +14,9 @@
 # * For tests/test_systemd.py: systemd (systemd-analyze verify, systemd-sysusers),
 #   python3-seccomp (runs logstats under the unit's SystemCallFilter=) and logrotate
 #   (checks config/logrotate.sample).  No service is started.
+# * For tests/test_metrics.py: promtool, from the package prometheus (its server is not
+#   wanted: while it is installed a policy-rc.d refuses every service start, and the
+#   unit it ships is left disabled and stopped).
 #
 # Idempotent: when everything is present it only checks and exits (well under a second).
 set -euo pipefail
@@ -34,6 +37,27 @@ if ((${#need_apt[@]})); then
     if ! apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1; then
         apt-get update -q >/dev/null
         apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+    fi
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+    # invoke-rc.d / deb-systemd-invoke start nothing while policy-rc.d exits 101
+    own_policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        own_policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\n# written by logstats tests/mta/install.sh for one install\nexit 101\n' \
+            > "$own_policy"
+        chmod 755 "$own_policy"
+    fi
+    status=0
+    { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends prometheus >/dev/null
+    }; } || status=$?
+    [[ -n "$own_policy" ]] && rm -f "$own_policy"
+    ((status == 0)) || exit "$status"
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
     fi
 fi
 
