@@ -119,7 +119,7 @@ def _mail(rows: list[tuple[str, str, int]], label: str, prefix: str) -> Iterator
     )
     expired = CounterMetricFamily(
         f"logstats_{prefix}messages_expired",
-        f"Messages in flight that logstats stopped waiting for (ingest.ttl), {by}.",
+        f"Messages in flight that logstats stopped waiting for (correlation.ttl), {by}.",
         labels=[label],
     )
     recipients = CounterMetricFamily(
