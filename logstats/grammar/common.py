@@ -229,7 +229,8 @@ def clean(text: str, limit: int) -> str | None:
 _JUNK = re.compile("[\x01-\x08\x0b-\x1f\ufffd]")
 
 
-_POSTFIX_DELAY = re.compile(r"\d{1,12}(?:\.\d{1,6})?")
+_POSTFIX_DELAY = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
+MAX_DELAY_MS = 10**12  # about 31 years: a longer delay is no delay a queue ever had
 _EXIM_TIME = re.compile(
     r"(?:(?P<w>\d{1,6})w)?(?:(?P<d>\d{1,6})d)?(?:(?P<h>\d{1,6})h)?(?:(?P<m>\d{1,6})m)?"
     r"(?:(?P<s>\d{1,9})(?P<f>\.\d{1,6})?s)?"
@@ -239,7 +240,7 @@ _EXIM_UNITS = (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60
 
 def seconds_to_ms(value: str | None) -> int | None:
     """Postfix's ``delay=`` (decimal seconds: ``0.05``, ``1.2``, ``310``) in milliseconds;
-    None when it is not such a number."""
+    None when it is not such a number (or beyond ``MAX_DELAY_MS``)."""
     if value is None or not _POSTFIX_DELAY.fullmatch(value):
         return None
     whole, _, frac = value.partition(".")
@@ -248,7 +249,8 @@ def seconds_to_ms(value: str | None) -> int | None:
 
 def exim_time_to_ms(value: str | None) -> int | None:
     """Exim's printed time (``QT=1m2s``, ``QT=3d4h``, with +millisec ``QT=0.123s``) in
-    milliseconds; None when it is not one (Exim's test suite writes ``QT=qqs``)."""
+    milliseconds; None when it is not one (Exim's test suite writes ``QT=qqs``) or is beyond
+    ``MAX_DELAY_MS``."""
     if not value:
         return None
     m = _EXIM_TIME.fullmatch(value)
@@ -258,4 +260,4 @@ def exim_time_to_ms(value: str | None) -> int | None:
     if m["s"]:
         frac = (m["f"] or ".")[1:]
         ms += int(m["s"]) * 1000 + int((frac + "000")[:3]) + (frac[3:4] >= "5")
-    return ms
+    return ms if ms <= MAX_DELAY_MS else None
