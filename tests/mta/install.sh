@@ -56,8 +56,12 @@ if ! command -v promtool >/dev/null 2>&1; then
     }; } || status=$?
     [[ -n "$own_policy" ]] && rm -f "$own_policy"
     ((status == 0)) || exit "$status"
-    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    # not started at the next boot either (disable works without a running systemd)
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable prometheus.service >/dev/null 2>&1 || true
+        if [[ -d /run/systemd/system ]]; then
+            systemctl stop prometheus.service >/dev/null 2>&1 || true
+        fi
     fi
 fi
 
