@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from logstats.correlate import Correlator, Policy
 from logstats.model import (
+    DELAY,
     REMOTE,
+    SIZE,
     SYSTEM,
     UNKNOWN,
     Attempt,
@@ -458,3 +460,46 @@ def test_provider_lookup_is_fnmatch_in_configuration_order() -> None:
         domain = rnd.choice([*words, *(p.replace("*", fill).replace("?", "1") for p in patterns)])
         relay = rnd.choice([None, "", domain, rnd.choice(words) + "[192.0.2.1]:25", "local"])
         assert policy.provider_for(domain, relay) == oracle(domain, relay), (domain, relay)
+
+
+def histograms(c: Correlator) -> dict[tuple[str, int], list[int]]:
+    """The histogram deltas, buckets with nothing in them left out."""
+    return {k: v for k, v in c.drain().histograms.items() if v != [0, 0]}
+
+
+def test_histograms_count_a_filter_hop_once():
+    """A hop to a content filter (the hand-off first): its delivery's delay is taken back
+    with the delivery; the size is the original message's, once; the delay is the final
+    delivery's."""
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "H1", sasl="alice@alice.test", size=100)
+    hop = "127.0.0.1[127.0.0.1]:10024"
+    c.feed(Attempt(at(2), "mx/postfix", "H1", "r@y", D, relay=hop, handoff_id="H2", delay_ms=50))
+    c.feed(Finished(at(3), "mx/postfix", "H1"))
+    c.feed(Received(at(3), "mx/postfix", "H2", False, client_ip="127.0.0.1"))
+    c.feed(Received(at(3), "mx/postfix", "H2", True, sender="alice@alice.test", size=180, nrcpt=1))
+    c.feed(Attempt(at(4), "mx/postfix", "H2", "r@y", D, relay="mx.y[192.0.2.1]:25", delay_ms=1200))
+    c.feed(Finished(at(5), "mx/postfix", "H2"))
+    assert {(SIZE, 1024): [1, 100], (DELAY, 5000): [1, 1200]} == histograms(c)
+
+
+def test_histograms_after_a_reinjection_received_first():
+    """The re-injection's receipt and delivery come before the hop's line: its size is
+    taken back (it is the same message), its delivery's delay stays; the hop has none."""
+    c = Correlator("exim", POLICY)
+    exim_send(c, "1r-1", 0, size=50, mid="m@a")
+    exim_send(c, "1r-2", 1, size=80, mid="m@a", auth=None, sender="alice@alice.test")
+    c.feed(Attempt(at(1), "", "1r-2", "r@y", D, relay="mx.y", delay_ms=1000))
+    c.feed(Finished(at(1), "", "1r-2"))
+    c.feed(Attempt(at(2), "", "1r-1", "r@y", D, relay="127.0.0.1", handoff_id="1r-2", delay_ms=7))
+    c.feed(Finished(at(2), "", "1r-1"))
+    assert {(SIZE, 1024): [1, 50], (DELAY, 1000): [1, 1000]} == histograms(c)
+
+
+def test_histograms_skip_unknown_sizes_and_delays_and_other_outcomes():
+    c = Correlator("postfix", POLICY)
+    postfix_receipt(c, "U1", size=0)  # no size logged
+    c.feed(Attempt(at(2), "mx/postfix", "U1", "r1@y", D))  # no delay logged
+    c.feed(Attempt(at(2), "mx/postfix", "U1", "r2@y", S, delay_ms=3000))  # deferred
+    c.feed(Attempt(at(3), "mx/postfix", "U1", "r2@y", F, delay_ms=4000))  # bounced
+    assert {} == histograms(c)
