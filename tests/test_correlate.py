@@ -458,3 +458,51 @@ def test_provider_lookup_is_fnmatch_in_configuration_order() -> None:
         domain = rnd.choice([*words, *(p.replace("*", fill).replace("?", "1") for p in patterns)])
         relay = rnd.choice([None, "", domain, rnd.choice(words) + "[192.0.2.1]:25", "local"])
         assert policy.provider_for(domain, relay) == oracle(domain, relay), (domain, relay)
+
+
+# -- accounts.sender_domain_fallback on a real Exim log --------------------------------------
+
+
+def _exim_sample_totals(policy: Policy) -> dict[str, list[int]]:
+    """The recorded real-Exim scenario log (tests/mta/samples/exim.log), parsed by the
+    grammar and correlated under ``policy``: per account sends, successes, defers, fails,
+    bytes, rejects, expired."""
+    from pathlib import Path
+
+    from logstats.grammar import Clock, make_parser, parse_lines
+
+    lines = (Path(__file__).parent / "mta" / "samples" / "exim.log").read_text().splitlines()
+    parsed = parse_lines(make_parser("exim", Clock(UTC, datetime(2030, 1, 1, tzinfo=UTC))), lines)
+    c = Correlator("exim", policy)
+    for record in parsed.records:
+        c.feed(record)
+    return totals(c)
+
+
+def test_exim_sender_domain_fallback_maps_unauthenticated_relays():
+    """Exim ``<=`` lines without ``A=`` and without a local ``U=`` (the sample's m8 and m9
+    from ``stranger@elsewhere.test`` over plain ``P=esmtp``, as a trusted relay sends) are
+    ``-remote-`` unless ``sender_domain_fallback`` is on and the envelope sender's domain
+    is in the table; authenticated and local submissions keep their own account even when
+    their sender domain maps elsewhere, the MTA's bounces (``<>``) stay ``-system-``, and
+    the id-less RCPT rejects stay ``-remote-`` (the fallback is about accepted mail)."""
+    domains = {
+        "alice.test": "alice",
+        "bob.test": "bob",
+        "elsewhere.test": "relayed",
+        "mx.logstats.test": "mxowner",
+    }
+    off = _exim_sample_totals(Policy(domains=domains))
+    on = _exim_sample_totals(Policy(domains=domains, sender_domain_fallback=True))
+    assert "relayed" not in off
+    assert [2, 2, 0, 0] == off[REMOTE][:4]  # 2 messages, 2 deliveries
+    assert 2 == off[REMOTE][5]  # and the 2 RCPT rejects
+    # with the fallback: the two relayed messages and their two local deliveries
+    assert [2, 2, 0, 0] == on["relayed"][:4]
+    assert 0 == on["relayed"][5]
+    assert [0, 0, 0, 0, 0, 2] == on[REMOTE][:6]  # only the RCPT rejects remain
+    for account in ("alice", "bob", "lsuser1", SYSTEM):
+        assert off[account] == on[account], account
+    assert "mxowner" not in on  # lsuser1 submits locally (U=lsuser1): the user wins
+    assert 3 == on[SYSTEM][0]  # the three bounces, sender <>
+    assert off[REMOTE][4] == on["relayed"][4] > 0  # the same bytes, now the relay's
