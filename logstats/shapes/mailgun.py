@@ -48,6 +48,7 @@ from logstats.shapes import (
     ApiError,
     Params,
     add_rows,
+    has_activity,
     path_value,
     value,
     values,
@@ -474,11 +475,6 @@ def stats_item(
     return item
 
 
-def _counted(r: SeriesRow) -> bool:
-    """Whether a row holds anything Mailgun counts."""
-    return bool(r.accepted or r.delivered or r.failed_temporary or r.failed_permanent)
-
-
 def _by_key(rows: Iterable[SeriesRow]) -> dict[str, list[SeriesRow]]:
     grouped: dict[str, list[SeriesRow]] = defaultdict(list)
     for r in rows:
@@ -499,7 +495,7 @@ def _stats(query: MailgunQuery, rows: list[SeriesRow]) -> list[dict[str, Any]]:
     if query.endpoint is Endpoint.DOMAINS:
         # a domain of the account: named, with something Mailgun counts (a domain whose
         # only rows are RCPT rejects has none)
-        named = (r for r in rows if r.key and _counted(r))
+        named = (r for r in rows if r.key and has_activity(r))
         grouped = sorted(_by_key(named).items())[query.skip : query.skip + query.limit]
         return [stats_item(query, start, add_rows(rs), ("domain", k)) for k, rs in grouped]
     if query.group == NO_DATA:
@@ -508,8 +504,9 @@ def _stats(query: MailgunQuery, rows: list[SeriesRow]) -> list[dict[str, Any]]:
         return [stats_item(query, start, add_rows(rows))]
     if query.group in KEY_GROUPS:
         # no "" tag (untagged mail) nor "" domain (the null sender), and no value whose
-        # only rows are RCPT rejects
-        named = (r for r in rows if _counted(r) and (r.key or query.group not in ("tag", "domain")))
+        # rows hold nothing Mailgun counts (only RCPT rejects, or a hop taken back)
+        keyed = query.group in ("tag", "domain")
+        named = (r for r in rows if has_activity(r) and (r.key or not keyed))
         grouped = sorted(_by_key(named).items())
         return [stats_item(query, start, add_rows(rs), (query.group, k)) for k, rs in grouped]
     return _series(query, rows)
