@@ -362,7 +362,8 @@ class Dimension(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SeriesRequest:
-    """A window (UTC, end exclusive), filters, and an optional grouping."""
+    """A window (UTC, end exclusive), filters, and an optional grouping.  The rows answer
+    what the vendor shapes count: never ``-system-`` (the MTA's own bounces)."""
 
     start: datetime
     end: datetime
