@@ -25,7 +25,10 @@ after acceptance) cannot be told apart in the logs, so both stay 0).  Messages t
 generated itself (bounces, account ``-system-``) are no Mailgun event: not accepted, not
 delivered, and no domain in ``/v3/stats/total/domains`` (which lists no domain ``""``
 either: mail from the null sender has no sending domain).  opened, clicked, unsubscribed,
-complained and stored are tracked by Mailgun itself, not by an MTA: 0.
+complained and stored are tracked by Mailgun itself, not by an MTA: 0.  In
+``aggregates/providers`` (providers are recipient domains and MX hosts) ``delivered`` counts
+recipients; ``accepted`` is 0 there: a message is accepted before any of its recipients'
+providers is known, and a refused RCPT was never accepted.
 """
 
 from __future__ import annotations
