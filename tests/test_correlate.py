@@ -123,6 +123,26 @@ def test_bounce_notification_is_system_mail():
     assert {"alice": [1, 0, 0, 1, 0, 0, 0], SYSTEM: [1, 1, 0, 0, 2000, 0, 0]} == totals(c)
 
 
+def test_postmaster_notification_is_system_mail_whatever_the_line_order():
+    """Postfix's postmaster notification (sender ``double-bounce@host``) is the MTA's own
+    mail, also when its qmgr line is logged before the bounce daemon's ``notification:``
+    line, and also with ``sender_domain_fallback`` on and the host's domain in the table
+    (it is nobody's send); the same for a ``MAILER-DAEMON@`` sender."""
+    policy = Policy(domains={"mx.test": "hostowner"}, sender_domain_fallback=True)
+    for sender in ("double-bounce@mx.test", "MAILER-DAEMON@mx.test"):
+        c = Correlator("postfix", policy)
+        c.feed(Received(at(1), "mx/postfix", "P2", False, message_id="n@mx.test"))
+        c.feed(Received(at(1), "mx/postfix", "P2", True, sender=sender, size=900, nrcpt=1))
+        c.feed(Notice(at(2), "mx/postfix", "P1", "P2"))
+        c.feed(Attempt(at(3), "mx/postfix", "P2", "postmaster@mx.test", D, relay="local"))
+        assert {SYSTEM: [1, 1, 0, 0, 900, 0, 0]} == totals(c), sender
+    # mail from a client with that sender is a client's, not the MTA's
+    c = Correlator("postfix", policy)
+    c.feed(Received(at(1), "mx/postfix", "P3", False, client_ip="192.0.2.9"))
+    c.feed(Received(at(1), "mx/postfix", "P3", True, sender="double-bounce@mx.test", nrcpt=1))
+    assert ["hostowner"] == list(totals(c))
+
+
 def test_expired_fails_each_outstanding_recipient():
     """status=expired fails every recipient not yet delivered or failed."""
     c = Correlator("postfix", POLICY)
