@@ -202,6 +202,20 @@ def _address(a: Attempt) -> str:
     return a.recipient
 
 
+_MTA_SENDERS = frozenset(("double-bounce", "mailer-daemon"))
+
+
+def _mta_sender(sender: str | None) -> bool:
+    """An envelope sender only the MTA uses for what it writes itself: the null sender
+    ``<>`` (bounces, delay warnings), Postfix's ``double-bounce@`` (postmaster
+    notifications), ``MAILER-DAEMON@``.  Mail with such a sender that no client, uid or
+    local user submitted is the MTA's own (``-system-``), also when the Postfix
+    ``notification:`` line that names it comes after its qmgr line."""
+    if sender is None:
+        return False
+    return sender == "" or sender.split("@", 1)[0].lower() in _MTA_SENDERS
+
+
 def _domain(addr: str | None) -> str:
     if not addr or "@" not in addr:
         return ""
@@ -606,7 +620,7 @@ class Correlator:
     def _resolve(self, msg: Message) -> str:
         p = self.policy
         if msg.system or (
-            msg.sender == ""
+            _mta_sender(msg.sender)
             and not msg.client_ip
             and msg.uid is None
             and not msg.auth_id

@@ -390,7 +390,8 @@ class Dimension(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SeriesRequest:
-    """A window (UTC, end exclusive), filters, and an optional grouping."""
+    """A window (UTC, end exclusive), filters, and an optional grouping.  The rows answer
+    what the vendor shapes count: never ``-system-`` (the MTA's own bounces)."""
 
     start: datetime
     end: datetime
@@ -406,12 +407,12 @@ class SeriesRow:
 
     bucket: datetime | None  # start of the hour/day/month in UTC; None for a window total
     key: str | None  # the group's value; None when not grouped
-    accepted_outgoing: int = 0  # messages sent by accounts (authenticated, local)
-    accepted_incoming: int = 0  # messages from outside (-remote-), including RCPT rejects
+    accepted_outgoing: int = 0  # messages accepted from accounts (authenticated, local)
+    accepted_incoming: int = 0  # messages accepted from outside (-remote-)
     delivered: int = 0  # recipients delivered
     failed_temporary: int = 0  # deferral events
-    failed_permanent: int = 0  # recipients failed, expired or rejected
-    rejected: int = 0  # of failed_permanent: SMTP-time RCPT rejects
+    failed_permanent: int = 0  # accepted recipients failed or expired (no RCPT reject)
+    rejected: int = 0  # SMTP-time RCPT rejects: never accepted, in none of the above
     bytes: int = 0  # message size over deliveries
     first: datetime | None = None  # first activity in the bucket
     last: datetime | None = None  # last activity in the bucket

@@ -24,6 +24,7 @@ import duckdb
 
 from logstats.errors import SchemaError, StoreError, StoreLockedError, cause_of
 from logstats.model import (
+    SYSTEM,
     AccountStats,
     Attempt,
     CounterKey,
@@ -1000,7 +1001,12 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
 
     Account and sender-domain series come from ``counters``; tag, IP, provider and
     recipient-domain series from ``dims``. A filter on one of the latter combined with a
-    grouping by another is not kept (``ValueError``)."""
+    grouping by another is not kept (``ValueError``).
+
+    What the vendors count is what was accepted for delivery: ``accepted_*`` and
+    ``failed_permanent`` leave out SMTP-time RCPT rejects (those are in ``rejected`` only;
+    EmailTrack counts them, see ``account_stats``), and messages the MTA generated itself
+    (account ``-system-``: bounces, delay warnings) are no vendor's statistics at all."""
     dim_filters = [(d, v) for d, v in req.filters if d in _DIM_KINDS]
     kinds = {_DIM_KINDS[d] for d, _ in dim_filters}
     if req.group in _DIM_KINDS:
@@ -1015,6 +1021,8 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         _naive(req.start).replace(minute=0, second=0, microsecond=0),
         _naive(req.end),
     ]
+    where.append("account <> ?")
+    params.append(SYSTEM)
     if req.accounts is not None:
         where.append("list_contains(?, account)")
         params.append(list(req.accounts))
@@ -1038,8 +1046,11 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         key = "value" if req.group in _DIM_KINDS else "NULL"
         table = "dims"
         sql = (
-            f"SELECT {bucket} AS b, {key} AS k, sum(accepted_out), sum(accepted_in), "
-            "sum(delivered), sum(deferred), sum(failed), sum(rejected), sum(bytes), "
+            # dims count a reject as accepted (in or out by account) and failed: take it out
+            f"SELECT {bucket} AS b, {key} AS k, "
+            "sum(accepted_out - CASE WHEN account = '-remote-' THEN 0 ELSE rejected END), "
+            "sum(accepted_in - CASE WHEN account = '-remote-' THEN rejected ELSE 0 END), "
+            "sum(delivered), sum(deferred), sum(failed - rejected), sum(rejected), sum(bytes), "
             "min(first_at), max(last_at) FROM {source} GROUP BY ALL ORDER BY 1, 2"
         )
     else:
@@ -1047,9 +1058,9 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         key = names.get(req.group, "NULL") if req.group is not None else "NULL"
         sql = (
             f"SELECT {bucket} AS b, {key} AS k, "
-            "sum(CASE WHEN account = '-remote-' THEN 0 ELSE sends + rejects END), "
-            "sum(CASE WHEN account = '-remote-' THEN sends + rejects ELSE 0 END), "
-            "sum(successes), sum(defers), sum(fails + rejects), sum(rejects), sum(bytes), "
+            "sum(CASE WHEN account = '-remote-' THEN 0 ELSE sends END), "
+            "sum(CASE WHEN account = '-remote-' THEN sends ELSE 0 END), "
+            "sum(successes), sum(defers), sum(fails), sum(rejects), sum(bytes), "
             "min(bucket), max(bucket) + INTERVAL 1 HOUR "
             "FROM {source} GROUP BY ALL ORDER BY 1, 2"
         )

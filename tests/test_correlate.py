@@ -125,6 +125,26 @@ def test_bounce_notification_is_system_mail():
     assert {"alice": [1, 0, 0, 1, 0, 0, 0], SYSTEM: [1, 1, 0, 0, 2000, 0, 0]} == totals(c)
 
 
+def test_postmaster_notification_is_system_mail_whatever_the_line_order():
+    """Postfix's postmaster notification (sender ``double-bounce@host``) is the MTA's own
+    mail, also when its qmgr line is logged before the bounce daemon's ``notification:``
+    line, and also with ``sender_domain_fallback`` on and the host's domain in the table
+    (it is nobody's send); the same for a ``MAILER-DAEMON@`` sender."""
+    policy = Policy(domains={"mx.test": "hostowner"}, sender_domain_fallback=True)
+    for sender in ("double-bounce@mx.test", "MAILER-DAEMON@mx.test"):
+        c = Correlator("postfix", policy)
+        c.feed(Received(at(1), "mx/postfix", "P2", False, message_id="n@mx.test"))
+        c.feed(Received(at(1), "mx/postfix", "P2", True, sender=sender, size=900, nrcpt=1))
+        c.feed(Notice(at(2), "mx/postfix", "P1", "P2"))
+        c.feed(Attempt(at(3), "mx/postfix", "P2", "postmaster@mx.test", D, relay="local"))
+        assert {SYSTEM: [1, 1, 0, 0, 900, 0, 0]} == totals(c), sender
+    # mail from a client with that sender is a client's, not the MTA's
+    c = Correlator("postfix", policy)
+    c.feed(Received(at(1), "mx/postfix", "P3", False, client_ip="192.0.2.9"))
+    c.feed(Received(at(1), "mx/postfix", "P3", True, sender="double-bounce@mx.test", nrcpt=1))
+    assert ["hostowner"] == list(totals(c))
+
+
 def test_expired_fails_each_outstanding_recipient():
     """status=expired fails every recipient not yet delivered or failed."""
     c = Correlator("postfix", POLICY)
@@ -503,3 +523,51 @@ def test_histograms_skip_unknown_sizes_and_delays_and_other_outcomes():
     c.feed(Attempt(at(2), "mx/postfix", "U1", "r2@y", S, delay_ms=3000))  # deferred
     c.feed(Attempt(at(3), "mx/postfix", "U1", "r2@y", F, delay_ms=4000))  # bounced
     assert {} == histograms(c)
+
+
+# -- accounts.sender_domain_fallback on a real Exim log --------------------------------------
+
+
+def _exim_sample_totals(policy: Policy) -> dict[str, list[int]]:
+    """The recorded real-Exim scenario log (tests/mta/samples/exim.log), parsed by the
+    grammar and correlated under ``policy``: per account sends, successes, defers, fails,
+    bytes, rejects, expired."""
+    from pathlib import Path
+
+    from logstats.grammar import Clock, make_parser, parse_lines
+
+    lines = (Path(__file__).parent / "mta" / "samples" / "exim.log").read_text().splitlines()
+    parsed = parse_lines(make_parser("exim", Clock(UTC, datetime(2030, 1, 1, tzinfo=UTC))), lines)
+    c = Correlator("exim", policy)
+    for record in parsed.records:
+        c.feed(record)
+    return totals(c)
+
+
+def test_exim_sender_domain_fallback_maps_unauthenticated_relays():
+    """Exim ``<=`` lines without ``A=`` and without a local ``U=`` (the sample's m8 and m9
+    from ``stranger@elsewhere.test`` over plain ``P=esmtp``, as a trusted relay sends) are
+    ``-remote-`` unless ``sender_domain_fallback`` is on and the envelope sender's domain
+    is in the table; authenticated and local submissions keep their own account even when
+    their sender domain maps elsewhere, the MTA's bounces (``<>``) stay ``-system-``, and
+    the id-less RCPT rejects stay ``-remote-`` (the fallback is about accepted mail)."""
+    domains = {
+        "alice.test": "alice",
+        "bob.test": "bob",
+        "elsewhere.test": "relayed",
+        "mx.logstats.test": "mxowner",
+    }
+    off = _exim_sample_totals(Policy(domains=domains))
+    on = _exim_sample_totals(Policy(domains=domains, sender_domain_fallback=True))
+    assert "relayed" not in off
+    assert [2, 2, 0, 0] == off[REMOTE][:4]  # 2 messages, 2 deliveries
+    assert 2 == off[REMOTE][5]  # and the 2 RCPT rejects
+    # with the fallback: the two relayed messages and their two local deliveries
+    assert [2, 2, 0, 0] == on["relayed"][:4]
+    assert 0 == on["relayed"][5]
+    assert [0, 0, 0, 0, 0, 2] == on[REMOTE][:6]  # only the RCPT rejects remain
+    for account in ("alice", "bob", "lsuser1", SYSTEM):
+        assert off[account] == on[account], account
+    assert "mxowner" not in on  # lsuser1 submits locally (U=lsuser1): the user wins
+    assert 3 == on[SYSTEM][0]  # the three bounces, sender <>
+    assert off[REMOTE][4] == on["relayed"][4] > 0  # the same bytes, now the relay's

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,3 +231,156 @@ def test_serve_follows_the_live_mta_log_to_the_truth(
         finally:
             for daemon in served:
                 daemon.close()
+
+
+# -- the README's "Counting rules per API" on the real MTAs' stores --------------------------
+
+
+def _shape(
+    store: Any,
+    name: str,
+    params: dict[str, Any],
+    accounts: tuple[str, ...] | None,
+    now: Any,
+    path: dict[str, str] | None = None,
+) -> Any:
+    """One vendor shape's answer over ``store`` (as ``accounts``' key would get it, or as
+    an admin), with the shapes' clock fixed to ``now``."""
+    from logstats.shapes import SHAPES
+    from logstats.store import series
+
+    s = SHAPES[name]
+    q = s.parse(params, now, path)
+    if accounts is not None:
+        q = q.scoped(accounts)
+    rows = series(store.con, q.request) if q.request is not None else []
+    return s.render(q, rows, now)
+
+
+def _mailgun_sums(body: Any) -> dict[str, int]:
+    out = dict.fromkeys(("accepted", "outgoing", "incoming", "delivered", "deferred", "failed"), 0)
+    for item in body["stats"]:
+        acc, failed = item["accepted"], item["failed"]
+        out["accepted"] += int(acc["total"])
+        out["outgoing"] += int(acc["outgoing"])
+        out["incoming"] += int(acc["incoming"])
+        out["delivered"] += int(item["delivered"]["total"])
+        out["deferred"] += int(failed["temporary"]["total"])
+        out["failed"] += int(failed["permanent"]["total"])
+    return out
+
+
+@pytest.mark.parametrize(("mta", "filtered"), VARIANTS)
+def test_counting_rules_agree_across_the_four_shapes(
+    mta: str, filtered: bool, logstats_on: LogstatsGetter
+) -> None:
+    """The README's table, on the store of a real MTA's log: for every account the four
+    shapes say the same where the table says they mean the same, and each equals the
+    script's ground truth.  Per account (a key scoped to it; SendGrid ``user=``):
+    Mailgun accepted = SendGrid requests (``aggregate=1`` and per day) = SENDCOUNT less the
+    account's RCPT rejects (never accepted); Mailgun delivered = SUCCESSCOUNT;
+    failed.temporary = DEFERCOUNT; failed.permanent = SendGrid bounces = FAILCOUNT less the
+    rejects; outgoing vs incoming by ``-remote-``.  The MTA's own bounces are EmailTrack's
+    ``-system-`` row and in no vendor answer (the admin's Mailgun total is the sum over
+    the other accounts; no domain ``""``).  Per tag: SMTPeter messages/deliveries = Mailgun
+    ``filter=tag:T`` accepted/delivered = the sum of SendGrid ``category=T`` requests over
+    the customers = the truth's tag counts; per customer the category sum is its requests
+    less its untagged messages plus one per extra tag of a message."""
+    from datetime import UTC, timedelta
+
+    from logstats.model import REMOTE, SYSTEM
+    from logstats.store import Store
+
+    run = logstats_on(mta, filtered)
+    run.check_backfill()
+    truth = run.result.truth
+    sim = run.result.simulation
+    emailtrack = run.all_accounts()
+    assert truth == emailtrack  # EmailTrack as cPanel counts it, rejects included
+    rejects: dict[str, int] = {}
+    for sub in SUBMISSIONS:
+        owner = sub.account if sub.how != "anon" else REMOTE
+        rejects[owner] = rejects.get(owner, 0) + len(sub.rejected)
+    assert rejects[REMOTE] > 0 and truth[SYSTEM]["SENDCOUNT"] > 0  # both rules are exercised
+    with Store(run.db, read_only=True) as store:
+        lo, hi = store.con.execute("SELECT min(bucket), max(bucket) FROM counters").fetchone()
+        start = lo.replace(tzinfo=UTC)
+        end = hi.replace(tzinfo=UTC) + timedelta(hours=1)
+        now = end + timedelta(days=1)  # the shapes' clock: from the log, not the wall
+        window = {"start": str(int(start.timestamp())), "end": str(int(end.timestamp()))}
+        days = {"start_date": start.date().isoformat(), "end_date": end.date().isoformat()}
+        events = ["accepted", "delivered", "failed"]
+        admin_total = dict.fromkeys(("accepted", "delivered", "deferred", "failed"), 0)
+        categories: dict[str, dict[str, int]] = {}
+        for account, row in truth.items():
+            if account == SYSTEM:
+                continue
+            own = rejects.get(account, 0)
+            want = {
+                "accepted": row["SENDCOUNT"] - own,
+                "outgoing": 0 if account == REMOTE else row["SENDCOUNT"] - own,
+                "incoming": row["SENDCOUNT"] - own if account == REMOTE else 0,
+                "delivered": row["SUCCESSCOUNT"],
+                "deferred": row["DEFERCOUNT"],
+                "failed": row["FAILCOUNT"] - own,
+            }
+            mg = _mailgun_sums(
+                _shape(store, "mailgun.total", {"event": events, **window}, (account,), now)
+            )
+            assert want == mg, account
+            for k in admin_total:
+                admin_total[k] += mg[k]
+            sg = {"method": "stats", "user": account}
+            agg = _shape(store, "sendgrid.json", {**sg, "aggregate": "1"}, None, now)
+            per_day = _shape(store, "sendgrid.json", {**sg, **days}, None, now)
+            assert isinstance(agg, dict) and isinstance(per_day, list)
+            assert [mg["accepted"], mg["failed"]] == [agg["requests"], agg["bounces"]], account
+            assert [agg["requests"], agg["bounces"]] == [
+                sum(d["requests"] for d in per_day),
+                sum(d["bounces"] for d in per_day),
+            ], account
+            listed = _shape(store, "sendgrid.json", {**sg, "list": "true"}, None, now)
+            names = [c["category"] for c in listed]
+            mine = [m for m in sim.messages.values() if m.account == account and not m.bounce_of]
+            assert sorted({t for m in mine for t in m.tags}) == names, account
+            if not names:
+                continue
+            cat_rows = _shape(
+                store, "sendgrid.json", {**sg, **days, "category[]": names}, None, now
+            )
+            assert isinstance(cat_rows, list)
+            untagged = sum(1 for m in mine if not m.tags)
+            extra = sum(len(m.tags) - 1 for m in mine if m.tags)
+            assert agg["requests"] - untagged + extra == sum(r["requests"] for r in cat_rows)
+            for r in cat_rows:
+                c = categories.setdefault(r["category"], {"requests": 0, "bounces": 0})
+                c["requests"] += r["requests"]
+                c["bounces"] += r["bounces"]
+        admin = _mailgun_sums(
+            _shape(store, "mailgun.total", {"event": events, **window}, None, now)
+        )
+        assert admin_total == {k: admin[k] for k in admin_total}  # -system- is in no account
+        assert (
+            admin["delivered"]
+            == sum(r["SUCCESSCOUNT"] for r in truth.values()) - truth[SYSTEM]["SUCCESSCOUNT"]
+        )
+        stamp = str(int(start.timestamp()))
+        domains = _shape(store, "mailgun.domains", {"event": events, "timestamp": stamp}, None, now)
+        names = [i["domain"] for i in domains["stats"]]
+        assert "" not in names and names == sorted(d for d in sim.sender_domains if d)
+        for tag, want_tag in sim.tags.items():
+            smtpeter = _shape(store, "smtpeter", {}, None, now, {"tag": tag})
+            mg_tag = _mailgun_sums(
+                _shape(store, "mailgun.filter", {"event": events, "group": "total",
+                       "filter": f"tag:{tag}", **window}, None, now)
+            )  # fmt: skip
+            assert isinstance(smtpeter, dict)
+            assert (
+                [want_tag["messages"], want_tag["deliveries"]]
+                == [smtpeter["messages"], smtpeter["deliveries"]]
+                == [mg_tag["accepted"], mg_tag["delivered"]]
+                == [categories[tag]["requests"], mg_tag["delivered"]]
+            ), tag
+            assert [want_tag["failed"], want_tag["deferred"]] == [
+                categories[tag]["bounces"], mg_tag["deferred"]
+            ], tag  # fmt: skip

@@ -85,8 +85,8 @@ def test_mailgun_request_spans_exactly_the_buckets():
 
 
 def test_mailgun_failed_maps_deferrals_and_permanent_failures():
-    """failed.temporary.total = deferrals; permanent.bounce and total = permanent failures,
-    rejects included; the Mailgun-only reasons are 0."""
+    """failed.temporary.total = deferrals; permanent.bounce and total = permanent failures
+    (the store's rows hold no RCPT rejects there); the Mailgun-only reasons are 0."""
     body = answer("mailgun.total", {"event": "failed", "start": "1715126400"}, MG_ROWS)
     assert [] == validate(body, mg_schema.envelope(["failed"]))
     assert {
@@ -111,11 +111,13 @@ def test_mailgun_items_carry_only_the_events_asked_for():
 
 
 def test_mailgun_all_events_fit_the_schema():
-    """Every event at once, hourly: the items carry all eight blocks."""
+    """Every event at once, hourly: the items carry all eight blocks.  24 hours back from
+    13:45 touch 25 hour buckets (13:00 the day before to 13:00)."""
     params = {"event": ALL_EVENTS, "resolution": "hour", "duration": "24h"}
     body = answer("mailgun.total", params, MG_ROWS)
     assert [] == validate(body, mg_schema.envelope(ALL_EVENTS))
-    assert 24 == len(body["stats"])
+    assert 25 == len(body["stats"])
+    assert "Thu, 09 May 2024 13:00:00 UTC" == body["stats"][0]["time"]
     assert "hour" == body["resolution"]
 
 
@@ -133,22 +135,56 @@ def test_mailgun_rfc2822_dates_in_every_documented_zone():
 
 
 def test_mailgun_duration_counts_back_from_end_and_sets_the_resolution():
-    """duration overrides start: N buckets of its unit (m = month) up to the one holding end,
-    or, with another resolution given, end minus N units."""
+    """duration overrides start: start = end minus the period exactly; without resolution
+    the duration's unit is the resolution (m = month); the answer lists every bucket from
+    the one holding that start to the one holding end."""
     q = mailgun.parse_total(
         {"event": ["accepted"], "duration": ["2m"], "start": ["1"], "end": ["1715299200"]}, NOW
     )
     assert Resolution.MONTH == q.resolution
-    assert (datetime(2024, 4, 1, tzinfo=UTC), D(1)) == q.buckets
+    # end 10 May 00:00: two months back is 10 March, so March, April and May
+    assert (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC), D(1)) == q.buckets
     assert (
         SeriesRequest(
-            datetime(2024, 4, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC), Resolution.MONTH
+            datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC), Resolution.MONTH
         )
         == q.request
     )
     q = mailgun.parse_total({"event": ["accepted"], "duration": ["3h"], "resolution": ["day"]}, NOW)
     assert Resolution.DAY == q.resolution
     assert (D(10),) == q.buckets
+    q = mailgun.parse_total({"event": "accepted", "duration": "14h", "resolution": "day"}, NOW)
+    assert (D(9), D(10)) == q.buckets
+    q = mailgun.parse_total({"event": ["accepted"], "duration": ["2d"]}, NOW)
+    assert Resolution.DAY == q.resolution
+    assert (D(8), D(9), D(10)) == q.buckets
+    # the end of a month: one month before 31 March is the last day of February
+    q = mailgun.parse_total(
+        {"event": ["accepted"], "duration": ["1m"], "resolution": ["day"],
+         "end": ["Sun, 31 Mar 2024 12:00:00 UTC"]},
+        NOW,
+    )  # fmt: skip
+    assert datetime(2024, 2, 29, tzinfo=UTC) == q.buckets[0]
+    assert datetime(2024, 3, 31, tzinfo=UTC) == q.buckets[-1]
+
+
+def test_mailgun_one_month_without_resolution_holds_mail_of_last_week():
+    """duration=1m alone, a day after the turn of the month: mail of 7 days ago is in the
+    previous month's bucket, which the answer lists (not one bucket from the 1st)."""
+    now = datetime(2024, 6, 2, 9, 30, tzinfo=UTC)
+    week_ago = datetime(2024, 5, 26, tzinfo=UTC)
+    rows = [row(week_ago, accepted_outgoing=3, delivered=5), row(D(1), delivered=0)]
+    s = SHAPES["mailgun.total"]
+    q = s.parse({"event": ["accepted", "delivered"], "duration": ["1m"]}, now)
+    assert q.request is not None and q.request.start <= week_ago < q.request.end
+    body = s.render(q, [r for r in rows if q.request.start <= r.bucket < q.request.end], now)
+    assert "month" == body["resolution"]
+    assert ["Wed, 01 May 2024 00:00:00 UTC", "Sat, 01 Jun 2024 00:00:00 UTC"] == [
+        i["time"] for i in body["stats"]
+    ]
+    assert [3, 0] == [i["accepted"]["outgoing"] for i in body["stats"]]
+    assert [5, 0] == [i["delivered"]["total"] for i in body["stats"]]
+    assert "Sun, 02 Jun 2024 09:30:00 UTC" == body["end"]
 
 
 def test_mailgun_month_buckets_sum_the_rows_inside():

@@ -95,13 +95,9 @@ def add_rows(rows: Iterable[SeriesRow], *, bucket: datetime | None = None) -> Se
 
 
 def has_activity(row: SeriesRow) -> bool:
-    return bool(
-        row.accepted
-        or row.delivered
-        or row.failed_temporary
-        or row.failed_permanent
-        or row.first is not None
-    )
+    """Whether a row holds anything the vendors count: a row can exist with zeros (what was
+    counted for it was taken back when a hop was recognised) or hold only RCPT rejects."""
+    return bool(row.accepted or row.delivered or row.failed_temporary or row.failed_permanent)
 
 
 class Shape(NamedTuple):

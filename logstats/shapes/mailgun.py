@@ -3,20 +3,32 @@
 Endpoints: ``/v3/stats/total``, ``/v3/{domain}/stats/total``, ``/v3/stats/total/domains``,
 ``/v3/stats/filter`` and ``/v3/{domain}/aggregates/providers|devices|countries``.
 
-Windows.  Mailgun counts in UTC hour/day/month buckets.  The answer lists every bucket
-from the one holding ``start`` to the one holding ``end`` (both included), empty ones with
-zeros; the ``SeriesRequest`` spans exactly those buckets.  ``start`` in the envelope is the
-first bucket, ``end`` the end asked for (default: now).  ``duration`` (``[0-9]+[hdm]``, m =
-month) counts back from ``end`` and, unless ``resolution`` is given, sets the resolution
-from its unit, as Mailgun documents ("24h - a period of 24 hours with hourly resolution").
+Windows.  Mailgun counts in UTC hour/day/month buckets (calendar-aligned: an hour, a day
+from 00:00, a month from the 1st).  The answer lists every bucket from the one holding
+``start`` to the one holding ``end`` (both included), empty ones with zeros, each with its
+whole count; the ``SeriesRequest`` spans exactly those buckets.  ``start`` in the envelope
+is the first bucket, ``end`` the end asked for.  Defaults as documented: ``end`` now,
+``start`` 7 days before ``end``, ``resolution`` day.  ``duration`` (``[0-9]+[hdm]``, h
+hours, d days, m months) "is calculated from the 'end' date and overwrites the 'start'
+date": start = end minus that period exactly (``1m`` on 2 Dec 10:00 starts on 2 Nov 10:00,
+so November's bucket is listed too).  A duration has its "resolution encoded" (Mailgun's
+Duration: "24h - a period of 24 hours with hourly resolution", "2m - ... with monthly
+resolution"): without ``resolution`` the answer uses the duration's unit.
 
-Counts from MTA logs: accepted.outgoing / incoming = authenticated / unauthenticated
-messages; delivered.smtp = deliveries (http 0); failed.temporary.total = deferrals (espblock
-0); failed.permanent.bounce = every permanent failure, SMTP-time rejects included (a reject
-is the receiving server refusing the recipient, which is what Mailgun calls a bounce; the
+Counts from MTA logs (what Mailgun counts is what it accepted for delivery):
+accepted.outgoing / incoming = messages accepted from accounts / from outside
+(``-remote-``); a recipient refused at RCPT time was never accepted and is in no Mailgun
+event; delivered.smtp = deliveries (http 0); failed.temporary.total = deferrals (espblock
+0); failed.permanent.bounce = accepted recipients that failed permanently or expired (the
 ``suppress-*`` reasons are Mailgun's own suppression lists, and ``delayed-bounce`` (a DSN
-after acceptance) cannot be told apart in the logs, so both stay 0).  opened, clicked,
-unsubscribed, complained and stored are tracked by Mailgun itself, not by an MTA: 0.
+after acceptance) cannot be told apart in the logs, so both stay 0).  Messages the MTA
+generated itself (bounces, account ``-system-``) are no Mailgun event: not accepted, not
+delivered, and no domain in ``/v3/stats/total/domains`` (which lists no domain ``""``
+either: mail from the null sender has no sending domain).  opened, clicked, unsubscribed,
+complained and stored are tracked by Mailgun itself, not by an MTA: 0.  In
+``aggregates/providers`` (providers are recipient domains and MX hosts) ``delivered`` counts
+recipients; ``accepted`` is 0 there: a message is accepted before any of its recipients'
+providers is known, and a refused RCPT was never accepted.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from logstats.shapes import (
     ApiError,
     Params,
     add_rows,
+    has_activity,
     path_value,
     value,
     values,
@@ -255,15 +268,12 @@ def _window(params: Params, now: datetime, forced: Resolution | None = None) -> 
         n, unit = int(m.group(1)), m.group(2)
         if resolution is None:
             resolution = _UNIT_RESOLUTION[unit]
-        # In its own resolution a duration is that many buckets, the last one holding end.
-        back, origin = (
-            (n - 1, floor(end, resolution)) if resolution is _UNIT_RESOLUTION[unit] else (n, end)
-        )
+        # the period counts back from end exactly, whatever the resolution
         try:
             if unit == "m":
-                start = _months_before(origin, back)
+                start = _months_before(end, n)
             else:
-                start = origin - (timedelta(hours=back) if unit == "h" else timedelta(days=back))
+                start = end - (timedelta(hours=n) if unit == "h" else timedelta(days=n))
         except (OverflowError, ValueError):
             raise error("duration", f"duration: {duration!r} reaches before year 2") from None
     else:
@@ -486,14 +496,21 @@ def _series(query: MailgunQuery, rows: Iterable[SeriesRow]) -> list[dict[str, An
 def _stats(query: MailgunQuery, rows: list[SeriesRow]) -> list[dict[str, Any]]:
     start = query.buckets[0]
     if query.endpoint is Endpoint.DOMAINS:
-        grouped = sorted(_by_key(rows).items())[query.skip : query.skip + query.limit]
+        # a domain of the account: named, with something Mailgun counts (a domain whose
+        # only rows are RCPT rejects has none)
+        named = (r for r in rows if r.key and has_activity(r))
+        grouped = sorted(_by_key(named).items())[query.skip : query.skip + query.limit]
         return [stats_item(query, start, add_rows(rs), ("domain", k)) for k, rs in grouped]
     if query.group == NO_DATA:
         return []
     if query.group == "total":
         return [stats_item(query, start, add_rows(rows))]
     if query.group in KEY_GROUPS:
-        grouped = sorted(_by_key(r for r in rows if query.group != "tag" or r.key).items())
+        # no "" tag (untagged mail) nor "" domain (the null sender), and no value whose
+        # rows hold nothing Mailgun counts (only RCPT rejects, or a hop taken back)
+        keyed = query.group in ("tag", "domain")
+        named = (r for r in rows if has_activity(r) and (r.key or not keyed))
+        grouped = sorted(_by_key(named).items())
         return [stats_item(query, start, add_rows(rs), (query.group, k)) for k, rs in grouped]
     return _series(query, rows)
 

@@ -16,9 +16,20 @@ The document shows no error.  Errors use the SendGrid v2 Web API's own envelope:
 ``{"message": "error", "errors": ["..."]}`` (HTTP 400) and, in XML,
 ``<result><message>error</message><errors><error>...</error></errors></result>``.
 
-Counts: requests = messages accepted, bounces = permanent failures (rejects included);
+Counts: requests = messages accepted for the customer ("the number of emails you
+requested to send"); bounces = accepted recipients that failed permanently ("emails that
+bounced instead of being delivered").  A recipient refused at RCPT time was never a request,
+so it is in neither; nor is a message the MTA generated itself (a bounce, ``-system-``).
 clicks, opens and spamreports are SendGrid's tracking, not in MTA logs: 0.  ``user`` (the
 customer) is the logstats account.  Days are UTC days; "today" is ``now``'s UTC date.
+
+Categories are tags (a logged ``X-Tag:`` header, or a ``tags:`` rule): a message may have
+none, one or several.  As in SendGrid, a message is counted under each of its categories,
+so over the same days the sum over ``category[]`` equals the customer's totals exactly
+when each of its messages has exactly one category: untagged mail is in no category, a
+message with two is in both.  ``aggregate=1`` is all-time, the category rows are per day
+of the window asked.  Tags from ``recipient`` rules belong to a recipient, not to the
+message: they count that recipient's outcomes, never a request.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 ``{"first": "YYYY-MM-DD HH:MM:SS", "last": ..., "opens": N, "clicks": N, "messages": N,
 "deliveries": N}``: all-time totals for one tag.  ``first``/``last`` are the first and last
 activity (here: a message accepted, a delivery, a deferral or a failure) in UTC; messages =
-messages accepted, deliveries = recipients delivered; opens and clicks are SMTPeter's own
-tracking, not in MTA logs: 0.
+messages accepted with the tag ("the number of messages that have been sent using the
+given tag"), deliveries = recipients delivered; a recipient refused at RCPT time is neither,
+and messages the MTA generated itself (bounces) are not counted; opens and clicks are
+SMTPeter's own tracking, not in MTA logs: 0.
 
 A tag with no activity at all is unknown to the service: SMTPeter answers errors with the
 HTTP status and a textual explanation, so this answers 404 ``{"error": "..."}`` rather than
