@@ -19,6 +19,7 @@ COMMANDS = [
     "parse",
     "serve",
     "check-config",
+    "example",
 ]
 
 
@@ -33,7 +34,7 @@ def test_commands_have_help_and_are_documented(command):
 def test_parser_lists_the_documented_commands():
     """The documented commands are exactly the parser's."""
     sub = build_parser()._subparsers._group_actions[0]
-    assert {"backfill", "query", "parse", "serve", "check-config"} == set(sub.choices)
+    assert {"backfill", "query", "parse", "serve", "check-config", "example"} == set(sub.choices)
 
 
 def test_parse_report(tmp_path):
@@ -209,3 +210,138 @@ def test_a_file_read_again_is_reported_as_already_read(tmp_path):
     skipped = [e for e in events if e.get("event") == "file_skipped"]
     assert skipped and 0 == skipped[0]["lines"]
     assert skipped[0]["reason"].startswith("already read")
+
+
+def _actions(parser, name="logstats"):
+    """(command, action) for every action of ``parser`` and of its subcommands."""
+    import argparse
+
+    for action in parser._actions:
+        yield name, action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _actions(sub, f"{name} {sub_name}")
+
+
+def test_every_command_and_argument_has_help():
+    """Walking the argparse tree: every argument, option and subcommand has a help text
+    (what `--help` and the man page show), and every command a description."""
+    import argparse
+
+    missing = []
+    for name, action in _actions(build_parser()):
+        if not action.help or action.help == argparse.SUPPRESS:
+            missing.append(f"{name}: {action.dest}")
+        if isinstance(action, argparse._SubParsersAction):
+            helped = {a.dest for a in action._choices_actions if a.help}
+            missing += [f"{name} {c}: no help" for c in action.choices if c not in helped]
+            bare = [c for c, p in action.choices.items() if not p.description]
+            missing += [f"{name} {c}: no description" for c in bare]
+    assert [] == missing
+
+
+def test_every_subcommand_answers_help():
+    """`logstats X --help` works for every command of the tree (nested ones included)."""
+    names = {name for name, _ in _actions(build_parser())} - {"logstats"}
+    assert {f"logstats {c}" for c in COMMANDS} <= names | {"logstats query"}
+    for name in sorted(names):
+        proc = run_cli(*name.split()[1:], "--help")
+        assert proc.stdout.startswith(f"usage: {name}"), name
+
+
+def test_times_take_dates_before_unix_seconds():
+    """--start/--end: 8 digits forming a date are that day (UTC), 14 digits a moment,
+    other digits Unix seconds, else ISO 8601; a bad time is a usage error naming the forms."""
+    from datetime import UTC, datetime
+
+    from logstats.timeparse import parse_time
+
+    assert datetime(2026, 11, 24, tzinfo=UTC) == parse_time("20261124")
+    assert datetime(2026, 11, 24, 10, 30, 5, tzinfo=UTC) == parse_time("20261124103005")
+    assert datetime.fromtimestamp(20261332, UTC) == parse_time("20261332")  # no 13th month
+    assert datetime.fromtimestamp(1764000000, UTC) == parse_time("1764000000")
+    assert datetime(2026, 11, 24, 9, tzinfo=UTC) == parse_time("2026-11-24T10:00:00+01:00")
+    assert datetime(2026, 11, 24, tzinfo=UTC) == parse_time("2026-11-24")
+    for bad in ("yesterday", "99999999999999999999", "2026-13-01"):
+        with pytest.raises(ValueError, match=r"out of range|is not a time"):
+            parse_time(bad)
+    args = build_parser().parse_args(
+        ["query", "emailtrack", "--all", "--start", "20261124", "--end", "20261125120000"]
+    )
+    assert (datetime(2026, 11, 24, tzinfo=UTC), datetime(2026, 11, 25, 12, tzinfo=UTC)) == (
+        args.start,
+        args.end,
+    )
+    proc = run_cli("query", "emailtrack", "--all", "--start", "soon", check=False)
+    assert 2 == proc.returncode
+    assert "YYYYMMDD" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_date_as_start_counts_from_that_day(tmp_path):
+    """`--start 20250101` is 2025-01-01 (as `--start 2025-01-01`), not Unix second
+    20250101 (1970-08-23, which would count everything)."""
+    log = tmp_path / "mainlog"
+    log.write_text("\n".join(exim_log(3).lines) + "\n")  # 2024-12-31 22:00 past midnight
+    db = tmp_path / "d.duckdb"
+    run_cli("backfill", "--config", str(scenario_config(tmp_path)), "--db", str(db), str(log))
+    everything = all_stats(db)
+    from_date = all_stats(db, "--start", "20250101")
+    assert from_date == all_stats(db, "--start", "2025-01-01")
+    assert from_date != everything
+    assert all_stats(db, "--start", "20250101", "--end", "20250102") == from_date
+
+
+def test_an_account_that_does_not_exist_is_a_failure(tmp_path):
+    """An account neither in the account map nor ever counted: cPanel's failure envelope
+    with a reason, exit 1. One in the map with no mail, or one with counts only: zeros or
+    its numbers, result 1."""
+    import json
+
+    log = tmp_path / "mainlog"
+    log.write_text("\n".join(exim_log(5).lines) + "\n")
+    db = tmp_path / "d.duckdb"
+    cfg = scenario_config(tmp_path)
+    run_cli("backfill", "--config", str(cfg), "--db", str(db), str(log))
+    cfg.write_text(cfg.read_text().replace("bob.test: bob}", "bob.test: bob, carol.test: carol}"))
+    base = ["query", "emailtrack", "--config", str(cfg), "--db", str(db)]
+
+    proc = run_cli(*base, "--account", "nobody", check=False)
+    assert 1 == proc.returncode
+    body = json.loads(proc.stdout)["cpanelresult"]
+    assert (0, []) == (body["event"]["result"], body["data"])
+    assert "'nobody' does not exist" in body["event"]["reason"]
+
+    carol = json.loads(run_cli(*base, "--account", "carol").stdout)["cpanelresult"]
+    assert 1 == carol["event"]["result"]
+    assert {"0"} == set(carol["data"][0].values())
+
+    counted = all_stats(db)
+    unmapped = sorted(set(counted) - {"alice", "bob"})  # local users, -remote-
+    assert unmapped
+    for account in unmapped:
+        got = json.loads(run_cli(*base, f"--account={account}").stdout)["cpanelresult"]
+        assert [counted[account]] == got["data"], account
+    # an existing account with nothing in the window is zeros, not a failure
+    quiet = json.loads(
+        run_cli(*base, f"--account={unmapped[0]}", "--start", "20300101").stdout
+    )["cpanelresult"]
+    assert (1, {"0"}) == (quiet["event"]["result"], set(quiet["data"][0].values()))
+    table = run_cli(*base, "--account", "nobody", "--format", "table", check=False)
+    assert (1, "") == (table.returncode, table.stdout)
+    assert "does not exist" in table.stderr
+
+
+def test_format_table_with_one_account(tmp_path):
+    """`--account NAME --format table` prints the table of --all for that one account."""
+    log = tmp_path / "mainlog"
+    log.write_text("\n".join(exim_log(5).lines) + "\n")
+    db = tmp_path / "d.duckdb"
+    cfg = scenario_config(tmp_path)
+    run_cli("backfill", "--config", str(cfg), "--db", str(db), str(log))
+    everyone = run_cli("query", "emailtrack", "--db", str(db), "--all").stdout.splitlines()
+    one = run_cli(
+        "query", "emailtrack", "--db", str(db), "--account", "alice", "--format", "table"
+    ).stdout.split()
+    header = everyone[0].split()
+    [alice] = [line.split() for line in everyone[1:] if line.split()[0] == "alice"]
+    assert header + alice == one
