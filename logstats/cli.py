@@ -430,7 +430,7 @@ class _ProgressBar:
             initial=initial,
             unit="B",
             unit_scale=True,
-            unit_divisor=1024,
+            unit_divisor=1000,
             file=sys.stderr,
             mininterval=0.25,
             dynamic_ncols=True,
@@ -471,6 +471,8 @@ def _backfill_file(
     bars: list[_ProgressBar] = []
 
     def draw(path: str, lines: int, offset: int) -> None:
+        if not bars and not lines:
+            return  # nothing new (yet): no bar
         if not bars:  # a file with something to read: the bar starts at its checkpoint
             known = ingestor.store.positions().get(info.head_hash)
             start = known.byte_offset if known is not None else 0

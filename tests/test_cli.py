@@ -345,3 +345,166 @@ def test_format_table_with_one_account(tmp_path):
     header = everyone[0].split()
     [alice] = [line.split() for line in everyone[1:] if line.split()[0] == "alice"]
     assert header + alice == one
+
+
+ANSI = r"\x1b\[[0-9;?]*[A-Za-z]"
+
+
+def _on_a_terminal(args, columns=150):
+    """``logstats ARGS`` with stdin, stdout and stderr on a pseudo-terminal of ``columns``
+    columns: (exit status, everything it wrote, ANSI sequences removed)."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "COLUMNS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logstats", *args],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env={**env, "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    code = proc.wait(timeout=120)
+    return code, re.sub(ANSI, "", b"".join(chunks).decode("utf-8", "replace"))
+
+
+def _big_exim_log(path, messages=4000):
+    lines = exim_log(21, messages=messages).lines
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def test_progress_on_a_terminal_ends_at_100_percent_with_the_logged_numbers(tmp_path):
+    """On a terminal, backfill draws a bar per file: percentage of its bytes, ETA, lines and
+    lines/s; its last draw is 100 % with every line of the file and the very lines/s that
+    the `file_read` line logs. The console log line leaves out empty values."""
+    import re
+
+    log = tmp_path / "mainlog"
+    total = _big_exim_log(log)
+    size = log.stat().st_size
+    db = tmp_path / "p.duckdb"
+    code, out = _on_a_terminal(["backfill", "--db", str(db), str(log)])
+    assert 0 == code, out
+    draws = [s for s in re.split(r"[\r\n]+", out) if s.startswith("mainlog: ") and "%|" in s]
+    assert draws, out
+    last = draws[-1]
+    [logged] = [s for s in out.splitlines() if "file_read" in s]
+    rate = int(re.search(r"lines_per_s=(\d+)", logged).group(1))
+    assert f"lines={total}" in logged
+    assert last.startswith("mainlog: 100%|"), last
+    assert f" {total:,} lines, {rate:,} lines/s" in last, (last, logged)
+    shown = re.search(r"\| ([\d.]+[kMG]?B)/([\d.]+[kMG]?B),", last)
+    assert shown is not None and shown.group(1) == shown.group(2), last
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d\]$", last.rstrip()), last  # elapsed<ETA
+    assert size > 1 << 20  # a file the size the bar counts in MB
+    assert "=None" not in logged and "={}" not in logged, logged  # reason=None, anomalies={}
+    # read again: nothing to read, no bar; said so on the console
+    code, out = _on_a_terminal(["backfill", "--db", str(db), str(log)])
+    assert 0 == code
+    assert "%|" not in out
+    assert "file_skipped" in out and "already read" in out
+
+
+def test_no_progress_bar_unless_asked_off_a_terminal(tmp_path):
+    """--no-progress draws nothing on a terminal; on a pipe there is no bar (JSON log lines
+    only) unless --progress asks for it."""
+    log = tmp_path / "mainlog"
+    _big_exim_log(log, messages=300)
+    code, out = _on_a_terminal(["backfill", "--no-progress", "--db", str(tmp_path / "a"), str(log)])
+    assert 0 == code
+    assert "%|" not in out and "file_read" in out
+    piped = run_cli("backfill", "--db", str(tmp_path / "b"), str(log))
+    assert "" == piped.stdout
+    lines = piped.stderr.splitlines()
+    assert lines and all(line.startswith("{") for line in lines), piped.stderr
+    forced = run_cli("backfill", "--progress", "--db", str(tmp_path / "c"), str(log))
+    assert "mainlog: 100%|" in forced.stderr
+
+
+def test_on_the_journal_lines_carry_their_priority(tmp_path, monkeypatch):
+    """When stderr is the journal ($JOURNAL_STREAM names its device:inode, as systemd sets
+    it), every line starts with its sd-daemon priority: <6> info, <4> warning, <3> error
+    (the one-line errors too). Another stream named there: plain JSON lines."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "mainlog"
+    log.write_text("\n".join(exim_log(5).lines) + "\n")
+    err = tmp_path / "stderr"
+
+    def backfill(journal_of):
+        with err.open("wb") as f:
+            st = os.fstat((journal_of or f).fileno())
+            proc = subprocess.run(
+                [sys.executable, "-m", "logstats", "backfill", "--db", str(tmp_path / "j"),
+                 str(log), str(tmp_path / "missing.log")],
+                stdout=subprocess.PIPE, stderr=f, cwd=ROOT, check=False,
+                env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+            )  # fmt: skip
+        assert 1 == proc.returncode and b"" == proc.stdout
+        return err.read_text().splitlines()
+
+    lines = backfill(None)
+    assert all(line[:3] in ("<3>", "<4>", "<6>") for line in lines), lines
+    [read] = [line for line in lines if '"file_read"' in line]
+    assert read.startswith("<6>{") and "file_read" == json.loads(read[3:])["event"]
+    [error] = [line for line in lines if "missing.log" in line]
+    assert error.startswith("<3>logstats: error: ")
+    with (tmp_path / "other").open("wb") as other:
+        plain = backfill(other)
+    assert plain and not any(line.startswith("<") for line in plain), plain
+
+    from logstats import cli
+
+    stream = (tmp_path / "inproc").open("w")
+    st = os.fstat(stream.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    cli.configure_logging(stream)
+    import structlog
+
+    logger = structlog.get_logger()
+    logger.debug("d")
+    logger.info("i")
+    logger.warning("w")
+    logger.error("e")
+    stream.close()
+    cli.configure_logging()
+    got = [(line[:3], json.loads(line[3:])["event"]) for line in (tmp_path / "inproc").open()]
+    assert [("<7>", "d"), ("<6>", "i"), ("<4>", "w"), ("<3>", "e")] == got
+
+
+def test_serve_logs_to_stderr_and_writes_nothing_to_stdout(tmp_path):
+    """serve logs as every command does: on stderr (serve_ready there); stdout stays empty."""
+    from tests.daemon_harness import Serve, short_dir, write_config
+
+    with short_dir() as work:
+        log = work / "mainlog"
+        log.write_text("\n".join(exim_log(5).lines) + "\n")
+        d = Serve(write_config(work, [(log, "exim")]))
+        try:
+            d.wait_ready()
+            d.wait_event("serve_ready", timeout=30)
+            d.wait_event("batch_committed", timeout=30)
+        finally:
+            d.close()
+        assert [] == d.raw
+        assert any('"serve_ready"' in line for line in d.stderr)
