@@ -493,17 +493,30 @@ def test_on_the_journal_lines_carry_their_priority(tmp_path, monkeypatch):
 
 
 def test_serve_logs_to_stderr_and_writes_nothing_to_stdout(tmp_path):
-    """serve logs as every command does: on stderr (serve_ready there); stdout stays empty."""
+    """serve logs as every command does: on stderr (serve_ready there); stdout stays empty.
+    Through the running daemon, an account that does not exist is the same failure as
+    from the file, and a mapped account without mail is zeros."""
+    import json
+
     from tests.daemon_harness import Serve, short_dir, write_config
 
     with short_dir() as work:
         log = work / "mainlog"
         log.write_text("\n".join(exim_log(5).lines) + "\n")
-        d = Serve(write_config(work, [(log, "exim")]))
+        domains = {"alice.test": "alice", "bob.test": "bob", "carol.test": "carol"}
+        cfg = write_config(work, [(log, "exim")], domains=domains)
+        d = Serve(cfg)
         try:
             d.wait_ready()
             d.wait_event("serve_ready", timeout=30)
             d.wait_event("batch_committed", timeout=30)
+            base = ["query", "emailtrack", "--config", str(cfg)]  # the store is the daemon's
+            nobody = run_cli(*base, "--account", "nobody", check=False)
+            assert 1 == nobody.returncode, nobody.stderr
+            event = json.loads(nobody.stdout)["cpanelresult"]["event"]
+            assert 0 == event["result"] and "does not exist" in event["reason"]
+            carol = json.loads(run_cli(*base, "--account", "carol").stdout)["cpanelresult"]
+            assert (1, {"0"}) == (carol["event"]["result"], set(carol["data"][0].values()))
         finally:
             d.close()
         assert [] == d.raw
