@@ -677,30 +677,16 @@ def _emailtrack(cfg: config_mod.Config, db: str, params: dict[str, str]) -> dict
             raise _readable(db, exc) from exc
 
 
-def mapped_accounts(cfg: config_mod.Config) -> set[str]:
-    """The accounts the configuration names: ``accounts.domains``, the ``userdomains`` file
-    (when it can be read) and ``accounts.uids``."""
-    names = set(cfg.domains.values()) | set(cfg.uids.values())
-    with contextlib.suppress(LogstatsError):
-        names |= set(cfg.domain_map().values())
-    return names
-
-
 def _no_such_account(cfg: config_mod.Config, db: str, account: str) -> str | None:
-    """Why ``account`` does not exist, or None when it does.
+    """Why ``account`` does not exist (logstats.accounts), or None when it does."""
+    from logstats import accounts
 
-    An account exists when the configuration's account map names it, or when anything was
-    ever counted for it (its all-time numbers are not all zero).
-    """
-    if account in mapped_accounts(cfg):
+    if account in accounts.mapped(cfg):
         return None
     ever = _emailtrack(cfg, db, {"account": account})["cpanelresult"]
-    if ever["event"]["result"] != 1 or any(v != "0" for v in ever["data"][0].values()):
+    if ever["event"]["result"] != 1 or accounts.exists(cfg, account, ever["data"][0]):
         return None
-    return (
-        f"account {account!r} does not exist: the account map (accounts.domains, "
-        "accounts.userdomains, accounts.uids) does not name it and nothing was counted for it"
-    )
+    return accounts.reason(account)
 
 
 def _ask_daemon(
