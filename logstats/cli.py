@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import structlog
 
@@ -393,7 +393,8 @@ def content_size(info: FileInfo) -> int | None:
     """About how many bytes a file's content has (what the read offsets count), or None.
 
     Plain files: their size. gzip: the size in its trailer (modulo 4 GiB, so the smallest
-    size not below the compressed one). bzip2, xz and standard input: unknown.
+    size not below the compressed one). xz: the sizes in the last stream's index. bzip2
+    and standard input: unknown.
     """
     if info.stream:
         return None
@@ -402,15 +403,51 @@ def content_size(info: FileInfo) -> int | None:
         if not info.compressed:
             return size
         with open(info.path, "rb") as f:
-            if f.read(2) != b"\x1f\x8b" or size < 18:
-                return None
-            f.seek(-4, os.SEEK_END)
-            isize = int.from_bytes(f.read(4), "little")
-    except OSError:
+            magic = f.read(6)
+            if magic[:2] == b"\x1f\x8b" and size >= 18:
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")
+                while isize < size:
+                    isize += 1 << 32
+                return isize
+            if magic == b"\xfd7zXZ\x00" and size >= 32:
+                return _xz_size(f, size)
+    except (OSError, ValueError, IndexError):  # damaged: the bar shows bytes read only
         return None
-    while isize < size:
-        isize += 1 << 32
-    return isize
+    return None
+
+
+def _xz_size(f: BinaryIO, size: int) -> int | None:
+    """The uncompressed size of an xz file's last stream, from its index."""
+    f.seek(-12, os.SEEK_END)
+    footer = f.read(12)
+    if footer[10:] != b"YZ":
+        return None
+    index_size = (int.from_bytes(footer[4:8], "little") + 1) * 4
+    if index_size > min(size - 24, 1 << 24):
+        return None
+    f.seek(-12 - index_size, os.SEEK_END)
+    index = f.read(index_size)
+    pos = 1  # after the index indicator (0x00)
+
+    def number() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            byte = index[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    if not index or index[0] != 0:
+        return None
+    total = 0
+    for _ in range(number()):
+        number()  # unpadded size
+        total += number()
+    return total
 
 
 class _ProgressBar:

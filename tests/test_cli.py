@@ -521,3 +521,35 @@ def test_serve_logs_to_stderr_and_writes_nothing_to_stdout(tmp_path):
             d.close()
         assert [] == d.raw
         assert any('"serve_ready"' in line for line in d.stderr)
+
+
+@pytest.mark.parametrize("kind", ["gz", "xz", "bz2"])
+def test_progress_of_compressed_files(tmp_path, kind):
+    """A compressed file's bar counts its content: gzip (the size in its trailer) and xz
+    (the sizes in its index) have a percentage that ends at 100 % with the plain file's
+    size; bzip2 records no size: bytes read, lines and lines/s, no percentage."""
+    import bz2
+    import lzma
+    import re
+
+    plain = tmp_path / "mainlog"
+    total = _big_exim_log(plain, messages=1500)
+    log = tmp_path / f"mainlog.1.{kind}"
+    opener = {"gz": gzip.open, "xz": lzma.open, "bz2": bz2.open}[kind]
+    with opener(log, "wb") as f:
+        f.write(plain.read_bytes())
+    code, out = _on_a_terminal(["backfill", "--db", str(tmp_path / "c.duckdb"), str(log)])
+    assert 0 == code, out
+    draws = [s for s in re.split(r"[\r\n]+", out) if s.startswith(f"{log.name}: ")]
+    assert draws, out
+    last = draws[-1]
+    assert f" {total:,} lines, " in last, last
+    from tqdm import tqdm
+
+    size = tqdm.format_sizeof(plain.stat().st_size, divisor=1000) + "B"
+    if kind == "bz2":
+        assert "%|" not in out
+        assert last.startswith(f"{log.name}: {size}, "), last
+    else:
+        assert last.startswith(f"{log.name}: 100%|"), last
+        assert f"| {size}/{size}, " in last, last
