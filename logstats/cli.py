@@ -1,7 +1,9 @@
-"""Command line: ``logstats backfill | query | parse | check-config``.
+"""Command line: ``logstats backfill | query | parse | serve | check-config | example``.
 
-structlog is configured here, once: JSON lines when stderr is not a terminal, readable
-console output when it is.  A ``LogstatsError`` becomes one line on stderr and exit 1.
+Answers and data go to stdout, logs to stderr, for every command.  structlog is
+configured here, once: JSON lines when stderr is not a terminal, readable console output
+when it is, and on the journal (``$JOURNAL_STREAM``) JSON lines with their sd-daemon
+priority prefix.  A ``LogstatsError`` becomes one line on stderr and exit 1.
 """
 
 from __future__ import annotations
