@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_DB ?= var/demo.duckdb
 
-.PHONY: default setup demo test check lint bench clean
+.PHONY: default setup demo test check lint bench clean man
 default: test
 
 $(BIN)/logstats: pyproject.toml
@@ -36,6 +36,10 @@ test: setup lint
 	[ ! -f tests/mta/install.sh ] || bash tests/mta/install.sh
 	$(BIN)/pytest
 	LOGSTATS_TEST_SHIFT_DAYS=400 $(BIN)/pytest -p no:cacheprovider $(SHIFTED_TESTS)
+
+# docs/logstats.1 from the argparse parser (tests/test_install.py holds it current)
+man: setup
+	$(BIN)/python -m tests.manpage
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -1,13 +1,16 @@
-"""Command line: ``logstats backfill | query | parse | check-config``.
+"""Command line: ``logstats backfill | query | parse | serve | check-config | example``.
 
-structlog is configured here, once: JSON lines when stderr is not a terminal, readable
-console output when it is.  A ``LogstatsError`` becomes one line on stderr and exit 1.
+Answers and data go to stdout, logs to stderr, for every command.  structlog is
+configured here, once: JSON lines when stderr is not a terminal, readable console output
+when it is, and on the journal (``$JOURNAL_STREAM``) JSON lines with their sd-daemon
+priority prefix.  A ``LogstatsError`` becomes one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import signal
@@ -17,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import structlog
 
@@ -31,36 +34,103 @@ if TYPE_CHECKING:
     from logstats.sources import FileInfo
     from logstats.store import Store
 
-BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "logstats.yaml"
+# sd-daemon(3) priority prefixes: journald files each line at its level
+PRIORITIES = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6}
+_log_to = {"journal": False}  # stderr is the journal: every line carries its <N> prefix
+
+
+def on_journal(stream: TextIO) -> bool:
+    """``stream`` is the journal: ``$JOURNAL_STREAM`` names its device and inode."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return bool(value) and value == f"{st.st_dev}:{st.st_ino}"
+
+
+def _no_empty_values(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Leave out ``None`` and empty values (``reason=None unknown_by_reason={}``)."""
+    return {k: v for k, v in event.items() if not (v is None or (_is_sized(v) and not v))}
+
+
+def _is_sized(value: object) -> bool:
+    return isinstance(value, str | dict | list | tuple | set)
+
+
+def _priority(_: Any, method: str, rendered: str) -> str:
+    return f"<{PRIORITIES.get(method, 7)}>{rendered}"
 
 
 def configure_logging(stream: TextIO = sys.stderr) -> None:
-    """Console output on a terminal, JSON lines otherwise (systemd's journal)."""
-    renderer: Any
-    if stream.isatty() and "JOURNAL_STREAM" not in os.environ:
-        renderer = structlog.dev.ConsoleRenderer()
+    """Every command logs to stderr (answers and data go to stdout): readable console lines
+    on a terminal, JSON lines otherwise; on the journal each line starts with its
+    sd-daemon priority (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug)."""
+    journal = _log_to["journal"] = on_journal(stream)
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if stream.isatty() and not journal:
+        processors += [_no_empty_values, structlog.dev.ConsoleRenderer()]
     else:
-        renderer = structlog.processors.JSONRenderer()
+        processors.append(structlog.processors.JSONRenderer())
+    if journal:
+        processors.append(_priority)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=processors,
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
 
 
+def error_line(message: str) -> None:
+    """One ``logstats: error: ...`` line on stderr (at priority error on the journal)."""
+    prefix = "<3>" if _log_to["journal"] else ""
+    print(f"{prefix}logstats: error: {message}", file=sys.stderr, flush=True)
+
+
 def parse_time(value: str) -> datetime:
-    """ISO 8601 (``2024-05-01``, ``2024-05-01T10:00:00+02:00``) or Unix seconds."""
-    from logstats.api import BadRequest
-    from logstats.api import parse_time as parse
+    """A time for --start/--end (logstats.timeparse: YYYYMMDD, ISO 8601, Unix seconds)."""
+    from logstats.timeparse import parse_time as parse
 
     try:
-        return parse("time", value)
-    except BadRequest as exc:
+        return parse(value)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+# `logstats example NAME`: (data package, file name) of the files that ship in the wheel,
+# packaged from config/, systemd/ and docs/ (pyproject.toml [tool.setuptools.package-dir])
+SHIPPED = {
+    "config": ("logstats.examples", "logstats.example.yaml", "config"),
+    "unit": ("logstats.unitfiles", "logstats.service", "systemd"),
+    "sysusers": ("logstats.unitfiles", "logstats.conf", "systemd"),
+    "manpage": ("logstats.manual", "logstats.1", "docs"),
+}
+
+
+def shipped_file(name: str) -> str:
+    """The text of a shipped file: from the installed package, else from the checkout."""
+    from importlib import resources
+
+    package, filename, folder = SHIPPED[name]
+    try:
+        return resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    checkout = Path(__file__).resolve().parent.parent / folder / filename
+    try:
+        return checkout.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LogstatsError(
+            f"{filename} is not installed with this logstats ({exc.strerror}: {checkout})"
+        ) from exc
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(shipped_file(args.file))
+    return 0
 
 
 def positive_int(value: str) -> int:
@@ -75,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-account mail statistics from Exim and Postfix logs.",
     )
     parser.add_argument("--version", action="version", version=f"logstats {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do (COMMAND --help)"
+    )
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -101,9 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument(
         "--mta", choices=[m.value for m in Mta], help="the files' MTA (default: detected per file)"
     )
+    bf.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar per file on stderr: percentage of its bytes, ETA, lines and "
+        "lines/s (default: only when stderr is a terminal)",
+    )
 
-    q = sub.add_parser("query", help="answer in the shape of a mail statistics API")
-    qsub = q.add_subparsers(dest="shape", required=True, metavar="SHAPE")
+    q = sub.add_parser(
+        "query",
+        help="answer in the shape of a mail statistics API",
+        description="Answer from the store in the shape of a mail statistics API: cPanel "
+        "EmailTrack::stats, or the Mailgun, SendGrid or SMTPeter stats API. Through a "
+        "running `logstats serve` when it serves the database, else from the file.",
+    )
+    qsub = q.add_subparsers(
+        dest="shape", required=True, metavar="SHAPE", help="the API (SHAPE --help)"
+    )
     et = qsub.add_parser(
         "emailtrack",
         parents=[common],
@@ -112,16 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
         "or a row per account with --all. Windows are UTC, at hour granularity.",
     )
     who = et.add_mutually_exclusive_group(required=True)
-    who.add_argument("--account", metavar="NAME", help="the account (cPanel user)")
+    who.add_argument(
+        "--account",
+        metavar="NAME",
+        help="the account (cPanel user); a pseudo-account as --account=-remote-. One that "
+        "does not exist (not in the account map, nothing ever counted) is a failure",
+    )
     who.add_argument("--all", action="store_true", help="every account")
     et.add_argument(
         "--start",
         type=parse_time,
         metavar="T",
-        help="window start, ISO 8601 or Unix time (default: beginning)",
+        help="window start (default: the beginning). T is YYYYMMDD or YYYYMMDDhhmmss "
+        "(UTC; a valid date wins), ISO 8601 (UTC without an offset), or other digits: "
+        "Unix seconds",
     )
     end = et.add_mutually_exclusive_group()
-    end.add_argument("--end", type=parse_time, metavar="T", help="window end, exclusive")
+    end.add_argument(
+        "--end", type=parse_time, metavar="T", help="window end, exclusive (T as for --start)"
+    )
     end.add_argument(
         "--days", type=positive_int, metavar="N", help="window: the last N days up to now"
     )
@@ -137,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["table", "json"],
         default=None,
-        help="with --all: a text table (default) or a JSON object by account",
+        help="table: aligned text columns; json: cPanel's cpanelresult (one account) or an "
+        "object by account (--all). Default: json with --account, table with --all",
     )
 
     examples = {
@@ -157,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
             "when it serves this database, else from the file (read-only, as an admin).",
         )
         vp.add_argument("path", metavar="PATH", help="the API path, e.g. " + example.split()[0])
-        vp.add_argument("params", nargs="*", metavar="NAME=VALUE")
+        vp.add_argument(
+            "params",
+            nargs="*",
+            metavar="NAME=VALUE",
+            help="the API's query parameters (a name repeated: several values)",
+        )
 
     ps = sub.add_parser(
         "parse",
@@ -165,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Report in the style of fail2ban-regex: lines, parsed by kind, irrelevant "
         "by reason, unknown by reason, and the first unknown lines. Reads nothing into a store.",
     )
-    ps.add_argument("paths", nargs="+", metavar="FILE")
+    ps.add_argument("paths", nargs="+", metavar="FILE", help="log files (plain, .gz, .bz2, .xz)")
     ps.add_argument("--mta", choices=[m.value for m in Mta], help="default: detected per file")
     ps.add_argument(
         "--show",
@@ -189,8 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         parents=[common],
         help="validate a configuration and print the effective settings",
+        description="Validate a configuration file and print the effective settings.",
     )
     cc.set_defaults(shape=None)
+
+    ex = sub.add_parser(
+        "example",
+        help="print a file that ships with logstats: config, unit, sysusers or manpage",
+        description="Print one of the files installed with logstats to stdout, to lay it "
+        "down where it belongs (see docs/systemd.md): config (the example configuration, "
+        "config/logstats.example.yaml), unit (the systemd unit, systemd/logstats.service), "
+        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf) or "
+        "manpage (this manual page, docs/logstats.1).",
+    )
+    ex.add_argument("file", choices=sorted(SHIPPED), help="which file")
+    ex.set_defaults(shape=None)
     return parser
 
 
@@ -206,9 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_parse(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "example":
+            return cmd_example(args)
         return cmd_check_config(args)
     except LogstatsError as exc:
-        print(f"logstats: error: {exc}", file=sys.stderr)
+        error_line(str(exc))
         return 1
     except BrokenPipeError:  # `logstats query ... | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -217,11 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _operational(exc)
         if message is None:
             raise
-        print(f"logstats: error: {message}", file=sys.stderr)
+        error_line(message)
         return 1
     except KeyboardInterrupt:
+        prefix = "<4>" if _log_to["journal"] else ""
         print(
-            "logstats: interrupted; the store holds every batch committed so far", file=sys.stderr
+            f"{prefix}logstats: interrupted; the store holds every batch committed so far",
+            file=sys.stderr,
         )
         return 130
 
@@ -267,35 +386,147 @@ def _db(args: argparse.Namespace, cfg: config_mod.Config) -> str:
     return str(args.db or cfg.db)
 
 
-class _ProgressBar:
-    """One refreshed line on a terminal: file, lines, lines/s."""
+def lines_per_s(lines: int, seconds: float) -> int | None:
+    """The one rate of a file's read: the progress bar's and the ``file_read`` line's."""
+    return round(lines / seconds) if seconds > 0 else None
 
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.last = 0.0
+
+def content_size(info: FileInfo) -> int | None:
+    """About how many bytes a file's content has (what the read offsets count), or None.
+
+    Plain files: their size. gzip: the size in its trailer (modulo 4 GiB, so the smallest
+    size not below the compressed one). xz: the sizes in the last stream's index. bzip2
+    and standard input: unknown.
+    """
+    if info.stream:
+        return None
+    try:
+        size = os.path.getsize(info.path)
+        if not info.compressed:
+            return size
+        with open(info.path, "rb") as f:
+            magic = f.read(6)
+            if magic[:2] == b"\x1f\x8b" and size >= 18:
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")
+                while isize < size:
+                    isize += 1 << 32
+                return isize
+            if magic == b"\xfd7zXZ\x00" and size >= 32:
+                return _xz_size(f, size)
+    except (OSError, ValueError, IndexError):  # damaged: the bar shows bytes read only
+        return None
+    return None
+
+
+def _xz_size(f: BinaryIO, size: int) -> int | None:
+    """The uncompressed size of an xz file's last stream, from its index."""
+    f.seek(-12, os.SEEK_END)
+    footer = f.read(12)
+    if footer[10:] != b"YZ":
+        return None
+    index_size = (int.from_bytes(footer[4:8], "little") + 1) * 4
+    if index_size > min(size - 24, 1 << 24):
+        return None
+    f.seek(-12 - index_size, os.SEEK_END)
+    index = f.read(index_size)
+    pos = 1  # after the index indicator (0x00)
+
+    def number() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            byte = index[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    if not index or index[0] != 0:
+        return None
+    total = 0
+    for _ in range(number()):
+        number()  # unpadded size
+        total += number()
+    return total
+
+
+class _ProgressBar:
+    """A tqdm bar per file on stderr: bytes of the file's content read (percentage, ETA),
+    lines and lines/s; drawn a last time with the numbers the ``file_read`` line logs."""
+
+    def __init__(self, name: str, total: int | None, initial: int, started: float) -> None:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread
+        if total is not None:
+            total = max(total, initial)
+        self.started = started
+        self.bar = tqdm(
+            desc=name,
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            file=sys.stderr,
+            mininterval=0.25,
+            dynamic_ncols=True,
+            leave=True,
+            bar_format=(
+                "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B{postfix} "
+                "[{elapsed}<{remaining}]"
+                if total is not None
+                else "{desc}: {n_fmt}B{postfix} [{elapsed}]"
+            ),
+        )
+
+    def _postfix(self, lines: int, seconds: float) -> None:
+        rate = lines_per_s(lines, seconds)
+        text = f"{lines:,} lines" + ("" if rate is None else f", {rate:,} lines/s")
+        self.bar.set_postfix_str(text, refresh=False)
 
     def __call__(self, path: str, lines: int, offset: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.25:
-            return
-        self.last = now
-        rate = lines / max(now - self.start, 1e-9)
-        sys.stderr.write(
-            f"\r{Path(path).name}: {lines:,} lines, {rate:,.0f} lines/s, {offset / 1e6:,.1f} MB "
-        )
-        sys.stderr.flush()
+        self._postfix(lines, time.monotonic() - self.started)
+        if offset > self.bar.n:
+            self.bar.update(offset - self.bar.n)  # redraws at most every mininterval
 
-    def done(self) -> None:
-        sys.stderr.write("\n")
+    def done(self, lines: int, seconds: float, complete: bool) -> None:
+        """The last draw: 100 % when the file was read to its end."""
+        if complete:
+            total = self.bar.total
+            self.bar.total = self.bar.n if total is None else max(total, self.bar.n)
+            self.bar.n = self.bar.total
+        self._postfix(lines, seconds)
+        self.bar.refresh()
+        self.bar.close()
 
 
-def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any) -> int:
-    bar = _ProgressBar() if sys.stderr.isatty() else None
+def _backfill_file(
+    ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool
+) -> int:
     t0 = time.monotonic()
-    report = ingestor.ingest(info, mta, bar)
-    if bar is not None:
-        bar.done()
+    bars: list[_ProgressBar] = []
+
+    def draw(path: str, lines: int, offset: int) -> None:
+        if not bars and not lines:
+            return  # nothing new (yet): no bar
+        if not bars:  # a file with something to read: the bar starts at its checkpoint
+            known = ingestor.store.positions().get(info.head_hash)
+            start = known.byte_offset if known is not None else 0
+            bars.append(_ProgressBar(Path(path).name, content_size(info), start, t0))
+        bars[0](path, lines, offset)
+
+    try:
+        report = ingestor.ingest(info, mta, draw if progress else None)
+    except BaseException:
+        for bar in bars:
+            bar.bar.close()
+        raise
     seconds = time.monotonic() - t0
+    for bar in bars:
+        bar.done(report.lines, seconds, complete=report.skipped is None)
     log.info(
         "file_read" if report.skipped is None else "file_skipped",
         path=report.path,
@@ -307,7 +538,7 @@ def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any) -> in
         unknown_by_reason=dict(report.unparsed),
         events=report.events,
         anomalies=dict(report.anomalies),
-        lines_per_s=round(report.lines / seconds) if seconds > 0 else None,
+        lines_per_s=lines_per_s(report.lines, seconds),
         reason=report.skipped,
     )
     if report.isolated:
@@ -336,7 +567,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     def problem(exc: SourceError) -> None:
         failed.append(str(exc))
-        print(f"logstats: error: {exc}", file=sys.stderr, flush=True)
+        error_line(str(exc))
 
     with _opened(Store(_db(args, cfg), memory_limit=cfg.memory_limit)) as store:
         ingestor = Ingestor(store, cfg, now=lambda: datetime.now(UTC))
@@ -350,10 +581,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         try:
             started = time.monotonic()
             plan = ingestor.plan(args.paths, args.mta, on_problem=problem)
+            progress = args.progress
+            if progress is None:  # on a terminal, not on a pipe or the journal
+                progress = sys.stderr.isatty() and not _log_to["journal"]
             total_lines = 0
             for info, mta in plan:
                 try:
-                    total_lines += _backfill_file(ingestor, info, mta, log)
+                    total_lines += _backfill_file(ingestor, info, mta, log, progress)
                 except SourceError as exc:  # what was read of it is stored; on to the next
                     problem(exc)
                 if ingestor.interrupted:
@@ -426,7 +660,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.shape != "emailtrack":
         return cmd_query_api(args)
     from logstats import api, query
-    from logstats.store import Store
 
     cfg = _load(args)
     db = _db(args, cfg)
@@ -441,29 +674,58 @@ def cmd_query(args: argparse.Namespace) -> int:
         "nosuccess": "1" if args.nosuccess else "",
     }
     params = {k: v for k, v in params.items() if v}
-    import duckdb
-
+    table = args.format == "table" or (args.all and args.format is None)
     try:
-        asked = _ask_daemon(cfg.socket, db, params)
-        answer = asked[1] if asked is not None else None
-        if answer is None:
-            with _opened(Store(db, read_only=True)) as store:
-                try:
-                    answer = api.emailtrack(store.con, params)
-                except duckdb.Error as exc:
-                    raise _readable(db, exc) from exc
+        answer = _emailtrack(cfg, db, params)
+        if not args.all and answer["cpanelresult"]["event"]["result"] == 1:
+            missing = _no_such_account(cfg, db, args.account)
+            if missing is not None:
+                answer = query.emailtrack_error(missing)
     except (LogstatsError, api.BadRequest) as exc:
-        if args.all:
+        if args.all or table:
             raise LogstatsError(str(exc)) from exc
         print(json.dumps(query.emailtrack_error(str(exc)), indent=2))
         return 1
-    if args.all and args.format != "json":
-        print(query.emailtrack_table(answer))
-    else:
-        print(json.dumps(answer, indent=2))
-    if not args.all and answer["cpanelresult"]["event"]["result"] != 1:
-        return 1
+    if not args.all:
+        event = answer["cpanelresult"]["event"]
+        if event["result"] != 1:
+            if table:
+                raise LogstatsError(event.get("reason") or "the query failed")
+            print(json.dumps(answer, indent=2))
+            return 1
+        if table:
+            answer = {args.account: answer["cpanelresult"]["data"][0]}
+    print(query.emailtrack_table(answer) if table else json.dumps(answer, indent=2))
     return 0
+
+
+def _emailtrack(cfg: config_mod.Config, db: str, params: dict[str, str]) -> dict[str, Any]:
+    """The EmailTrack answer from a running daemon for ``db``, else from the file."""
+    import duckdb
+
+    from logstats import api
+    from logstats.store import Store
+
+    asked = _ask_daemon(cfg.socket, db, params)
+    if asked is not None:
+        return dict(asked[1])
+    with _opened(Store(db, read_only=True)) as store:
+        try:
+            return api.emailtrack(store.con, params)
+        except duckdb.Error as exc:
+            raise _readable(db, exc) from exc
+
+
+def _no_such_account(cfg: config_mod.Config, db: str, account: str) -> str | None:
+    """Why ``account`` does not exist (logstats.accounts), or None when it does."""
+    from logstats import accounts
+
+    if account in accounts.mapped(cfg):
+        return None
+    ever = _emailtrack(cfg, db, {"account": account})["cpanelresult"]
+    if ever["event"]["result"] != 1 or accounts.exists(cfg, account, ever["data"][0]):
+        return None
+    return accounts.reason(account)
 
 
 def _ask_daemon(
@@ -537,7 +799,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from logstats.daemon import Daemon
 
-    configure_logging(sys.stdout)  # the service logs to stdout: systemd keeps it
     cfg = _load(args)
     if args.db:
         cfg = replace(cfg, db=args.db)

@@ -2,7 +2,7 @@
 
 ``Serve`` runs the daemon as an operator (or systemd) does: ``logstats serve --config CFG``
 in its own process, with ``NOTIFY_SOCKET`` pointing at a datagram socket bound here, so
-tests wait for ``READY=1`` instead of sleeping.  Its stdout (JSON log lines) is read by a
+tests wait for ``READY=1`` instead of sleeping.  Its stderr (JSON log lines) is read by a
 thread; ``wait_event`` blocks on it with a deadline.  Every wait is bounded.
 """
 
@@ -207,7 +207,7 @@ class DaemonExited(AssertionError):
 
 
 class Serve:
-    """One ``logstats serve`` process, its notify socket and its parsed stdout."""
+    """One ``logstats serve`` process, its notify socket and its parsed log (stderr)."""
 
     def __init__(
         self,
@@ -266,10 +266,21 @@ class Serve:
             self.cond.notify_all()
 
     def _read_stderr(self) -> None:
+        """The daemon's log: JSON lines on stderr (anything else is kept as text)."""
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
             with self.cond:
-                self.stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.stderr.append(text)
+                try:
+                    event = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self.events.append(event)
+                    self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
 
     def _read_notify(self) -> None:
         self.notify.settimeout(0.2)
@@ -327,7 +338,7 @@ class Serve:
         after: int = 0,
         where: Callable[[dict[str, Any]], bool] = lambda e: True,
     ) -> dict[str, Any]:
-        """The first stdout event ``name`` (from index ``after``) matching ``where``."""
+        """The first log event ``name`` (from index ``after``) matching ``where``."""
 
         def find() -> dict[str, Any] | None:
             for e in self.events[after:]:
@@ -361,7 +372,7 @@ class Serve:
             if got >= n:
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"daemon took {got} lines, not {n}; {self.raw[-5:]}")
+                raise AssertionError(f"daemon took {got} lines, not {n}; {self.stderr[-5:]}")
             time.sleep(0.01)  # polling with a deadline
 
     def wait_stats(self, expected: Stats, timeout: float = 20.0) -> Stats:
