@@ -1,23 +1,38 @@
 """YAML configuration -> a validated, frozen ``Config``.
 
 The only module that reads YAML, the environment, ``/etc/passwd`` or cPanel's
-``/etc/userdomains``.  Unknown keys are errors that name the file and the dotted key;
-relative paths resolve against the config file's directory.
+``/etc/userdomains``.  The file's structure is described once, by the pydantic models
+below (``File`` and its sections); ``load`` validates a file against them, reports every
+mistake at once (one line each, naming the file and the dotted key), and builds the
+``Config`` the rest of the program uses.  Unknown keys are errors; relative paths resolve
+against the config file's directory.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 from logstats.correlate import Policy
 from logstats.errors import ConfigError
@@ -25,6 +40,7 @@ from logstats.errors import ConfigError
 DEFAULT_DB = "/var/lib/logstats/logstats.duckdb"
 DEFAULT_SOCKET = "/run/logstats/logstats.sock"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_SIZE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B|B)", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -104,11 +120,32 @@ class Config:
         return ZoneInfo(self.timezone)
 
     def domain_map(self) -> dict[str, str]:
+        """``accounts.domains`` over the entries of ``accounts.userdomains``.  A map file
+        that does not exist (yet) adds nothing (``warnings`` says so; it is read once it
+        exists, at the next reload); one that exists but cannot be read, or is not in
+        cPanel's format, is an error naming the config file and the key."""
         table: dict[str, str] = {}
-        if self.userdomains:
-            table.update(read_userdomains(self.userdomains))
+        if self.userdomains and os.path.exists(self.userdomains):
+            try:
+                table.update(read_userdomains(self.userdomains))
+            except ConfigError as exc:
+                raise ConfigError(f"{self.where}: accounts.userdomains: {exc}") from exc
         table.update({k.lower(): v for k, v in self.domains.items()})
         return table
+
+    @property
+    def where(self) -> str:
+        return self.path or "built-in defaults"
+
+    def warnings(self) -> list[str]:
+        """What is valid but will not work as configured yet, one line each."""
+        found: list[str] = []
+        if self.userdomains and not os.path.exists(self.userdomains):
+            found.append(
+                f"{self.where}: accounts.userdomains: {self.userdomains} does not exist: no "
+                "accounts from it until it does (it is read again at reload, SIGHUP)"
+            )
+        return found
 
     def policy(self) -> Policy:
         uids = dict(self.uids)
@@ -165,7 +202,7 @@ def read_userdomains(path: str) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise ConfigError(f"accounts.userdomains: cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -178,76 +215,275 @@ def read_userdomains(path: str) -> dict[str, str]:
     return table
 
 
-def parse_duration(value: object, key: str, where: str) -> timedelta:
-    if isinstance(value, int) and value > 0:
+# -- the file's structure ----------------------------------------------------------------------
+# Each value type checks what YAML gave and raises ValueError("expected ..."): the report
+# adds the dotted key before it and ", got VALUE" after it.
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("expected a positive number of seconds")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a path")
+    return value
+
+
+def _name(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise ValueError("expected a name")
+    return str(value)
+
+
+def _pattern(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a pattern (a domain, an address, * wildcards)")
+    return value.lower()
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, str) or not _SIZE.fullmatch(value.strip()):
+        raise ValueError("expected a size like 128MB or 1GiB")
+    return value.strip()
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``90m``, ``12h``, ``7d``, ``2w`` or a whole number of seconds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return timedelta(seconds=value)
-    m = _DURATION.match(str(value).strip())
+    m = _DURATION.match(value.strip()) if isinstance(value, str) else None
     if not m or int(m.group(1)) <= 0:
-        raise ConfigError(f"{where}: {key}: expected a duration like 90m, 12h or 7d, got {value!r}")
+        raise ValueError("expected a duration like 90m, 12h or 7d")
     return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
 
 
-_SCHEMA: dict[str, Any] = {
-    "timezone": str,
-    "store": {"path": str, "retention_days": int, "memory_limit": "size"},
-    "accounts": {
-        "domains": dict,
-        "userdomains": str,
-        "uids": dict,
-        "sender_domain_fallback": bool,
-    },
-    "correlation": {
-        "ttl": "duration",
-        "orphan_ttl": "duration",
-        "handoff_window": "duration",
-        "filter_relays": list,
-    },
-    "ingest": {"batch_lines": int, "max_line_length": int, "workers": int},
-    "sources": list,
-    "serve": {
-        "socket": str,
-        "batch_seconds": "seconds",
-        "poll_seconds": "seconds",
-        "commit_retries": int,
-    },
-    "api": {"tcp": "address", "admins": list, "keys": list, "metrics_per_account": bool},
-    "providers": dict,
-    "tags": list,
-}
+def format_duration(value: timedelta) -> str:
+    """The inverse of ``parse_duration`` in the largest unit of s, m, h, d that fits."""
+    seconds = int(value.total_seconds())
+    for unit in "dhm":
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
 
 
-def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping")
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in schema:
-            raise ConfigError(f"{where}: unknown key {dotted!r}")
-        kind = schema[key]
-        if isinstance(kind, dict):
-            _check(value, kind, dotted, where)
-        elif kind == "duration":
-            parse_duration(value, dotted, where)
-        elif kind == "address":
-            if not isinstance(value, str | int) or isinstance(value, bool):
-                raise ConfigError(f"{where}: {dotted}: expected PORT or HOST:PORT, got {value!r}")
-        elif kind == "size":
-            if not isinstance(value, str) or not _SIZE.fullmatch(value.strip()):
-                raise ConfigError(
-                    f"{where}: {dotted}: expected a size like 128MB or 1GiB, got {value!r}"
-                )
-        elif kind == "seconds":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(
-                    f"{where}: {dotted}: expected a positive number of seconds, got {value!r}"
-                )
-        elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ConfigError(f"{where}: {dotted}: expected a positive integer, got {value!r}")
-        elif kind is not int and not isinstance(value, kind):
-            raise ConfigError(f"{where}: {dotted}: expected {kind.__name__}, got {value!r}")
+def _zone(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError) as exc:
+        raise ValueError("unknown zone: expected an IANA name like Europe/Amsterdam") from exc
+    return value
 
 
-_SIZE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B|B)", re.IGNORECASE)
+def _address(value: Any) -> str | None:
+    """``PORT`` (loopback) or ``HOST:PORT`` -> ``HOST:PORT``."""
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if text and ":" not in text:
+        text = f"127.0.0.1:{text}"  # a bare port listens on loopback only
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected PORT or HOST:PORT")
+    return text
+
+
+def _uid(value: Any) -> int:
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise ValueError("expected a numeric uid")
+    return int(value)
+
+
+def _mta(value: Any) -> str | None:
+    if value not in (None, "exim", "postfix"):
+        raise ValueError("expected exim or postfix")
+    return str(value) if value else None
+
+
+def _a_list(value: Any) -> Any:
+    if not isinstance(value, list):
+        raise ValueError("expected a list")
+    return value
+
+
+def _a_mapping(value: Any) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping")
+    return value
+
+
+PositiveInt = Annotated[int, PlainValidator(_positive_int)]
+Count = Annotated[int, PlainValidator(_count)]
+Seconds = Annotated[float, PlainValidator(_seconds)]
+Boolean = Annotated[bool, PlainValidator(_boolean)]
+PathText = Annotated[str, PlainValidator(_path)]
+Name = Annotated[str, PlainValidator(_name)]
+Pattern = Annotated[str, PlainValidator(_pattern)]
+Size = Annotated[str, PlainValidator(_size)]
+Duration = Annotated[timedelta, PlainValidator(parse_duration)]
+Zone = Annotated[str | None, PlainValidator(_zone)]
+Address = Annotated[str | None, PlainValidator(_address)]
+Uid = Annotated[int, PlainValidator(_uid)]
+MtaName = Annotated[str | None, PlainValidator(_mta)]
+Names = Annotated[tuple[Name, ...], BeforeValidator(_a_list)]
+Patterns = Annotated[tuple[Pattern, ...], BeforeValidator(_a_list)]
+
+
+class Section(BaseModel):
+    """A mapping of known keys (an empty section, ``store:``, is all defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    expected: ClassVar[str] = "a mapping"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected {cls.expected}")
+        return data
+
+
+class StoreSection(Section):
+    path: PathText = DEFAULT_DB
+    retention_days: PositiveInt = 10
+    memory_limit: Size = "128MB"
+
+
+class AccountsSection(Section):
+    domains: Annotated[dict[Pattern, Name], BeforeValidator(_a_mapping)] = {}
+    userdomains: PathText | None = None
+    uids: Annotated[dict[Uid, Name], BeforeValidator(_a_mapping)] = {}
+    sender_domain_fallback: Boolean = False
+
+
+class CorrelationSection(Section):
+    ttl: Duration = timedelta(days=7)
+    orphan_ttl: Duration = timedelta(hours=1)
+    handoff_window: Duration = timedelta(minutes=10)
+    filter_relays: Names = ("127.0.0.1", "[::1]", "::1", "localhost")
+
+
+class IngestSection(Section):
+    batch_lines: PositiveInt = 50000
+    max_line_length: PositiveInt = 65536
+    workers: Count = 0
+
+
+class SourceItem(Section):
+    expected: ClassVar[str] = "a path or {path: PATH, mta: exim|postfix}"
+    path: PathText
+    mta: MtaName = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+
+class ServeSection(Section):
+    socket: PathText = DEFAULT_SOCKET
+    batch_seconds: Seconds = 0.5
+    poll_seconds: Seconds = 1.0
+    commit_retries: PositiveInt = 5
+
+
+def _distinct_keys(keys: tuple[KeyItem, ...]) -> tuple[KeyItem, ...]:
+    first: dict[str, int] = {}
+    for i, item in enumerate(keys):
+        if item.key in first:
+            raise ValueError(
+                f"expected a secret per key, got the same in [{first[item.key]}] and [{i}]"
+            )
+        first[item.key] = i
+    return keys
+
+
+class KeyItem(Section):
+    expected: ClassVar[str] = "{key: SECRET, name, accounts, domains, tags}"
+    key: Annotated[str, PlainValidator(_path)]  # any non-empty text
+    name: Name | None = None
+    accounts: Names = ()
+    domains: Patterns = ()
+    tags: Names = ()
+
+
+class ApiSection(Section):
+    tcp: Address = None
+    admins: Names = ("root",)
+    keys: Annotated[
+        tuple[KeyItem, ...], BeforeValidator(_a_list), AfterValidator(_distinct_keys)
+    ] = ()
+    metrics_per_account: Boolean = False
+
+
+class TagRule(Section):
+    expected: ClassVar[str] = "{tag: NAME, sender|recipient: PATTERN}"
+    tag: Name
+    sender: Pattern | None = None
+    recipient: Pattern | None = None
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> TagRule:
+        if (self.sender is None) == (self.recipient is None):
+            raise ValueError("expected exactly one of sender or recipient beside tag")
+        return self
+
+
+class File(Section):
+    """The whole file.  Every key of ``config/logstats.example.yaml`` is a field here."""
+
+    timezone: Zone = None
+    store: StoreSection = Field(default_factory=StoreSection)
+    accounts: AccountsSection = Field(default_factory=AccountsSection)
+    correlation: CorrelationSection = Field(default_factory=CorrelationSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
+    sources: Annotated[tuple[SourceItem, ...], BeforeValidator(_a_list)] = ()
+    serve: ServeSection = Field(default_factory=ServeSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    providers: Annotated[dict[Name, Patterns], BeforeValidator(_a_mapping)] = {}
+    tags: Annotated[tuple[TagRule, ...], BeforeValidator(_a_list)] = ()
+
+
+def setting_keys(model: type[BaseModel] = File, prefix: str = "") -> Iterator[str]:
+    """The dotted name of every setting (a section's keys; lists and maps are one each)."""
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, Section):
+            yield from setting_keys(kind, f"{dotted}.")
+        else:
+            yield dotted
+
+
+# -- reading a file ------------------------------------------------------------------------------
 
 
 def _read_text(path: str, where: str) -> str:
@@ -263,136 +499,211 @@ def _read_text(path: str, where: str) -> str:
         ) from exc
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (the last would win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in this mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = exc.context or ""
+        if context and exc.context_mark:
+            context += f" (line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        what = " ".join(str(x) for x in (context, exc.problem) if x)
+        raise ConfigError(f"{where}: not valid YAML{at}: {what}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"a mapping of {', '.join(map(str, value))}" if value else "an empty mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = (
+        json.dumps(value, default=str) if value is None or isinstance(value, bool) else repr(value)
+    )
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The section a location points into (for the names of its keys)."""
+    model: type[BaseModel] = File
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        kinds = [info.annotation]
+        found = None
+        while kinds:
+            kind = kinds.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found = kind
+                break
+            kinds.extend(get_args(kind))
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _problems(exc: ValidationError, where: str) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        key = _dotted(loc) or "top level"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            line = f"{where}: unknown key {key!r}"
+            parent = _model_at(loc[:-1])
+            close = difflib.get_close_matches(
+                str(loc[-1]), list(parent.model_fields) if parent else [], n=1
+            )
+            if close:
+                line += f" (did you mean {_dotted((*loc[:-1], close[0]))!r}?)"
+        elif kind == "missing":
+            line = f"{where}: {key}: expected a value (the key is required), got none"
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if not message.startswith("expected") and not message.startswith("unknown"):
+                message = f"expected {message[0].lower()}{message[1:]}"
+            if ", got " not in message:
+                message += f", got {_got(error['input'])}"
+            line = f"{where}: {key}: {message}"
+        lines.append(line)
+    return lines
+
+
+def validate(data: Any, where: str) -> File:
+    """``data`` (parsed YAML) as a ``File``, or a ``ConfigError`` listing every mistake."""
+    try:
+        return File.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_problems(exc, where))) from None
+
+
 def load(path: str | None) -> Config:
     """Read and validate a config file; ``None`` gives the built-in defaults."""
     if path is None:
         return Config()
     where = str(path)
-    text = _read_text(path, where)
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-    _check(data, _SCHEMA, "", where)
-    base = Path(path).resolve().parent
+    data = _parse_yaml(_read_text(path, where), where)
+    return build(validate(data, where), where, Path(path).resolve().parent)
+
+
+def build(f: File, where: str | None, base: Path) -> Config:
+    """The ``Config`` of a validated file; relative paths resolve against ``base``."""
 
     def resolve(p: str) -> str:
-        return str(p) if Path(p).is_absolute() or p == ":memory:" else str(base / p)
+        return p if Path(p).is_absolute() or p == ":memory:" else str(base / p)
 
-    store = data.get("store", {})
-    accounts = data.get("accounts", {})
-    corr = data.get("correlation", {})
-    ingest = data.get("ingest", {})
-    serve = data.get("serve", {})
-    timezone = data.get("timezone")
-    if timezone is not None:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(f"{where}: timezone: unknown zone {timezone!r}") from exc
-    uids: dict[int, str] = {}
-    for k, v in accounts.get("uids", {}).items():
-        if not str(k).isdigit():
-            raise ConfigError(f"{where}: accounts.uids: {k!r} is not a numeric uid")
-        uids[int(k)] = str(v)
-    sources = []
-    for i, item in enumerate(data.get("sources", [])):
-        s = {"path": item} if isinstance(item, str) else item
-        if not isinstance(s, dict) or "path" not in s or set(s) - {"path", "mta"}:
-            raise ConfigError(f"{where}: sources[{i}]: expected {{path: ..., mta: exim|postfix}}")
-        if s.get("mta") not in (None, "exim", "postfix"):
-            raise ConfigError(f"{where}: sources[{i}].mta: expected exim or postfix")
-        sources.append(Source(resolve(s["path"]), s.get("mta")))
-    defaults = Config()
-    api = data.get("api", {})
-    keys = tuple(_api_key(i, k, where) for i, k in enumerate(api.get("keys", [])))
-    providers = _providers(data.get("providers", {}), where)
-    tag_rules = _tag_rules(data.get("tags", []), where)
-    tcp = api.get("tcp")
-    if tcp is not None:
-        tcp = str(tcp)
-        if ":" not in tcp:
-            tcp = f"127.0.0.1:{tcp}"  # a bare port listens on loopback only
-        if not tcp.rsplit(":", 1)[1].isdigit():
-            raise ConfigError(f"{where}: api.tcp: expected PORT or HOST:PORT, got {tcp!r}")
     return Config(
         path=where,
-        timezone=timezone,
-        db=resolve(store.get("path", defaults.db)),
-        retention_days=store.get("retention_days", defaults.retention_days),
-        memory_limit=store.get("memory_limit", defaults.memory_limit),
-        domains={str(k).lower(): str(v) for k, v in accounts.get("domains", {}).items()},
-        userdomains=resolve(accounts["userdomains"]) if "userdomains" in accounts else None,
-        uids=uids,
-        sender_domain_fallback=accounts.get("sender_domain_fallback", False),
-        filter_relays=tuple(str(x) for x in corr.get("filter_relays", defaults.filter_relays)),
-        ttl=parse_duration(corr["ttl"], "correlation.ttl", where)
-        if "ttl" in corr
-        else defaults.ttl,
-        orphan_ttl=(
-            parse_duration(corr["orphan_ttl"], "correlation.orphan_ttl", where)
-            if "orphan_ttl" in corr
-            else defaults.orphan_ttl
+        timezone=f.timezone,
+        db=resolve(f.store.path),
+        retention_days=f.store.retention_days,
+        memory_limit=f.store.memory_limit,
+        domains=dict(f.accounts.domains),
+        userdomains=resolve(f.accounts.userdomains) if f.accounts.userdomains else None,
+        uids=dict(f.accounts.uids),
+        sender_domain_fallback=f.accounts.sender_domain_fallback,
+        filter_relays=f.correlation.filter_relays,
+        ttl=f.correlation.ttl,
+        orphan_ttl=f.correlation.orphan_ttl,
+        handoff_window=f.correlation.handoff_window,
+        batch_lines=f.ingest.batch_lines,
+        max_line_length=f.ingest.max_line_length,
+        workers=f.ingest.workers,
+        sources=tuple(Source(resolve(s.path), s.mta) for s in f.sources),
+        socket=resolve(f.serve.socket),
+        batch_seconds=f.serve.batch_seconds,
+        poll_seconds=f.serve.poll_seconds,
+        commit_retries=f.serve.commit_retries,
+        tcp=f.api.tcp,
+        admins=f.api.admins,
+        api_keys=tuple(
+            ApiKey(
+                key=k.key, accounts=k.accounts, domains=k.domains, tags=k.tags, name=k.name or ""
+            )
+            for k in f.api.keys
         ),
-        handoff_window=(
-            parse_duration(corr["handoff_window"], "correlation.handoff_window", where)
-            if "handoff_window" in corr
-            else defaults.handoff_window
+        metrics_per_account=f.api.metrics_per_account,
+        providers={**DEFAULT_PROVIDERS, **f.providers},
+        tag_rules=tuple(
+            (t.tag, "sender", t.sender)
+            if t.sender is not None
+            else (t.tag, "recipient", str(t.recipient))
+            for t in f.tags
         ),
-        batch_lines=ingest.get("batch_lines", defaults.batch_lines),
-        max_line_length=ingest.get("max_line_length", defaults.max_line_length),
-        workers=ingest.get("workers", defaults.workers),
-        sources=tuple(sources),
-        socket=resolve(serve["socket"]) if "socket" in serve else defaults.socket,
-        batch_seconds=float(serve.get("batch_seconds", defaults.batch_seconds)),
-        poll_seconds=float(serve.get("poll_seconds", defaults.poll_seconds)),
-        commit_retries=serve.get("commit_retries", defaults.commit_retries),
-        tcp=tcp,
-        admins=tuple(str(a) for a in api.get("admins", defaults.admins)),
-        api_keys=keys,
-        metrics_per_account=api.get("metrics_per_account", False),
-        providers=providers,
-        tag_rules=tuple(tag_rules),
     )
 
 
-def _api_key(i: int, item: Any, where: str) -> ApiKey:
-    allowed = {"key", "name", "accounts", "domains", "tags"}
-    if not isinstance(item, dict) or not isinstance(item.get("key"), str) or set(item) - allowed:
-        raise ConfigError(
-            f"{where}: api.keys[{i}]: expected {{key: SECRET, name, accounts, domains, tags}}"
-        )
-    scopes = {}
-    for field_name in ("accounts", "domains", "tags"):
-        values = item.get(field_name, [])
-        if not isinstance(values, list):
-            raise ConfigError(f"{where}: api.keys[{i}].{field_name}: expected a list")
-        scopes[field_name] = tuple(str(v) for v in values)
-    return ApiKey(key=item["key"], name=str(item.get("name", "")), **scopes)
+MASK = "********"
 
 
-def _providers(items: dict[str, Any], where: str) -> dict[str, tuple[str, ...]]:
-    providers = dict(DEFAULT_PROVIDERS)
-    for name, patterns in items.items():
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ConfigError(f"{where}: providers.{name}: expected a list of domain patterns")
-        providers[str(name)] = tuple(p.lower() for p in patterns)
-    return providers
-
-
-def _tag_rules(items: list[Any], where: str) -> list[tuple[str, str, str]]:
-    rules = []
-    for i, rule in enumerate(items):
-        kinds = set(rule) & {"sender", "recipient"} if isinstance(rule, dict) else set()
-        if (
-            not isinstance(rule, dict)
-            or "tag" not in rule
-            or len(kinds) != 1
-            or set(rule) - {"tag", "sender", "recipient"}
-        ):
-            raise ConfigError(
-                f"{where}: tags[{i}]: expected {{tag: NAME, sender|recipient: PATTERN}}"
-            )
-        kind = kinds.pop()
-        rules.append((str(rule["tag"]), kind, str(rule[kind]).lower()))
-    return rules
+def settings(cfg: Config) -> dict[str, Any]:
+    """Every setting's effective value by its dotted key, as YAML would write it (durations
+    as ``7d``; API key secrets masked).  ``setting_keys()`` lists the same keys."""
+    return {
+        "timezone": cfg.timezone,
+        "store.path": cfg.db,
+        "store.retention_days": cfg.retention_days,
+        "store.memory_limit": cfg.memory_limit,
+        "accounts.domains": dict(cfg.domains),
+        "accounts.userdomains": cfg.userdomains,
+        "accounts.uids": dict(cfg.uids),
+        "accounts.sender_domain_fallback": cfg.sender_domain_fallback,
+        "correlation.ttl": format_duration(cfg.ttl),
+        "correlation.orphan_ttl": format_duration(cfg.orphan_ttl),
+        "correlation.handoff_window": format_duration(cfg.handoff_window),
+        "correlation.filter_relays": list(cfg.filter_relays),
+        "ingest.batch_lines": cfg.batch_lines,
+        "ingest.max_line_length": cfg.max_line_length,
+        "ingest.workers": cfg.workers,
+        "sources": [{"path": s.path, "mta": s.mta} for s in cfg.sources],
+        "serve.socket": cfg.socket,
+        "serve.batch_seconds": cfg.batch_seconds,
+        "serve.poll_seconds": cfg.poll_seconds,
+        "serve.commit_retries": cfg.commit_retries,
+        "api.tcp": cfg.tcp,
+        "api.admins": list(cfg.admins),
+        "api.keys": [
+            {
+                "key": MASK,
+                "name": k.name or None,
+                "accounts": list(k.accounts),
+                "domains": list(k.domains),
+                "tags": list(k.tags),
+            }
+            for k in cfg.api_keys
+        ],
+        "api.metrics_per_account": cfg.metrics_per_account,
+        "providers": {name: list(p) for name, p in cfg.providers.items()},
+        "tags": [{"tag": tag, kind: pattern} for tag, kind, pattern in cfg.tag_rules],
+    }
