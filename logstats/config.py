@@ -330,11 +330,19 @@ def _a_list(value: Any) -> Any:
     return value
 
 
-def _a_mapping(value: Any) -> Any:
+def _a_mapping(value: Any, expected: str = "expected a mapping") -> dict[str, Any]:
+    """A mapping (null: an empty one) with its keys as text (a key ``1`` or ``~`` is then
+    an unknown key, or checked as a name, rather than a type error)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError("expected a mapping")
+        raise ValueError(expected)
+    return {k if isinstance(k, str) else json.dumps(k): v for k, v in value.items()}
+
+
+def _secret(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected the key's secret (text)")
     return value
 
 
@@ -360,15 +368,14 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     expected: ClassVar[str] = "a mapping"
+    item: ClassVar[bool] = False  # an item of a list: null is not an empty one
 
     @model_validator(mode="before")
     @classmethod
     def _mapping(cls, data: Any) -> Any:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
+        if data is None and cls.item:
             raise ValueError(f"expected {cls.expected}")
-        return data
+        return _a_mapping(data, f"expected {cls.expected}")
 
 
 class StoreSection(Section):
@@ -399,6 +406,7 @@ class IngestSection(Section):
 
 class SourceItem(Section):
     expected: ClassVar[str] = "a path or {path: PATH, mta: exim|postfix}"
+    item: ClassVar[bool] = True
     path: PathText
     mta: MtaName = None
 
@@ -428,7 +436,8 @@ def _distinct_keys(keys: tuple[KeyItem, ...]) -> tuple[KeyItem, ...]:
 
 class KeyItem(Section):
     expected: ClassVar[str] = "{key: SECRET, name, accounts, domains, tags}"
-    key: Annotated[str, PlainValidator(_path)]  # any non-empty text
+    item: ClassVar[bool] = True
+    key: Annotated[str, PlainValidator(_secret)]
     name: Name | None = None
     accounts: Names = ()
     domains: Patterns = ()
@@ -446,6 +455,7 @@ class ApiSection(Section):
 
 class TagRule(Section):
     expected: ClassVar[str] = "{tag: NAME, sender|recipient: PATTERN}"
+    item: ClassVar[bool] = True
     tag: Name
     sender: Pattern | None = None
     recipient: Pattern | None = None

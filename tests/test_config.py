@@ -55,6 +55,10 @@ def write(tmp_path, text, name="c.yaml"):
         ("serve: {poll_seconds: 0}\n", "serve.poll_seconds: expected a positive number"),
         ("providers: {x: gmail.com}\n", "providers.x: expected a list, got 'gmail.com'"),
         ("store:\n  path: a\n  path: b\n", "line 3, column 3: key 'path' appears twice"),
+        ("[1, 2]\n", "top level: expected a mapping, got a list"),
+        ("store: {1: x}\n", "unknown key 'store.1'"),
+        ("sources: [~]\n", "sources[0]: expected a path or {path: PATH, mta: exim|postfix}"),
+        ("api: {keys: [{key: ''}]}\n", "api.keys[0].key: expected the key's secret"),
     ],
 )
 def test_broken_config_names_file_and_key(tmp_path, text, message):
