@@ -15,7 +15,7 @@ import json
 import os
 import pwd
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from pathlib import Path
@@ -42,6 +42,7 @@ DEFAULT_SOCKET = "/run/logstats/logstats.sock"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _SIZE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B|B)", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST = 36500 * 86400  # a duration or a retention beyond a century is a typo
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,21 +221,20 @@ def read_userdomains(path: str) -> dict[str, str]:
 # adds the dotted key before it and ", got VALUE" after it.
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("expected a positive integer")
-    return value
+def _whole(least: int, most: int) -> Callable[[Any], int]:
+    what = "a positive integer" if least == 1 else f"a whole number, {least} or more"
 
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise ValueError(f"expected {what} (at most {most:,})")
+        return value
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected a whole number, 0 or more")
-    return value
+    return check
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError("expected a positive number of seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ValueError("expected a positive number of seconds (at most 3600)")
     return float(value)
 
 
@@ -270,12 +270,14 @@ def _size(value: Any) -> str:
 
 def parse_duration(value: Any) -> timedelta:
     """``90m``, ``12h``, ``7d``, ``2w`` or a whole number of seconds."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return timedelta(seconds=value)
-    m = _DURATION.match(value.strip()) if isinstance(value, str) else None
-    if not m or int(m.group(1)) <= 0:
-        raise ValueError("expected a duration like 90m, 12h or 7d")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    seconds = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif m := _DURATION.match(value.strip()) if isinstance(value, str) else None:
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if not 0 < seconds <= _LONGEST:
+        raise ValueError("expected a duration like 90m, 12h or 7d (at most 36500d)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -346,8 +348,6 @@ def _secret(value: Any) -> str:
     return value
 
 
-PositiveInt = Annotated[int, PlainValidator(_positive_int)]
-Count = Annotated[int, PlainValidator(_count)]
 Seconds = Annotated[float, PlainValidator(_seconds)]
 Boolean = Annotated[bool, PlainValidator(_boolean)]
 PathText = Annotated[str, PlainValidator(_path)]
@@ -380,7 +380,7 @@ class Section(BaseModel):
 
 class StoreSection(Section):
     path: PathText = DEFAULT_DB
-    retention_days: PositiveInt = 10
+    retention_days: Annotated[int, PlainValidator(_whole(1, 36500))] = 10
     memory_limit: Size = "128MB"
 
 
@@ -399,9 +399,9 @@ class CorrelationSection(Section):
 
 
 class IngestSection(Section):
-    batch_lines: PositiveInt = 50000
-    max_line_length: PositiveInt = 65536
-    workers: Count = 0
+    batch_lines: Annotated[int, PlainValidator(_whole(1, 10_000_000))] = 50000
+    max_line_length: Annotated[int, PlainValidator(_whole(1, 1 << 30))] = 65536
+    workers: Annotated[int, PlainValidator(_whole(0, 1024))] = 0
 
 
 class SourceItem(Section):
@@ -420,7 +420,7 @@ class ServeSection(Section):
     socket: PathText = DEFAULT_SOCKET
     batch_seconds: Seconds = 0.5
     poll_seconds: Seconds = 1.0
-    commit_retries: PositiveInt = 5
+    commit_retries: Annotated[int, PlainValidator(_whole(1, 1000))] = 5
 
 
 def _distinct_keys(keys: tuple[KeyItem, ...]) -> tuple[KeyItem, ...]:

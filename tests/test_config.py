@@ -48,7 +48,10 @@ def write(tmp_path, text, name="c.yaml"):
         ("accounts: {domains: {a.test: x}\n", "not valid YAML"),
         ("sources:\n  - {path: /x, mta: sendmail}\n", "sources[0].mta"),
         ("sources: {path: /x}\n", "sources: expected a list, got a mapping of path"),
-        ("ingest: {workers: -1}\n", "ingest.workers: expected a whole number, 0 or more, got -1"),
+        (
+            "ingest: {workers: -1}\n",
+            "ingest.workers: expected a whole number, 0 or more (at most 1,024), got -1",
+        ),
         ("api: {tcp: 'host:port'}\n", "api.tcp: expected PORT or HOST:PORT, got 'host:port'"),
         ("api: {tcp: 70000}\n", "api.tcp: expected PORT or HOST:PORT, got 70000"),
         ("accounts: {uids: {alice: x}}\n", "accounts.uids.alice: expected a numeric uid"),
@@ -56,6 +59,10 @@ def write(tmp_path, text, name="c.yaml"):
         ("providers: {x: gmail.com}\n", "providers.x: expected a list, got 'gmail.com'"),
         ("store:\n  path: a\n  path: b\n", "line 3, column 3: key 'path' appears twice"),
         ("[1, 2]\n", "top level: expected a mapping, got a list"),
+        ("correlation: {ttl: 99999999999999d}\n", "correlation.ttl: expected a duration"),
+        ("correlation: {ttl: 999999999999999999}\n", "correlation.ttl: expected a duration"),
+        ("serve: {poll_seconds: .inf}\n", "serve.poll_seconds: expected a positive number"),
+        ("store: {retention_days: 99999999999}\n", "(at most 36,500), got 99999999999"),
         ("store: {1: x}\n", "unknown key 'store.1'"),
         ("sources: [~]\n", "sources[0]: expected a path or {path: PATH, mta: exim|postfix}"),
         ("api: {keys: [{key: ''}]}\n", "api.keys[0].key: expected the key's secret"),
@@ -81,7 +88,7 @@ def test_every_mistake_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         load(path)
     assert [
-        f"{path}: store.retention_days: expected a positive integer, got 'ten'",
+        f"{path}: store.retention_days: expected a positive integer (at most 36,500), got 'ten'",
         f"{path}: unknown key 'accounts.userdomain' (did you mean 'accounts.userdomains'?)",
         f"{path}: api.keys[1].key: expected a value (the key is required), got none",
         f"{path}: api.keys[1].accounts: expected a list, got 'alice'",
