@@ -156,6 +156,10 @@ def test_a_missing_userdomains_is_a_warning(tmp_path):
     assert 0 == proc.returncode, proc.stderr
     assert proc.stderr.startswith(f"logstats: warning: {path}: accounts.userdomains: ")
     assert 1 == len(proc.stderr.splitlines())
+    log = str(ROOT / "fixtures" / "demo" / "exim_mainlog")
+    proc = run_cli("backfill", "--config", path, "--db", str(tmp_path / "db.duckdb"), log)
+    warned = [json.loads(line) for line in proc.stderr.splitlines() if "config_warning" in line]
+    assert [True] == [w["detail"].startswith(f"{path}: accounts.userdomains: ") for w in warned]
     (tmp_path / "ud").write_text("alice.test: alice\n")
     assert {"alice.test": "alice", "bob.test": "bob"} == load(path).domain_map()
     assert [] == load(path).warnings()
