@@ -13,17 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from logstats.config import (
-    DEFAULT_PROVIDERS,
-    Config,
-    File,
-    load,
-    read_userdomains,
-    setting_keys,
-    settings,
-    validate,
-)
+from logstats.config import DEFAULT_PROVIDERS, Config, load, read_userdomains, settings
 from logstats.errors import ConfigError
+from logstats.schema import File, setting_keys, validate
 from tests.conftest import ROOT, run_cli
 
 EXAMPLE = ROOT / "config" / "logstats.example.yaml"
