@@ -15,7 +15,7 @@ import yaml
 
 from logstats.config import DEFAULT_PROVIDERS, Config, load, read_userdomains, settings
 from logstats.errors import ConfigError
-from logstats.schema import File, setting_keys, validate
+from logstats.schema import File, build, setting_keys, validate
 from tests.conftest import ROOT, run_cli
 
 EXAMPLE = ROOT / "config" / "logstats.example.yaml"
@@ -370,6 +370,13 @@ def test_examples_in_the_example_are_valid(tmp_path):
             seen.add(f"{section}.{key}" if section else key)
         assert validate(data, "example") != validate(raw, "example"), fragment
     assert {"timezone", "accounts.uids", "api.tcp", "api.keys", "sources"} <= seen
+
+
+def test_the_schema_defaults_are_the_programs():
+    """An empty file gives the Config the program uses without one (the schema's defaults
+    and Config's cannot drift apart)."""
+    assert Config() == build(File(), None, Path("/nowhere"))
+    assert Config() == build(validate({}, "empty"), None, Path("/nowhere"))
 
 
 def test_example_passes_check_config_on_any_host():
