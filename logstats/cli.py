@@ -291,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         parents=[common],
         help="validate a configuration and print the effective settings",
-        description="Validate a configuration file and print the effective settings.",
+        description="Validate the configuration and report every mistake at once, one line "
+        "each naming the file and the dotted key (exit 1). A valid one: the effective value of "
+        "every setting as `key = JSON` lines (defaults included, API keys masked), then what "
+        "follows from them as `#` lines; warnings (a missing accounts.userdomains) on stderr.",
     )
     cc.set_defaults(shape=None)
 
@@ -379,7 +382,11 @@ def _readable(db: str, exc: Exception) -> StoreError:
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
-    return config_mod.load(args.config)
+    cfg = config_mod.load(args.config)
+    if args.command in ("backfill", "serve"):
+        for warning in cfg.warnings():
+            structlog.get_logger().warning("config_warning", detail=warning)
+    return cfg
 
 
 def _db(args: argparse.Namespace, cfg: config_mod.Config) -> str:
@@ -811,20 +818,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    effective = {
-        "config": cfg.path,
-        "timezone": cfg.timezone or f"{cfg.tz()} (machine)",
-        "db": _db(args, cfg),
-        "retention_days": cfg.retention_days,
-        "domains": len(cfg.domain_map()),
-        "uids": dict(cfg.uids),
-        "sender_domain_fallback": cfg.sender_domain_fallback,
-        "filter_relays": list(cfg.filter_relays),
-        "ttl": str(cfg.ttl),
-        "orphan_ttl": str(cfg.orphan_ttl),
-        "handoff_window": str(cfg.handoff_window),
-        "sources": [{"path": s.path, "mta": s.mta} for s in cfg.sources],
-    }
-    print(json.dumps(effective, indent=2, default=str))
+    """Every setting's effective value (``key = JSON`` lines), then what follows from them;
+    warnings on stderr.  A broken file: every mistake on stderr, one line each, exit 1."""
+    import glob
+
+    from logstats.errors import ConfigError
+
+    try:
+        cfg = config_mod.load(args.config)
+        table = cfg.domain_map()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"logstats: error: {line}", file=sys.stderr)
+        return 1
+    values = config_mod.settings(cfg)
+    notes = {"timezone": f"the machine's zone: {cfg.tz()}"} if cfg.timezone is None else {}
+    if args.db:
+        values["store.path"] = args.db
+        notes["store.path"] = f"from --db (the config's: {cfg.db})"
+    if cfg.workers == 0:
+        notes["ingest.workers"] = f"one parser process per core: {os.cpu_count() or 1}"
+    if cfg.tcp is None:
+        notes["api.tcp"] = "off: the API answers on serve.socket only"
+    print(f"# {cfg.where}: valid")
+    for key, value in values.items():
+        note = f"  # {notes[key]}" if key in notes else ""
+        print(f"{key} = {json.dumps(value, ensure_ascii=False)}{note}")
+    print("# derived")
+    listed = set(table) - {k.lower() for k in cfg.domains}
+    print(
+        f"# account map: {len(table)} domains of {len(set(table.values()))} accounts "
+        f"({len(listed)} from accounts.userdomains, {len(cfg.domains)} from accounts.domains)"
+    )
+    if not cfg.sources:
+        print("# sources: none (`logstats serve` needs some; backfill takes paths)")
+    for i, source in enumerate(cfg.sources):
+        mta = source.mta or "detected from the content"
+        if glob.has_magic(source.path):
+            found = f"{len(glob.glob(source.path))} files match now"
+        else:
+            found = (
+                "exists" if os.path.exists(source.path) else "not there yet (followed once it is)"
+            )
+        print(f"# sources[{i}]: {source.path} ({mta}): {found}")
+    print(f"# api keys: {len(cfg.api_keys)}; socket admins: {', '.join(cfg.admins) or 'none'}")
+    for warning in cfg.warnings():
+        print(f"logstats: warning: {warning}", file=sys.stderr)
     return 0

@@ -1,8 +1,11 @@
 """YAML configuration -> a validated, frozen ``Config``.
 
 The only module that reads YAML, the environment, ``/etc/passwd`` or cPanel's
-``/etc/userdomains``.  Unknown keys are errors that name the file and the dotted key;
-relative paths resolve against the config file's directory.
+``/etc/userdomains``.  The file's structure is described once, by the pydantic models of
+``logstats.schema`` (imported by ``load`` only: ``logstats --help`` needs none of it);
+``load`` reports every mistake at once, one line each naming the file and the dotted key,
+and gives the ``Config`` the rest of the program uses.  Unknown keys are errors; relative
+paths resolve against the config file's directory.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ DEFAULT_DB = "/var/lib/logstats/logstats.duckdb"
 DEFAULT_SOCKET = "/run/logstats/logstats.sock"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST = 36500 * 86400  # a duration or a retention beyond a century is a typo
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +108,32 @@ class Config:
         return ZoneInfo(self.timezone)
 
     def domain_map(self) -> dict[str, str]:
+        """``accounts.domains`` over the entries of ``accounts.userdomains``.  A map file
+        that does not exist (yet) adds nothing (``warnings`` says so; it is read once it
+        exists, at the next reload); one that exists but cannot be read, or is not in
+        cPanel's format, is an error naming the config file and the key."""
         table: dict[str, str] = {}
-        if self.userdomains:
-            table.update(read_userdomains(self.userdomains))
+        if self.userdomains and os.path.exists(self.userdomains):
+            try:
+                table.update(read_userdomains(self.userdomains))
+            except ConfigError as exc:
+                raise ConfigError(f"{self.where}: accounts.userdomains: {exc}") from exc
         table.update({k.lower(): v for k, v in self.domains.items()})
         return table
+
+    @property
+    def where(self) -> str:
+        return self.path or "built-in defaults"
+
+    def warnings(self) -> list[str]:
+        """What is valid but will not work as configured yet, one line each."""
+        found: list[str] = []
+        if self.userdomains and not os.path.exists(self.userdomains):
+            found.append(
+                f"{self.where}: accounts.userdomains: {self.userdomains} does not exist: no "
+                "accounts from it until it does (it is read again at reload, SIGHUP)"
+            )
+        return found
 
     def policy(self) -> Policy:
         uids = dict(self.uids)
@@ -165,7 +190,7 @@ def read_userdomains(path: str) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise ConfigError(f"accounts.userdomains: cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -178,76 +203,28 @@ def read_userdomains(path: str) -> dict[str, str]:
     return table
 
 
-def parse_duration(value: object, key: str, where: str) -> timedelta:
-    if isinstance(value, int) and value > 0:
-        return timedelta(seconds=value)
-    m = _DURATION.match(str(value).strip())
-    if not m or int(m.group(1)) <= 0:
-        raise ConfigError(f"{where}: {key}: expected a duration like 90m, 12h or 7d, got {value!r}")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+def parse_duration(value: Any) -> timedelta:
+    """``90m``, ``12h``, ``7d``, ``2w`` or a whole number of seconds."""
+    seconds = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif m := _DURATION.match(value.strip()) if isinstance(value, str) else None:
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if not 0 < seconds <= _LONGEST:
+        raise ValueError("expected a duration like 90m, 12h or 7d (at most 36500d)")
+    return timedelta(seconds=seconds)
 
 
-_SCHEMA: dict[str, Any] = {
-    "timezone": str,
-    "store": {"path": str, "retention_days": int, "memory_limit": "size"},
-    "accounts": {
-        "domains": dict,
-        "userdomains": str,
-        "uids": dict,
-        "sender_domain_fallback": bool,
-    },
-    "correlation": {
-        "ttl": "duration",
-        "orphan_ttl": "duration",
-        "handoff_window": "duration",
-        "filter_relays": list,
-    },
-    "ingest": {"batch_lines": int, "max_line_length": int, "workers": int},
-    "sources": list,
-    "serve": {
-        "socket": str,
-        "batch_seconds": "seconds",
-        "poll_seconds": "seconds",
-        "commit_retries": int,
-    },
-    "api": {"tcp": "address", "admins": list, "keys": list, "metrics_per_account": bool},
-    "providers": dict,
-    "tags": list,
-}
+def format_duration(value: timedelta) -> str:
+    """The inverse of ``parse_duration`` in the largest unit of s, m, h, d that fits."""
+    seconds = int(value.total_seconds())
+    for unit in "dhm":
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
 
 
-def _check(data: Any, schema: Mapping[str, Any], prefix: str, where: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping")
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in schema:
-            raise ConfigError(f"{where}: unknown key {dotted!r}")
-        kind = schema[key]
-        if isinstance(kind, dict):
-            _check(value, kind, dotted, where)
-        elif kind == "duration":
-            parse_duration(value, dotted, where)
-        elif kind == "address":
-            if not isinstance(value, str | int) or isinstance(value, bool):
-                raise ConfigError(f"{where}: {dotted}: expected PORT or HOST:PORT, got {value!r}")
-        elif kind == "size":
-            if not isinstance(value, str) or not _SIZE.fullmatch(value.strip()):
-                raise ConfigError(
-                    f"{where}: {dotted}: expected a size like 128MB or 1GiB, got {value!r}"
-                )
-        elif kind == "seconds":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(
-                    f"{where}: {dotted}: expected a positive number of seconds, got {value!r}"
-                )
-        elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ConfigError(f"{where}: {dotted}: expected a positive integer, got {value!r}")
-        elif kind is not int and not isinstance(value, kind):
-            raise ConfigError(f"{where}: {dotted}: expected {kind.__name__}, got {value!r}")
-
-
-_SIZE = re.compile(r"\d+(?:\.\d+)?\s*(?:[KMGT]i?B|B)", re.IGNORECASE)
+# -- reading a file ------------------------------------------------------------------------------
 
 
 def _read_text(path: str, where: str) -> str:
@@ -263,136 +240,87 @@ def _read_text(path: str, where: str) -> str:
         ) from exc
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (the last would win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in this mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = exc.context or ""
+        if context and exc.context_mark:
+            context += f" (line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        what = " ".join(str(x) for x in (context, exc.problem) if x)
+        raise ConfigError(f"{where}: not valid YAML{at}: {what}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+
+
 def load(path: str | None) -> Config:
     """Read and validate a config file; ``None`` gives the built-in defaults."""
     if path is None:
         return Config()
     where = str(path)
-    text = _read_text(path, where)
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-    _check(data, _SCHEMA, "", where)
-    base = Path(path).resolve().parent
+    data = _parse_yaml(_read_text(path, where), where)
+    from logstats import schema
 
-    def resolve(p: str) -> str:
-        return str(p) if Path(p).is_absolute() or p == ":memory:" else str(base / p)
-
-    store = data.get("store", {})
-    accounts = data.get("accounts", {})
-    corr = data.get("correlation", {})
-    ingest = data.get("ingest", {})
-    serve = data.get("serve", {})
-    timezone = data.get("timezone")
-    if timezone is not None:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(f"{where}: timezone: unknown zone {timezone!r}") from exc
-    uids: dict[int, str] = {}
-    for k, v in accounts.get("uids", {}).items():
-        if not str(k).isdigit():
-            raise ConfigError(f"{where}: accounts.uids: {k!r} is not a numeric uid")
-        uids[int(k)] = str(v)
-    sources = []
-    for i, item in enumerate(data.get("sources", [])):
-        s = {"path": item} if isinstance(item, str) else item
-        if not isinstance(s, dict) or "path" not in s or set(s) - {"path", "mta"}:
-            raise ConfigError(f"{where}: sources[{i}]: expected {{path: ..., mta: exim|postfix}}")
-        if s.get("mta") not in (None, "exim", "postfix"):
-            raise ConfigError(f"{where}: sources[{i}].mta: expected exim or postfix")
-        sources.append(Source(resolve(s["path"]), s.get("mta")))
-    defaults = Config()
-    api = data.get("api", {})
-    keys = tuple(_api_key(i, k, where) for i, k in enumerate(api.get("keys", [])))
-    providers = _providers(data.get("providers", {}), where)
-    tag_rules = _tag_rules(data.get("tags", []), where)
-    tcp = api.get("tcp")
-    if tcp is not None:
-        tcp = str(tcp)
-        if ":" not in tcp:
-            tcp = f"127.0.0.1:{tcp}"  # a bare port listens on loopback only
-        if not tcp.rsplit(":", 1)[1].isdigit():
-            raise ConfigError(f"{where}: api.tcp: expected PORT or HOST:PORT, got {tcp!r}")
-    return Config(
-        path=where,
-        timezone=timezone,
-        db=resolve(store.get("path", defaults.db)),
-        retention_days=store.get("retention_days", defaults.retention_days),
-        memory_limit=store.get("memory_limit", defaults.memory_limit),
-        domains={str(k).lower(): str(v) for k, v in accounts.get("domains", {}).items()},
-        userdomains=resolve(accounts["userdomains"]) if "userdomains" in accounts else None,
-        uids=uids,
-        sender_domain_fallback=accounts.get("sender_domain_fallback", False),
-        filter_relays=tuple(str(x) for x in corr.get("filter_relays", defaults.filter_relays)),
-        ttl=parse_duration(corr["ttl"], "correlation.ttl", where)
-        if "ttl" in corr
-        else defaults.ttl,
-        orphan_ttl=(
-            parse_duration(corr["orphan_ttl"], "correlation.orphan_ttl", where)
-            if "orphan_ttl" in corr
-            else defaults.orphan_ttl
-        ),
-        handoff_window=(
-            parse_duration(corr["handoff_window"], "correlation.handoff_window", where)
-            if "handoff_window" in corr
-            else defaults.handoff_window
-        ),
-        batch_lines=ingest.get("batch_lines", defaults.batch_lines),
-        max_line_length=ingest.get("max_line_length", defaults.max_line_length),
-        workers=ingest.get("workers", defaults.workers),
-        sources=tuple(sources),
-        socket=resolve(serve["socket"]) if "socket" in serve else defaults.socket,
-        batch_seconds=float(serve.get("batch_seconds", defaults.batch_seconds)),
-        poll_seconds=float(serve.get("poll_seconds", defaults.poll_seconds)),
-        commit_retries=serve.get("commit_retries", defaults.commit_retries),
-        tcp=tcp,
-        admins=tuple(str(a) for a in api.get("admins", defaults.admins)),
-        api_keys=keys,
-        metrics_per_account=api.get("metrics_per_account", False),
-        providers=providers,
-        tag_rules=tuple(tag_rules),
-    )
+    return schema.build(schema.validate(data, where), where, Path(path).resolve().parent)
 
 
-def _api_key(i: int, item: Any, where: str) -> ApiKey:
-    allowed = {"key", "name", "accounts", "domains", "tags"}
-    if not isinstance(item, dict) or not isinstance(item.get("key"), str) or set(item) - allowed:
-        raise ConfigError(
-            f"{where}: api.keys[{i}]: expected {{key: SECRET, name, accounts, domains, tags}}"
-        )
-    scopes = {}
-    for field_name in ("accounts", "domains", "tags"):
-        values = item.get(field_name, [])
-        if not isinstance(values, list):
-            raise ConfigError(f"{where}: api.keys[{i}].{field_name}: expected a list")
-        scopes[field_name] = tuple(str(v) for v in values)
-    return ApiKey(key=item["key"], name=str(item.get("name", "")), **scopes)
+MASK = "********"
 
 
-def _providers(items: dict[str, Any], where: str) -> dict[str, tuple[str, ...]]:
-    providers = dict(DEFAULT_PROVIDERS)
-    for name, patterns in items.items():
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ConfigError(f"{where}: providers.{name}: expected a list of domain patterns")
-        providers[str(name)] = tuple(p.lower() for p in patterns)
-    return providers
-
-
-def _tag_rules(items: list[Any], where: str) -> list[tuple[str, str, str]]:
-    rules = []
-    for i, rule in enumerate(items):
-        kinds = set(rule) & {"sender", "recipient"} if isinstance(rule, dict) else set()
-        if (
-            not isinstance(rule, dict)
-            or "tag" not in rule
-            or len(kinds) != 1
-            or set(rule) - {"tag", "sender", "recipient"}
-        ):
-            raise ConfigError(
-                f"{where}: tags[{i}]: expected {{tag: NAME, sender|recipient: PATTERN}}"
-            )
-        kind = kinds.pop()
-        rules.append((str(rule["tag"]), kind, str(rule[kind]).lower()))
-    return rules
+def settings(cfg: Config) -> dict[str, Any]:
+    """Every setting's effective value by its dotted key, as YAML would write it (durations
+    as ``7d``; API key secrets masked).  ``schema.setting_keys()`` lists the same keys."""
+    return {
+        "timezone": cfg.timezone,
+        "store.path": cfg.db,
+        "store.retention_days": cfg.retention_days,
+        "store.memory_limit": cfg.memory_limit,
+        "accounts.domains": dict(cfg.domains),
+        "accounts.userdomains": cfg.userdomains,
+        "accounts.uids": dict(cfg.uids),
+        "accounts.sender_domain_fallback": cfg.sender_domain_fallback,
+        "correlation.ttl": format_duration(cfg.ttl),
+        "correlation.orphan_ttl": format_duration(cfg.orphan_ttl),
+        "correlation.handoff_window": format_duration(cfg.handoff_window),
+        "correlation.filter_relays": list(cfg.filter_relays),
+        "ingest.batch_lines": cfg.batch_lines,
+        "ingest.max_line_length": cfg.max_line_length,
+        "ingest.workers": cfg.workers,
+        "sources": [{"path": s.path, "mta": s.mta} for s in cfg.sources],
+        "serve.socket": cfg.socket,
+        "serve.batch_seconds": cfg.batch_seconds,
+        "serve.poll_seconds": cfg.poll_seconds,
+        "serve.commit_retries": cfg.commit_retries,
+        "api.tcp": cfg.tcp,
+        "api.admins": list(cfg.admins),
+        "api.keys": [
+            {
+                "key": MASK,
+                "name": k.name or None,
+                "accounts": list(k.accounts),
+                "domains": list(k.domains),
+                "tags": list(k.tags),
+            }
+            for k in cfg.api_keys
+        ],
+        "api.metrics_per_account": cfg.metrics_per_account,
+        "providers": {name: list(p) for name, p in cfg.providers.items()},
+        "tags": [{"tag": tag, kind: pattern} for tag, kind, pattern in cfg.tag_rules],
+    }

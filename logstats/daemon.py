@@ -211,10 +211,13 @@ class Daemon:
         path = self.config.path
         try:
             new = config_mod.load(path)
+            new.domain_map()  # a map file that cannot be read fails the reload, not the daemon
         except ConfigError as exc:
             self.log.error("reload_failed", error=str(exc), keeping="the running configuration")
             self.notifier.ready(self._status_line())
             return
+        for warning in new.warnings():
+            self.log.warning("config_warning", detail=warning)
         if new.db != self.config.db:
             self.log.warning(
                 "reload_db_ignored",

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -309,20 +311,63 @@ def message_from_json(text: str) -> Message:
     return Message(**data)
 
 
+class _Umask:
+    lock = threading.Lock()
+    writers = 0  # stores open for writing in this process
+    before = 0  # the umask before the first of them
+
+
+def _private(opening: bool) -> None:
+    """While a store is open for writing, this process's umask is at least 027, so that the
+    database, its .wal (created anew after each checkpoint: a chmod would not last) and
+    DuckDB's spill files are 0640 or stricter whatever umask it was started with.  The
+    umask before is restored when the last such store is closed."""
+    with _Umask.lock:
+        if opening:
+            if _Umask.writers == 0:
+                _Umask.before = os.umask(0o077)  # never looser in between
+                os.umask(_Umask.before | 0o027)
+            _Umask.writers += 1
+        else:
+            _Umask.writers -= 1
+            if _Umask.writers == 0:
+                os.umask(_Umask.before)
+
+
 class Store:
     """One DuckDB connection (read-write for the single writer, or read-only)."""
 
     def __init__(
         self, path: str | Path, *, read_only: bool = False, memory_limit: str | None = None
     ) -> None:
-        """``memory_limit``: DuckDB's (``128MB``); beyond it, large sorts spill to disk."""
+        """``memory_limit``: DuckDB's (``128MB``); beyond it, large sorts spill to disk.
+        Opened for writing, what the store creates is not world-readable (``_private``)."""
         self.path = str(path)
         self.read_only = read_only
+        self._private = not read_only and self.path != ":memory:"
+        if self._private:
+            _private(True)
+        try:
+            self._open(memory_limit)
+        except BaseException:
+            self.close_private()
+            raise
+
+    def close_private(self) -> None:
+        if self._private:
+            self._private = False
+            _private(False)
+
+    def _open(self, memory_limit: str | None) -> None:
+        read_only = self.read_only
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"database {self.path} does not exist (run `logstats backfill`)")
         if not read_only and self.path != ":memory:":
+            folder = Path(self.path).parent
             try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                if not folder.is_dir():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    folder.chmod(0o750)  # whatever the umask: the events hold addresses
             except OSError as exc:
                 raise StoreError(
                     f"cannot create the folder of database {self.path}: {exc.strerror}"
@@ -395,7 +440,10 @@ class Store:
             )
 
     def close(self) -> None:
-        self.con.close()
+        try:
+            self.con.close()
+        finally:
+            self.close_private()
 
     def __enter__(self) -> Store:
         return self

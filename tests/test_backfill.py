@@ -5,6 +5,10 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
+import stat
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,3 +276,55 @@ def test_backfill_leaves_counters_folded_and_sorted_by_account(tmp_path):
         accounts = [r[0] for r in store.con.execute("SELECT account FROM counters").fetchall()]
         runs = 1 + sum(1 for a, b in itertools.pairwise(accounts) if a != b)
         assert runs <= 2 * len(set(accounts))  # one sorted block per compacted range
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_store_is_not_world_readable_whatever_the_umask(tmp_path):
+    """backfill run with umask 000 creates the store's folder 0750 and the database 0640:
+    its events hold addresses. A folder that exists keeps its mode."""
+    log = tmp_path / "mainlog"
+    script = exim_log(3)
+    write(log, script.lines)
+    db = tmp_path / "state" / "lib" / "logstats.duckdb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "logstats", "backfill", "--config", str(scenario_config(tmp_path)),
+         "--db", str(db), str(log)],
+        capture_output=True, text=True, check=False, umask=0o000, cwd=ROOT,
+    )  # fmt: skip
+    assert 0 == proc.returncode, proc.stderr
+    assert (0o750, 0o750, 0o640) == (mode(tmp_path / "state"), mode(db.parent), mode(db))
+    assert [] == [p.name for p in db.parent.iterdir() if mode(p) & 0o007]
+    assert as_strings(script.truth) == all_stats(db)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with Store(shared / "x.duckdb"):
+        pass
+    assert (0o755, 0o640) == (mode(shared), mode(shared / "x.duckdb"))
+
+
+def test_the_wal_is_private_and_the_umask_comes_back(tmp_path):
+    """DuckDB makes the .wal anew after each checkpoint: it is 0640 too, because the
+    process's umask is at least 027 while a store is open for writing; the umask it had
+    comes back when the last one is closed."""
+    before = os.umask(0o002)
+    try:
+        first = Store(tmp_path / "a.duckdb")
+        second = Store(tmp_path / "b.duckdb")
+        for store in (first, second):
+            store.con.execute("CREATE TABLE t (x INTEGER)")
+            store.con.execute("CHECKPOINT")
+            store.con.execute("INSERT INTO t VALUES (1)")
+        wal = tmp_path / "a.duckdb.wal"
+        assert wal.exists()
+        assert 0o640 == mode(wal)
+        first.close()
+        assert 0o027 == os.umask(0o027)  # the second is still open
+        second.close()
+        with Store(":memory:"), Store(tmp_path / "a.duckdb", read_only=True):
+            assert 0o002 == os.umask(0o002)  # neither writes a file
+    finally:
+        os.umask(before)

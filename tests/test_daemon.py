@@ -479,6 +479,29 @@ def test_sighup_reloads_the_account_map(work: Path, serve: list[Serve]) -> None:
     assert 0 == d.terminate()
 
 
+def test_sighup_reads_a_userdomains_that_appeared(work: Path, serve: list[Serve]) -> None:
+    """accounts.userdomains configured but not there (yet): the daemon starts with a
+    `config_warning` naming the config file and the key, and counts carol.test as its own
+    account; once cPanel writes the file, SIGHUP reads it and carol.test is carol's."""
+    log, cfg = exim_setup(work, accounts={"userdomains": "userdomains"})
+    d = start(serve, cfg)
+    warning = d.wait_event("config_warning")
+    assert warning["detail"].startswith(f"{cfg}: accounts.userdomains: {work / 'userdomains'} ")
+    gen = Messages(9)
+    append(log, gen.send("carol", "carol.test", 100))
+    d.wait_lines(3)
+    (work / "userdomains").write_text("carol.test: carol\n*: nobody\n")
+    seen, notes = len(d.events), len(d.datagrams)
+    d.signal(signal.SIGHUP)
+    d.wait_event("config_reloaded", after=seen)
+    d.wait_ready(after=notes)
+    assert "config_warning" not in d.names()[seen:]
+    append(log, gen.send("carol", "carol.test", 100))
+    one = summed({"c": {"SENDCOUNT": 1, "SUCCESSCOUNT": 1, "TOTALSIZE": 100}})["c"]
+    assert {"carol.test": one, "carol": one} == d.wait_stats({"carol.test": one, "carol": one})
+    assert 0 == d.terminate()
+
+
 def test_sighup_with_a_broken_config_keeps_the_old_one(work: Path, serve: list[Serve]) -> None:
     """SIGHUP after the config was broken (an unknown key): `reload_failed` names the file
     and key, the daemon keeps running with the old account map, and READY=1 follows."""
