@@ -26,6 +26,8 @@ import re
 import resource
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -294,6 +296,34 @@ def test_healthz_without_a_key_tells_nothing(daemon: Daemon) -> None:
     assert "db" in daemon.serve.health()
     bad = request(daemon.port, "GET", "/healthz", headers=auth("not-a-key"))
     assert 401 == bad.status
+
+
+def test_a_plain_user_queries_the_daemon(daemon: Daemon) -> None:
+    """A Unix user who is neither an admin nor in any group of the daemon's (``nobody``)
+    runs ``logstats query`` against the running daemon: the socket lets it in (0666),
+    ``/healthz`` tells it the database the daemon serves (so the CLI asks the daemon, not
+    the locked file), its own account is answered (result 1) and another account is
+    cPanel's failure (exit 1)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to act as another Unix user")
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    cfg = str(daemon.serve.cfg)
+    command = [sys.executable, "-m", "logstats", "query", "emailtrack", "--config", cfg]
+    own = subprocess.run(
+        [*nobody, *command, "--account", "nobody"],
+        capture_output=True, text=True, timeout=60, check=False, cwd="/",
+    )  # fmt: skip
+    assert 0 == own.returncode, own.stderr
+    assert 1 == json.loads(own.stdout)["cpanelresult"]["event"]["result"]
+    other = subprocess.run(
+        [*nobody, *command, "--account", "alice"],
+        capture_output=True, text=True, timeout=60, check=False, cwd="/",
+    )  # fmt: skip
+    assert 1 == other.returncode, other.stderr
+    env = json.loads(other.stdout)["cpanelresult"]
+    assert 0 == env["event"]["result"]
+    assert "not allowed" in env["event"]["reason"]
 
 
 # --- the in-process server -------------------------------------------------------------------
