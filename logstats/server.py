@@ -97,12 +97,17 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             super().connection_made(transport)
             peer = None
             sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family == socket.AF_UNIX:
-                try:
+            try:
+                if sock is not None and sock.family == socket.AF_UNIX:
                     peer = _peer_name(sock)
-                except OSError:
-                    transport.close()
-                    return
+                elif sock is not None:
+                    # an answer's header and body are two writes: without this the body
+                    # waits ~40 ms for the client's delayed ACK (asyncio sets it only on
+                    # sockets made with proto IPPROTO_TCP)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                transport.close()
+                return
             self.app_state = {**self.app_state, PEER: peer}
             self._listener = "unix" if peer is not None else "tcp"
             open_now[self._listener] = open_now.get(self._listener, 0) + 1
