@@ -52,8 +52,14 @@ KEYS = [
     {"key": ALICE_KEY, "name": "alice", "accounts": ["alice"]},
 ]
 LIMITS = Limits(
-    header_timeout=0.6, body_timeout=0.6, keep_alive=1.0, max_connections=24, shutdown_timeout=1
+    header_timeout=0.6,
+    body_timeout=0.6,
+    keep_alive=1.0,
+    write_timeout=0.6,
+    max_connections=24,
+    shutdown_timeout=1,
 )
+BIG = 16 << 20  # bytes of the test server's /metrics: more than any socket buffer holds
 
 
 def auth(key: str) -> dict[str, str]:
@@ -363,7 +369,9 @@ def server() -> Iterator[Server]:
         )
         cfg = config_mod.load(str(cfg_path))
         store = Store(cfg.db)
-        router = Router(store.con, lambda: {"db": cfg.db, "sources": []}, cfg, lambda cur: "")
+        router = Router(
+            store.con, lambda: {"db": cfg.db, "sources": []}, cfg, lambda cur: "x" * BIG
+        )
         service = ApiService(router, cfg.socket, "127.0.0.1:0", LIMITS).start()
         try:
             port = service.tcp_port
@@ -441,6 +449,31 @@ def test_kept_alive_connection_is_closed_when_idle(server: Server) -> None:
     sock.close()
     assert took is not None
     assert took < LIMITS.keep_alive + 1.5
+
+
+def test_a_client_that_does_not_read_is_cut_off(server: Server) -> None:
+    """A client that asks for a large answer and does not read it holds its connection
+    only until the write timeout: then the server drops it (the answer stays short)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(LIMITS.write_timeout + 1.5)
+    got = 0
+    reset = False
+    sock.settimeout(5)
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            reset = True
+            break
+        if not chunk:
+            break
+        got += len(chunk)
+    sock.close()
+    assert reset or got < BIG
+    assert got < BIG
 
 
 def test_connections_beyond_the_bound_get_503(server: Server) -> None:
