@@ -44,6 +44,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from logstats.api import MAX_BODY, Answer, Router, error_answer, family_of
+from logstats.errors import LogstatsError
 
 PEER = "logstats.peer"  # scope["state"] key: the Unix socket peer's user name (None on TCP)
 Log = Any  # a structlog bound logger
@@ -388,11 +389,23 @@ class ApiService:
         self.sockets: list[socket.socket] = []
         try:
             if socket_path is not None:
-                self.sockets.append(unix_listener(socket_path))
+                try:
+                    self.sockets.append(unix_listener(socket_path))
+                except OSError as exc:
+                    raise LogstatsError(
+                        f"serve.socket {socket_path}: cannot listen: {exc.strerror or exc}"
+                    ) from exc
             if tcp:
-                self.sockets.append(tcp_listener(tcp))
-        except OSError:
+                try:
+                    self.sockets.append(tcp_listener(tcp))
+                except (OSError, ValueError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                    raise LogstatsError(f"api.tcp {tcp}: cannot listen: {why}") from exc
+        except LogstatsError:
             self._close_sockets()
+            if self.sockets and socket_path is not None:  # the socket file is ours
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path)
             raise
         self.pool = concurrent.futures.ThreadPoolExecutor(limits.threads, "api-query")
         config = uvicorn.Config(

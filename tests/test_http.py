@@ -351,6 +351,25 @@ def test_a_plain_user_queries_the_daemon(daemon: Daemon) -> None:
     assert "not allowed" in env["event"]["reason"]
 
 
+def test_a_tcp_address_in_use_is_one_line(daemon: Daemon) -> None:
+    """A second daemon told to listen on the first one's TCP port exits 1 with one line
+    naming ``api.tcp`` (after which nothing of it is left listening)."""
+    with short_dir("lshttp2-") as folder:
+        log = folder / "exim_mainlog"
+        log.write_text("")
+        cfg = write_config(folder, [(log, "exim")], api={"tcp": f"127.0.0.1:{daemon.port}"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "logstats", "serve", "--config", str(cfg)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert 1 == proc.returncode
+        lines = proc.stderr.strip().splitlines()
+        assert 1 == len(lines), proc.stderr
+        assert f"api.tcp 127.0.0.1:{daemon.port}: cannot listen" in lines[0]
+        assert not (folder / "ls.sock").exists()
+    assert 200 == request(daemon.port, "GET", "/healthz").status
+
+
 # --- the in-process server -------------------------------------------------------------------
 
 
