@@ -462,7 +462,7 @@ class ApiService:
         if self.thread.is_alive():
             self.thread.join(self.limits.shutdown_timeout + 5.0)
         self._close_sockets()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)  # before the store is closed
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
