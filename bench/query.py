@@ -490,14 +490,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# ``logstats serve`` as shipped, and with the candidate fix: the handler's small header and
-# body writes on a keep-alive connection otherwise wait for the client's delayed ACK (Nagle).
 SERVE_AS_IS = ["-m", "logstats"]
-SERVE_NODELAY = [
-    "-c",
-    "import sys, logstats.api as api; api._Handler.disable_nagle_algorithm = True; "
-    "from logstats.cli import main; sys.exit(main(sys.argv[1:]))",
-]
 
 
 @contextlib.contextmanager
@@ -794,10 +787,6 @@ def main(argv: list[str] | None = None) -> int:
             time_http(port, keys, the_cases, subs, args.runs)
             time_http(port, keys, the_cases, subs, args.runs, "http-newconn", fresh=True)
         hows += ["http", "http-newconn"]
-        if args.variants is not None:
-            with served(db, subs, SERVE_NODELAY) as (port, keys):
-                time_http(port, keys, the_cases, subs, args.runs, "variant:http-nodelay")
-            hows.append("variant:http-nodelay")
     variants: dict[str, Any] = {}
     if args.variants is not None:
         names = args.variants or list(VARIANTS)
@@ -818,11 +807,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(the_cases, hows))
     print("\nhttp: one keep-alive connection; http-newconn: a new connection per request.")
-    if "variant:http-nodelay" in hows:
-        print(
-            "\n- variant:http-nodelay: `logstats serve` with `_Handler.disable_nagle_algorithm "
-            "= True` (TCP_NODELAY on accepted sockets), one keep-alive connection"
-        )
     for name, what in variants.items():
         if not name.startswith("_"):
             print(f"\n- variant:{name}: {what}")

@@ -1,15 +1,34 @@
-"""HTTP answers from the daemon, on a Unix socket (and, optionally, a TCP address).
+"""Routing, authentication and scoping of the HTTP API (the transport is logstats/server.py).
 
 DuckDB lets one process hold the database read-write, so while ``logstats serve`` runs,
 queries go through it: each request reads through its own cursor of the daemon's
 connection (DuckDB's MVCC gives it the last committed batch).
 
 Routes:
-  GET /healthz                         {"ok": true, ...daemon status}
+  GET /healthz                         {"ok": true} (an admin caller: the daemon's status)
+  GET /metrics                         Prometheus text
   GET /v1/emailtrack?account=A&...     cPanel EmailTrack::stats (``all=1``: every account)
   GET /json-api/cpanel?cpanel_jsonapi_module=EmailTrack&cpanel_jsonapi_func=stats
-      &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call)
-POST is accepted with the same parameters as a form body.
+      &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call; also
+      under ``/cpsess<digits>/``, the session form of cPanel's own URLs)
+  the vendor shapes' routes (logstats/shapes/__init__.py ``SHAPES``)
+POST is accepted on the cPanel and SendGrid routes with the same parameters as a form
+body; HEAD wherever GET is.  ``Router.admit`` decides what can be decided before a body
+is read (the route, the method, the body's size, a key given in the headers or the query
+string); ``Router.route`` answers.
+
+Scope rule: a key may see the accounts, sender domains and tags in its lists (an empty
+list: no limit there).  A request that names an account, a sender domain or a tag the
+key may not see is refused with 403 in that API's own error envelope, whatever is stored
+under that name: the answer depends on the key alone, so it tells nothing about the data.
+A sender domain belongs to the account the domain table maps it to (``accounts.domains``,
+``accounts.userdomains``): a key limited to accounts is refused a domain mapped to another
+account, and a key limited to domains is refused an account none of its domains maps to.
+Otherwise a name narrows the answer within the key's scope.
+
+A key's user: the user named with the key (``Authorization: cpanel USER:KEY`` or ``whm
+USER:KEY``, SendGrid's ``api_user``) must be the key's ``name`` or one of its
+``accounts`` when the key is limited to accounts; otherwise the call is refused (401).
 """
 
 from __future__ import annotations
@@ -19,28 +38,29 @@ import contextlib
 import hmac
 import http.client
 import json
-import os
-import pwd
 import re
 import socket
-import socketserver
-import struct
 import threading
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import duckdb
 
 from logstats import query
 from logstats.config import Config
+from logstats.errors import ConfigError
 from logstats.model import Dimension, StatsRequest
-from logstats.shapes import EPOCH, FAR_FUTURE, JSON, SHAPES, ApiError
+from logstats.shapes import EPOCH, FAR_FUTURE, JSON, SHAPES, XML, ApiError
 from logstats.store import account_stats, series
+
+MAX_BODY = 64 * 1024  # bytes of a request body (a form of parameters); more: 413
+MAX_DAYS = 36_600  # ``days=`` of EmailTrack: at most 100 years
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # later stamps are refused (no 500 near year 9999)
+_CPSESS = re.compile(r"^/cpsess\d{1,32}(?=/)")
+Answer = tuple[int, Any, str]  # (HTTP status, body: JSON-ready value or str, content type)
 
 
 class BadRequest(ValueError):
@@ -49,20 +69,27 @@ class BadRequest(ValueError):
 
 def parse_time(name: str, value: str) -> datetime:
     text = value.strip()
-    if text.isdigit():
-        return datetime.fromtimestamp(int(text), UTC)
     try:
+        if text.isascii() and text.isdigit():
+            if int(text) >= _LATEST.timestamp():
+                raise ValueError(text)
+            return datetime.fromtimestamp(int(text), UTC)
         ts = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise BadRequest(f"{name}: {value!r} is not an ISO 8601 date or Unix time") from exc
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        if not EPOCH <= ts < _LATEST:
+            raise ValueError(text)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise BadRequest(
+            f"{name}: {value!r} is not an ISO 8601 date or Unix time from 1970 to 8999"
+        ) from exc
+    return ts
 
 
 def window(params: dict[str, str]) -> tuple[datetime, datetime]:
     if "days" in params:
         days = params["days"]
-        if not days.isdigit() or int(days) <= 0:
-            raise BadRequest(f"days: {days!r} is not a positive whole number")
+        if not (days.isascii() and days.isdigit()) or not 0 < int(days) <= MAX_DAYS:
+            raise BadRequest(f"days: {days!r} is not a whole number from 1 to {MAX_DAYS}")
         now = datetime.now(UTC)
         return now - timedelta(days=int(days)), now
     start = parse_time("start", params["start"]) if params.get("start") else EPOCH
@@ -96,12 +123,18 @@ def emailtrack(con: duckdb.DuckDBPyConnection, params: dict[str, str]) -> dict[s
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who asks, and what they may see (None: no limit in that dimension)."""
+    """Who asks, and what they may see (None: no limit in that dimension); ``users``: the
+    user names that may be given with its key (empty: any)."""
 
     name: str
     accounts: tuple[str, ...] | None = None
     domains: tuple[str, ...] | None = None
     tags: tuple[str, ...] | None = None
+    users: frozenset[str] = frozenset()
+
+    @property
+    def unlimited(self) -> bool:
+        return self.accounts is None and self.domains is None and self.tags is None
 
 
 ADMIN = Caller("admin")
@@ -115,77 +148,18 @@ class Denied(Exception):
         self.status = status
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ApiServer
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
-            # headers and body go out in two writes: without this a small answer waits
-            # ~40 ms for the client's delayed ACK on a kept-open connection
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # the daemon logs batches, not requests
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        self._answer("GET", url.path, parse_qs(url.query, keep_blank_values=True))
-
-    def do_POST(self) -> None:
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-        params = parse_qs(url.query, keep_blank_values=True)
-        for name, given in parse_qs(body, keep_blank_values=True).items():
-            params.setdefault(name, []).extend(given)
-        self._answer("POST", url.path, params)
-
-    def _peer_user(self) -> str | None:
-        """The Unix user at the other end of the socket (SO_PEERCRED), None over TCP."""
-        sock = self.connection
-        if sock.family != socket.AF_UNIX:
-            return None
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, uid, _ = struct.unpack("3i", creds)
-        try:
-            return pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return f"uid:{uid}"
-
-    def _answer(self, method: str, path: str, params: dict[str, list[str]]) -> None:
-        content_type = "application/json"
-        try:
-            status, body, content_type = self.server.route(
-                method, path, params, self.headers, self._peer_user()
-            )
-        except duckdb.Error as exc:
-            status, body = 503, {"ok": False, "error": f"store: {exc}", "status": 503}
-        except Exception as exc:  # a bug: answer, and let the daemon log it
-            self.server.errors += 1
-            traceback.print_exc()
-            status, body = 500, {"ok": False, "error": f"internal error: {exc}", "status": 500}
-        if isinstance(body, str):
-            data = body.encode()
-        else:
-            data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        if status == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="logstats"')
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def _last(params: dict[str, list[str]], name: str) -> str | None:
+def _last(params: Mapping[str, list[str]], name: str) -> str | None:
     given = params.get(name)
     return given[-1] if given else None
 
 
-def _single(params: dict[str, list[str]]) -> dict[str, str]:
+def _single(params: Mapping[str, list[str]]) -> dict[str, str]:
     return {k: v[-1] for k, v in params.items()}
+
+
+def _header(headers: Any, name: str) -> str:
+    value = headers.get(name.lower()) or headers.get(name) or ""
+    return str(value)
 
 
 def _route_pattern(route: str) -> tuple[str, re.Pattern[str]]:
@@ -197,17 +171,160 @@ def _route_pattern(route: str) -> tuple[str, re.Pattern[str]]:
 _ROUTES = [
     (name, *_route_pattern(route)) for name, shape in SHAPES.items() for route in shape.routes
 ]
+_FIXED = {
+    "/healthz": ("health", "healthz", ("GET", "HEAD")),
+    "/metrics": ("metrics", "metrics", ("GET", "HEAD")),
+    "/v1/emailtrack": ("cpanel", "emailtrack", ("GET", "HEAD", "POST")),
+    "/json-api/cpanel": ("cpanel", "json-api", ("GET", "HEAD", "POST")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a path names: the API ``family``, the endpoint ``name`` (a ``SHAPES`` key, or
+    healthz, metrics, emailtrack, json-api), the methods it answers and the path's
+    parameters."""
+
+    family: str
+    name: str
+    methods: tuple[str, ...]
+    path_params: Mapping[str, str]
+
+
+def find(path: str) -> Target | None:
+    m = _CPSESS.match(path)
+    if m and path[m.end() :] == "/json-api/cpanel":
+        path = "/json-api/cpanel"  # cPanel's own URLs carry the session: /cpsess0123456789/...
+    fixed = _FIXED.get(path)
+    if fixed is not None:
+        return Target(*fixed, {})
+    found: dict[str, tuple[str, dict[str, str]]] = {}
+    for name, method, pattern in _ROUTES:
+        match = pattern.match(path)
+        if match is not None:
+            found.setdefault(method, (name, match.groupdict()))
+    if not found:
+        return None
+    methods = tuple(found)
+    name, path_params = found.get("GET") or next(iter(found.values()))
+    if "GET" in methods:
+        methods = (*methods, "HEAD")
+    return Target(name.partition(".")[0], name, methods, path_params)
+
+
+def family_of(path: str) -> str:
+    """The API a path belongs to by its prefix (for answers to paths no route names)."""
+    if _CPSESS.match(path) or path.startswith(("/json-api/", "/v1/emailtrack")):
+        return "cpanel"
+    if path.startswith("/v3/"):
+        return "mailgun"
+    if path.startswith("/api/"):
+        return "sendgrid"
+    if path.startswith("/v1/"):
+        return "smtpeter"
+    return "logstats"
+
+
+def error_answer(family: str, status: int, message: str, *, xml: bool = False) -> Answer:
+    """An error in the envelope of ``family``'s API."""
+    if family == "cpanel":
+        return status, query.emailtrack_error(message), JSON
+    if family == "mailgun":
+        return status, {"message": message}, JSON
+    if family == "sendgrid":
+        from logstats.shapes import sendgrid
+
+        fmt = sendgrid.Format.XML if xml else sendgrid.Format.JSON
+        return status, sendgrid.error_body(fmt, message), XML if xml else JSON
+    if family == "smtpeter":
+        return status, {"error": message}, JSON
+    return status, {"ok": False, "error": message, "status": status}, JSON
+
+
+def _credentials(
+    family: str, params: Mapping[str, list[str]], headers: Any
+) -> tuple[str | None, str | None]:
+    """(the key, the user named with it) as each API carries them; Denied (401) when the
+    Authorization header is malformed."""
+    secret: str | None = None
+    user: str | None = None
+    scheme, _, credential = _header(headers, "Authorization").strip().partition(" ")
+    scheme, credential = scheme.lower(), credential.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(credential, validate=True).decode()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Denied(401, "malformed Authorization header") from exc
+        name, _, password = decoded.partition(":")
+        secret = password or name
+    elif scheme in ("bearer", "token"):
+        secret = credential
+    elif scheme in ("cpanel", "whm"):
+        user, _, secret = credential.partition(":")
+    if family == "sendgrid":
+        secret = secret or _last(params, "api_key")
+        user = _last(params, "api_user") or user
+    elif family == "smtpeter":
+        secret = secret or _last(params, "access_token")
+    return secret or None, user or None
 
 
 class Router:
-    """Routing, authentication and scoping, shared by the Unix and TCP servers."""
+    """Routing, authentication and scoping, for the daemon's listeners and the CLI."""
 
-    con: duckdb.DuckDBPyConnection
-    errors: int = 0  # requests that failed with an internal error
-    status: Callable[[], dict[str, Any]]
-    lock: threading.Lock
-    config: Config
-    metrics: Callable[[duckdb.DuckDBPyConnection], str]
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        status: Callable[[], dict[str, Any]],
+        config: Config,
+        metrics: Callable[[duckdb.DuckDBPyConnection], str],
+    ) -> None:
+        self.con = con
+        self.status = status
+        self.config = config  # replaced on reload
+        self.metrics = metrics
+        self.lock = threading.Lock()
+        self.errors = 0  # requests that failed with an internal error
+        self._table: tuple[Config, Mapping[str, str]] | None = None
+
+    def allowed(self, path: str) -> tuple[str, ...]:
+        """The methods ``path`` answers (for ``Allow``); () when no route names it."""
+        target = find(path)
+        return target.methods if target is not None else ()
+
+    def admit(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, list[str]],
+        headers: Any,
+        peer: str | None,
+        length: int,
+    ) -> Answer | None:
+        """Before the body is read: a refusal (404, 405, 413, 401), or None to go on.
+
+        ``params`` are the query string's; ``length`` the announced body size.  A key in the
+        headers or the query string is checked here; without one, a TCP caller is refused
+        unless the API carries its key in the form body (SendGrid's POST ``api_key``)."""
+        target = find(path)
+        if target is None or method not in target.methods:
+            return self._unrouted(method, path, target)
+        xml = path.endswith(".xml")
+        if length > MAX_BODY:
+            return error_answer(
+                target.family, 413, f"the request body is larger than {MAX_BODY} bytes", xml=xml
+            )
+        if target.family in ("health", "metrics"):
+            return None
+        try:
+            secret, _ = _credentials(target.family, params, headers)
+            if secret is not None:
+                self._caller(target.family, params, headers, peer)
+            elif peer is None and not (target.family == "sendgrid" and method == "POST"):
+                raise Denied(401, "an API key is required")
+        except Denied as exc:
+            return error_answer(target.family, exc.status, str(exc), xml=xml)
+        return None
 
     def route(
         self,
@@ -216,23 +333,30 @@ class Router:
         params: dict[str, list[str]],
         headers: Any,
         peer: str | None,
-    ) -> tuple[int, Any, str]:
-        if path == "/healthz":
-            return 200, {"ok": True, **self.status()}, JSON
-        if path == "/metrics":
+    ) -> Answer:
+        target = find(path)
+        if target is None or method not in target.methods:
+            return self._unrouted(method, path, target)
+        if target.family == "health":
+            return self._health(params, headers, peer)
+        if target.family == "metrics":
             from logstats.metrics import CONTENT_TYPE
 
             with self._cursor() as cur:
                 return 200, self.metrics(cur), CONTENT_TYPE
-        if path in ("/v1/emailtrack", "/json-api/cpanel"):
-            return self._emailtrack(path, _single(params), headers, peer)
-        for name, route_method, pattern in _ROUTES:
-            m = pattern.match(path)
-            if m and route_method == method:
-                return self._vendor(name, m.groupdict(), params, headers, peer)
-        if any(p.match(path) for _, _, p in _ROUTES):
-            return 405, {"message": f"{method} is not allowed on {path}"}, JSON
-        return 404, {"ok": False, "error": f"no such endpoint: {path}", "status": 404}, JSON
+        if target.family == "cpanel":
+            return self._emailtrack(target.name, _single(params), headers, peer)
+        return self._vendor(target.name, dict(target.path_params), params, headers, peer)
+
+    def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:
+        if target is None:
+            return error_answer(family_of(path), 404, f"no such endpoint: {path}")
+        return error_answer(
+            target.family,
+            405,
+            f"{method} is not allowed on {path} (allowed: {', '.join(target.methods)})",
+            xml=path.endswith(".xml"),
+        )
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -243,14 +367,29 @@ class Router:
         finally:
             cursor.close()
 
+    def _domains(self) -> Mapping[str, str]:
+        """The domain -> account table of the running configuration (read once per config)."""
+        cached = self._table
+        if cached is None or cached[0] is not self.config:
+            try:
+                table: Mapping[str, str] = self.config.domain_map()
+            except ConfigError:
+                table = {}
+            cached = (self.config, table)
+            self._table = cached
+        return cached[1]
+
     # -- authentication ----------------------------------------------------------------------
-    def _key(self, secret: str | None) -> Caller | None:
-        if not secret:
-            return None
+    def _key(self, secret: str) -> Caller:
         for key in self.config.api_keys:
-            if hmac.compare_digest(key.key, secret):
+            if hmac.compare_digest(key.key.encode(), secret.encode()):
+                users = frozenset(u for u in (key.name, *key.accounts) if u)
                 return Caller(
-                    key.name or "key", key.accounts or None, key.domains or None, key.tags or None
+                    key.name or "key",
+                    key.accounts or None,
+                    key.domains or None,
+                    key.tags or None,
+                    users if key.accounts else frozenset(),
                 )
         raise Denied(401, "invalid API key")
 
@@ -262,41 +401,51 @@ class Router:
         return Caller(peer, accounts=(peer,))
 
     def _caller(
-        self, family: str, params: dict[str, list[str]], headers: Any, peer: str | None
+        self, family: str, params: Mapping[str, list[str]], headers: Any, peer: str | None
     ) -> Caller:
         """Each API's own authentication; on the Unix socket, the peer's user otherwise."""
-        secret: str | None = None
-        auth = headers.get("Authorization") or ""
-        scheme, _, credential = auth.partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(credential).decode().partition(":")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise Denied(401, "malformed Authorization header") from exc
-            secret = password or user
-        elif scheme.lower() in ("bearer", "token"):
-            secret = credential
-        elif scheme.lower() in ("cpanel", "whm"):
-            secret = credential.partition(":")[2]
-        if family == "sendgrid":
-            secret = secret or _last(params, "api_key")
-        elif family == "smtpeter":
-            secret = secret or _last(params, "access_token")
+        secret, user = _credentials(family, params, headers)
+        if secret is None:
+            return self._peer(peer)
         caller = self._key(secret)
-        return caller if caller is not None else self._peer(peer)
+        if user is not None and caller.users and user not in caller.users:
+            raise Denied(401, f"user {user!r} does not go with this API key")
+        return caller
 
     # -- endpoints ---------------------------------------------------------------------------
+    def _health(self, params: Mapping[str, list[str]], headers: Any, peer: str | None) -> Answer:
+        """Anyone: ``{"ok": true}``; an admin: the daemon's status; a local user on the
+        socket also the database's path (``logstats query`` asks whether this daemon serves
+        the database it was given)."""
+        try:
+            secret, _ = _credentials("health", params, headers)
+            if secret is None and peer is None:
+                return 200, {"ok": True}, JSON
+            caller = self._caller("health", params, headers, peer)
+        except Denied as exc:
+            return error_answer("logstats", exc.status, str(exc))
+        if caller.unlimited:
+            return 200, {"ok": True, **self.status()}, JSON
+        if peer is not None:
+            return 200, {"ok": True, "db": self.status().get("db")}, JSON
+        return 200, {"ok": True}, JSON
+
     def _emailtrack(
-        self, path: str, params: dict[str, str], headers: Any, peer: str | None
-    ) -> tuple[int, Any, str]:
+        self, name: str, params: dict[str, str], headers: Any, peer: str | None
+    ) -> Answer:
+        module = (params.get("cpanel_jsonapi_module") or "").strip()
+        func = (params.get("cpanel_jsonapi_func") or "").strip()
         try:
             caller = self._caller("cpanel", {}, headers, peer)
-            if path == "/json-api/cpanel":
-                module = params.get("cpanel_jsonapi_module")
-                func = params.get("cpanel_jsonapi_func")
+            if name == "json-api":
+                if not module:
+                    raise BadRequest("cpanel_jsonapi_module: missing (EmailTrack)")
+                if not func:
+                    raise BadRequest("cpanel_jsonapi_func: missing (stats)")
                 if (module, func) != ("EmailTrack", "stats"):
                     raise BadRequest(
-                        f"cpanel_jsonapi_module/func: {module}::{func} is not served here"
+                        f"module {module!r}, function {func!r}: not available here "
+                        "(this server answers EmailTrack::stats only)"
                     )
                 if not params.get("cpanel_jsonapi_user"):
                     raise BadRequest("cpanel_jsonapi_user: missing")
@@ -306,7 +455,7 @@ class Router:
                 raise Denied(403, "this key is limited to domains or tags: EmailTrack not allowed")
             if caller.accounts is not None:
                 if params.get("all") in ("1", "true"):
-                    raise Denied(403, "all accounts: not allowed for this caller")
+                    raise Denied(403, "all accounts: not allowed for this key")
                 if params.get("account") not in caller.accounts:
                     raise Denied(403, f"account {params.get('account')!r}: not allowed")
             with self._cursor() as cur:
@@ -314,7 +463,10 @@ class Router:
         except (BadRequest, Denied) as exc:
             # cPanel answers failures with HTTP 200 and event.result 0
             status = exc.status if isinstance(exc, Denied) else 200
-            return status, query.emailtrack_error(str(exc)), JSON
+            _, body, content_type = error_answer("cpanel", status, str(exc))
+            if name == "json-api" and module and func:
+                body["cpanelresult"].update(module=module, func=func)  # as the call named them
+            return status, body, content_type
 
     def _vendor(
         self,
@@ -323,14 +475,15 @@ class Router:
         params: dict[str, list[str]],
         headers: Any,
         peer: str | None,
-    ) -> tuple[int, Any, str]:
+    ) -> Answer:
         shape = SHAPES[name]
         family = name.partition(".")[0]
+        xml = shape.content_type == XML
         now = datetime.now(UTC)
         try:
             caller = self._caller(family, params, headers, peer)
             q = shape.parse(params, now, path_params)
-            q = _scope(q, caller, path_params)
+            q = self._scope(q, caller)
             rows = []
             if q.request is not None:
                 with self._cursor() as cur:
@@ -340,53 +493,57 @@ class Router:
         except ApiError as exc:
             return exc.status, exc.body, exc.content_type
         except Denied as exc:
-            return exc.status, _vendor_error(family, name, str(exc)), shape.content_type
+            return error_answer(family, exc.status, str(exc), xml=xml)
         except ValueError as exc:  # a grouping the store does not keep
-            return 400, _vendor_error(family, name, str(exc)), shape.content_type
+            return error_answer(family, 400, str(exc), xml=xml)
 
-
-def _vendor_error(family: str, name: str, message: str) -> Any:
-    if family == "mailgun":
-        return {"message": message}
-    if family == "sendgrid":
-        from logstats.shapes import sendgrid
-
-        fmt = sendgrid.Format.XML if name.endswith("xml") else sendgrid.Format.JSON
-        return sendgrid.error_body(fmt, message)
-    return {"error": message}
-
-
-def _scope(q: Any, caller: Caller, path_params: dict[str, str]) -> Any:
-    """Restrict a parsed query to what the caller may see, or refuse (403)."""
-    request = q.request
-    if request is None:
-        return q
-    if caller.accounts is not None:
-        asked = request.accounts
-        allowed = (
-            caller.accounts if asked is None else tuple(a for a in asked if a in caller.accounts)
-        )
-        if not allowed:
-            raise Denied(403, "this key may not see that account")
-        q = q.scoped(allowed)
+    def _scope(self, q: Any, caller: Caller) -> Any:
+        """Restrict a parsed query to what the caller may see, or refuse (403) a name
+        outside it (the module docstring's scope rule)."""
         request = q.request
-    for dimension, limit in (
-        (Dimension.SENDER_DOMAIN, caller.domains),
-        (Dimension.TAG, caller.tags),
-    ):
-        if limit is None:
-            continue
-        asked_values = [v for d, v in request.filters if d is dimension]
-        if asked_values and not all(v in limit for v in asked_values):
-            raise Denied(403, f"this key may not see that {dimension.value}")
-        if not asked_values:
-            if len(limit) != 1:
-                raise Denied(403, f"this key is limited to {', '.join(limit)}: name one")
-            q = replace(
-                q, request=replace(request, filters=(*request.filters, (dimension, limit[0])))
-            )
+        if request is None or caller.unlimited:
+            return q
+        table = self._domains()
+        asked_accounts = request.accounts or ()
+        asked_domains = [v for d, v in request.filters if d is Dimension.SENDER_DOMAIN]
+        if caller.accounts is not None:
+            for account in asked_accounts:
+                if account not in caller.accounts:
+                    raise Denied(403, f"account {account!r}: this key may not see it")
+            for domain in asked_domains:
+                owner = table.get(domain.lower())
+                if owner is not None and owner not in caller.accounts:
+                    raise Denied(403, f"domain {domain!r}: this key may not see it")
+            q = q.scoped(asked_accounts or caller.accounts)
             request = q.request
-    return q
+        if caller.domains is not None and asked_accounts:
+            owners = {table.get(d.lower()) for d in caller.domains}
+            if None not in owners:
+                for account in asked_accounts:
+                    if account not in owners:
+                        raise Denied(403, f"account {account!r}: this key may not see it")
+        for dimension, limit in (
+            (Dimension.SENDER_DOMAIN, _lower(caller.domains)),
+            (Dimension.TAG, caller.tags),
+        ):
+            if limit is None:
+                continue
+            asked_values = [v for d, v in request.filters if d is dimension]
+            for v in asked_values:
+                if v not in limit:
+                    raise Denied(403, f"{dimension.value} {v!r}: this key may not see it")
+            if not asked_values:
+                if len(limit) != 1:
+                    raise Denied(403, f"this key is limited to {', '.join(limit)}: name one")
+                q = replace(
+                    q, request=replace(request, filters=(*request.filters, (dimension, limit[0])))
+                )
+                request = q.request
+        return q
+
+
+def _lower(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return None if names is None else tuple(n.lower() for n in names)
 
 
 class LocalRouter(Router):
@@ -394,15 +551,16 @@ class LocalRouter(Router):
     Whoever can open the database file sees everything in it: the caller is an admin."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, config: Config) -> None:
-        self.con = con
-        self.config = replace(config, admins=(*config.admins, LOCAL))
-        self.lock = threading.Lock()
-        self.status = dict
-        self.metrics = lambda cur: prometheus_local(cur, config)
+        super().__init__(
+            con,
+            dict,
+            replace(config, admins=(*config.admins, LOCAL)),
+            lambda cur: prometheus_local(cur, config),
+        )
 
     def route(
         self, method: str, path: str, params: dict[str, list[str]], headers: Any, peer: str | None
-    ) -> tuple[int, Any, str]:
+    ) -> Answer:
         return super().route(method, path, params, headers, LOCAL)
 
 
@@ -413,64 +571,6 @@ def prometheus_local(cursor: duckdb.DuckDBPyConnection, config: Config) -> str:
     from logstats.metrics import render
 
     return render(cursor, per_account=config.metrics_per_account)
-
-
-class ApiServer(Router, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """Threaded HTTP on a Unix socket; each request reads through its own cursor."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        path: str,
-        con: duckdb.DuckDBPyConnection,
-        status: Callable[[], dict[str, Any]],
-        config: Config | None = None,
-        metrics: Callable[[duckdb.DuckDBPyConnection], str] | None = None,
-        mode: int = 0o660,
-    ) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.con = con
-        self.status = status
-        self.config = config or Config()
-        self.metrics = metrics or (lambda cur: "")
-        self.lock = threading.Lock()
-        socketserver.UnixStreamServer.__init__(self, path, _Handler)
-        os.chmod(path, mode)
-
-    def shutdown_and_remove(self) -> None:
-        self.shutdown()
-        self.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.server_address)  # type: ignore[arg-type]
-
-
-class TcpApiServer(Router, ThreadingHTTPServer):
-    """The same API on a TCP address (``api.tcp``); callers must present a key."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: str,
-        con: duckdb.DuckDBPyConnection,
-        status: Callable[[], dict[str, Any]],
-        config: Config,
-        metrics: Callable[[duckdb.DuckDBPyConnection], str],
-    ) -> None:
-        host, _, port = address.rpartition(":")
-        self.con = con
-        self.status = status
-        self.config = config
-        self.metrics = metrics
-        self.lock = threading.Lock()
-        ThreadingHTTPServer.__init__(self, (host.strip("[]"), int(port)), _Handler)
-
-    def shutdown_and_remove(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -29,13 +29,14 @@ from typing import Any, Protocol
 import duckdb
 
 from logstats import config as config_mod
-from logstats.api import ApiServer, TcpApiServer
+from logstats.api import Router
 from logstats.correlate import Correlator
 from logstats.errors import ConfigError, StoreError, cause_of
 from logstats.follow import Follower
 from logstats.grammar import detect_mta
 from logstats.notify import Notifier
 from logstats.pipeline import Drain, Pipeline, compact_since, stop_resource_tracker
+from logstats.server import ApiService
 from logstats.sources import Piece, split_lines
 from logstats.store import Store
 
@@ -99,17 +100,10 @@ class Daemon:
         for mta in ("exim", "postfix"):
             self.pipeline.correlator(mta)
         self._sync_followers()
-        self.servers: list[ApiServer | TcpApiServer] = [
-            ApiServer(self.config.socket, self.store.con, self.status, self.config, self._metrics)
-        ]
-        if self.config.tcp:
-            self.servers.append(
-                TcpApiServer(
-                    self.config.tcp, self.store.con, self.status, self.config, self._metrics
-                )
-            )
-        for server in self.servers:
-            threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+        self.router = Router(self.store.con, self.status, self.config, self._metrics)
+        self.api = ApiService(
+            self.router, self.config.socket, self.config.tcp, log=self.log
+        ).start()
         observer = self._observe()
         self._signals()
         self._poll_all()
@@ -129,8 +123,7 @@ class Daemon:
             self.notifier.stopping()
             if observer is not None:
                 observer.stop()
-            for server in self.servers:
-                server.shutdown_and_remove()
+            self.api.stop()
             self.pipeline.close()
             for follower in self.followers.values():
                 follower.close()
@@ -227,8 +220,7 @@ class Daemon:
             )
             new = replace(new, db=self.config.db)
         self.config = new
-        for server in self.servers:
-            server.config = new
+        self.router.config = new
         self.pipeline.reconfigure(new)
         self._sync_followers()
         self.log.info("config_reloaded", path=path, sources=list(self.followers))

@@ -300,12 +300,15 @@ def assert_valid(value: Any, schema: dict[str, Any]) -> None:
     assert [] == problems, value
 
 
-def assert_cpanel_envelope(body: Any, result: int) -> None:
-    """cPanel API2: ``{"cpanelresult": {apiversion 2, func, module, event.result, data}}``."""
+def assert_cpanel_envelope(
+    body: Any, result: int, module: str = "EmailTrack", func: str = "stats"
+) -> None:
+    """cPanel API2: ``{"cpanelresult": {apiversion 2, func, module, event.result, data}}``
+    (a failure names the module and function the call named)."""
     assert isinstance(body, dict)
     assert ["cpanelresult"] == list(body)
     env = body["cpanelresult"]
-    assert {"apiversion": 2, "func": "stats", "module": "EmailTrack", "result": result} == {
+    assert {"apiversion": 2, "func": func, "module": module, "result": result} == {
         "apiversion": env.get("apiversion"),
         "func": env.get("func"),
         "module": env.get("module"),
@@ -574,7 +577,7 @@ def test_mailgun_provider_aggregates_equal_truth(api: Api) -> None:
 
 def test_mailgun_account_key_is_scoped_to_its_account(api: Api) -> None:
     """With alice's key, ``/v3/stats/total`` answers alice's truth only, and bob.test's
-    domain total leaks nothing (a refusal, or only zeros)."""
+    domain total (a domain the domain table gives to bob) is refused with 403."""
     params = {"event": EVENTS, **api.mailgun_window()}
     resp = api.request("GET", "/v3/stats/total", params, headers=basic(ALICE_KEY))
     assert 200 == resp.status, resp.text
@@ -587,9 +590,8 @@ def test_mailgun_account_key_is_scoped_to_its_account(api: Api) -> None:
         "failed": t.count("alice", "FAILCOUNT"),
     } == mailgun_sums(resp.json())["*"]
     other = api.request("GET", "/v3/bob.test/stats/total", params, headers=basic(ALICE_KEY))
-    assert other.status in (200, 403), other.text
-    if other.status == 200:
-        assert {"*": dict.fromkeys(MG_FIELDS, 0)} == mailgun_sums(other.json())
+    assert 403 == other.status, other.text  # bob.test is bob's (accounts.domains)
+    assert_valid(other.json(), mg_schema.ERROR)
 
 
 def test_mailgun_domain_key_is_scoped_to_its_domain(api: Api) -> None:
@@ -627,7 +629,10 @@ def test_mailgun_tag_key_is_scoped_to_its_tag(api: Api) -> None:
 
 
 def sendgrid_form(user: str, key: str = ADMIN_KEY, **extra: str) -> dict[str, str]:
-    return {"api_user": "admin", "api_key": key, "method": "stats", "user": user, **extra}
+    """SendGrid's form, ``api_user`` the key's name (for a key limited to accounts it must
+    be its name or one of its accounts)."""
+    api_user = next((k["name"] for k in KEYS if k["key"] == key), "admin")
+    return {"api_user": api_user, "api_key": key, "method": "stats", "user": user, **extra}
 
 
 @pytest.mark.parametrize("how", ["POST form", "GET query"])
@@ -828,7 +833,7 @@ def test_unix_socket_peer_user_scoping(api: Api) -> None:
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None or not Path("/usr/bin/python3").exists():
         pytest.skip("needs root, setpriv and /usr/bin/python3 to act as another Unix user")
-    os.chmod(api.socket, 0o666)  # the daemon makes it 0660; let nobody connect at all
+    assert 0o666 == os.stat(api.socket).st_mode & 0o777  # anyone connects, known by uid
     nobody = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     cp_path = "/json-api/cpanel?" + urlencode(emailtrack_params("alice"))
     status, body = unix_get(api.socket, cp_path, nobody)
@@ -919,7 +924,7 @@ def test_cpanel_bad_parameters_get_the_cpanel_error(
     reason (never a 5xx, never data)."""
     resp = api.request("GET", path, params, headers=whm(ADMIN_KEY))
     assert 200 == resp.status, resp.text
-    assert_cpanel_envelope(resp.json(), 0)
+    assert_cpanel_envelope(resp.json(), 0, func=params.get("cpanel_jsonapi_func", "stats"))
     assert not resp.json()["cpanelresult"].get("data")
 
 
@@ -1007,3 +1012,148 @@ def test_mailgun_sdk_reads_totals(api: Api) -> None:
         assert [want["messages"], want["delivered"], want["failed"] - want["rejected"]] == [
             mailgun_sums(bob.json())["*"][k] for k in ("accepted", "delivered", "failed")
         ]
+
+
+@pytest.mark.filterwarnings("ignore:DEPRECATED API CALL:DeprecationWarning")
+@pytest.mark.parametrize("tag", ["newsletter", "billing", "promo"])
+def test_mailgun_sdk_reads_tag_stats(api: Api, tag: str) -> None:
+    """The official ``mailgun`` SDK's ``tags_stats.get(domain=, tag_name=)`` (GET
+    ``/v3/{domain}/tags/{tag}/stats``, also mailgun.js's ``domainTags.statistic``): over
+    every sender domain, the tag's series sum to the tag's truth; the envelope names the
+    tag and validates."""
+    client_mod = pytest.importorskip("mailgun.client")
+    window = api.mailgun_window()
+    got = dict.fromkeys(("accepted", "delivered", "deferred", "failed"), 0)
+    with client_mod.Client(auth=("api", ADMIN_KEY), api_url=api.base_url) as client:
+        for domain in SENDER_DOMAINS:
+            resp = client.tags_stats.get(
+                domain=domain, tag_name=tag, filters={"event": EVENTS, **window}
+            )
+            assert 200 == resp.status_code, resp.text
+            body = resp.json()
+            assert_valid(body, mg_schema.envelope(EVENTS))
+            assert tag == body["tag"]
+            for k, v in mailgun_sums(body)["*"].items():
+                if k in got:
+                    got[k] += v
+    want = api.truth.tags[tag]
+    assert {
+        "accepted": want["messages"],
+        "delivered": want["deliveries"],
+        "deferred": want["deferred"],
+        "failed": want["failed"],
+    } == got
+
+
+# --- one scope rule, and the user named with a key ----------------------------------------
+
+OUTSIDE: list[tuple[str, str, str, dict[str, Any], dict[str, str], str]] = [
+    # (API, method, path, params or form, headers, the name outside the key's scope)
+    ("cpanel", "GET", "/json-api/cpanel", emailtrack_params("bob"), cpanel("alice", ALICE_KEY),
+     "bob"),
+    ("cpanel", "GET", "/json-api/cpanel", emailtrack_params("nosuchuser"),
+     cpanel("alice", ALICE_KEY), "nosuchuser"),
+    ("mailgun", "GET", "/v3/bob.test/stats/total", {"event": EVENTS}, basic(ALICE_KEY),
+     "bob.test"),
+    ("mailgun", "GET", "/v3/alice.test/stats/total", {"event": EVENTS}, basic(DOMAIN_KEY),
+     "alice.test"),
+    ("mailgun", "GET", "/v3/nosuch.test/stats/total", {"event": EVENTS}, basic(DOMAIN_KEY),
+     "nosuch.test"),
+    ("mailgun", "GET", "/v3/stats/filter", {"event": EVENTS, "filter": "tag:promo"},
+     basic(TAG_KEY), "promo"),
+    ("mailgun", "GET", "/v3/stats/filter", {"event": EVENTS, "filter": "tag:nosuchtag"},
+     basic(TAG_KEY), "nosuchtag"),
+    ("mailgun", "GET", "/v3/bob.test/tags/promo/stats", {"event": EVENTS}, basic(TAG_KEY),
+     "promo"),
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("bob", ALICE_KEY, aggregate="1"), {}, "bob"),
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("nosuchuser", ALICE_KEY, aggregate="1"), {}, "nosuchuser"),
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("alice", DOMAIN_KEY, aggregate="1"), {}, "alice"),
+    ("smtpeter", "GET", "/v1/stats/promo", {"access_token": TAG_KEY}, {}, "promo"),
+    ("smtpeter", "GET", "/v1/stats/nosuchtag", {"access_token": TAG_KEY}, {}, "nosuchtag"),
+]  # fmt: skip
+
+
+def outside(api: Api, case: tuple[str, str, str, dict[str, Any], dict[str, str], str]) -> Response:
+    _, method, path, given, headers, _ = case
+    if method == "POST":
+        return api.request(method, path, form=given, headers=headers)
+    return api.request(method, path, given, headers=headers)
+
+
+@pytest.mark.parametrize("case", OUTSIDE, ids=[f"{c[0]}:{c[2]}:{c[5]}" for c in OUTSIDE])
+def test_a_name_outside_the_keys_scope_is_403_everywhere(
+    api: Api, case: tuple[str, str, str, dict[str, Any], dict[str, str], str]
+) -> None:
+    """The one scope rule: an account, sender domain or tag outside a key's scope is 403 in
+    that API's error envelope, with no counts; whether the name has mail or none at all
+    (the answer for ``bob`` and for ``nosuchuser`` differ only in the name), so the answer
+    tells nothing about the data. bob.test is outside alice's key because the domain table
+    gives it to bob; alice is outside the bob.test key because none of its domains is
+    hers."""
+    family, *_, name = case
+    resp = outside(api, case)
+    assert 403 == resp.status, resp.text
+    body = resp.json()
+    if family == "cpanel":
+        assert_cpanel_envelope(body, 0)
+        assert not body["cpanelresult"]["data"]
+    else:
+        schema = {"mailgun": mg_schema, "sendgrid": sg_schema, "smtpeter": sp_schema}[family]
+        assert_valid(body, schema.ERROR)
+    assert name in resp.text  # the refusal names what was refused
+    twins = [c for c in OUTSIDE if c[0] == family and c[2:5] != case[2:5] and c[1] == case[1]]
+    for twin in twins:
+        if twin[4] == case[4] and twin[3].get("api_key") == case[3].get("api_key"):
+            other = outside(api, twin)
+            assert resp.text.replace(name, "NAME") == other.text.replace(twin[5], "NAME")
+
+
+def test_an_account_key_can_narrow_within_its_scope(api: Api) -> None:
+    """A name the key is not limited in narrows the answer inside its scope: alice's key
+    asking alice.test (hers by the domain table) answers alice's mail from it; the
+    bob.test key asking SendGrid ``user=bob`` answers bob's mail from bob.test."""
+    params = {"event": EVENTS, **api.mailgun_window()}
+    own = api.request("GET", "/v3/alice.test/stats/total", params, headers=basic(ALICE_KEY))
+    assert 200 == own.status, own.text
+    assert api.truth.count("alice", "SUCCESSCOUNT") >= mailgun_sums(own.json())["*"]["delivered"]
+    bob = api.request(
+        "POST", "/api/distributor.manage.json", form=sendgrid_form("bob", DOMAIN_KEY, aggregate="1")
+    )
+    assert 200 == bob.status, bob.text
+    assert api.truth.sender_domains["bob.test"]["messages"] >= bob.json()["requests"] > 0
+
+
+@pytest.mark.parametrize(
+    "headers", [cpanel("bob", ALICE_KEY), {"Authorization": f"whm bob:{ALICE_KEY}"}]
+)
+def test_cpanel_user_in_the_header_must_be_the_keys(api: Api, headers: dict[str, str]) -> None:
+    """``Authorization: cpanel bob:ALICEKEY`` (or ``whm``) is not answered as alice: the
+    user named is not the key's (its name or one of its accounts), so the call is refused
+    (401, cPanel's failure envelope), even for alice's own account."""
+    resp = api.request("GET", "/json-api/cpanel", emailtrack_params("alice"), headers=headers)
+    assert 401 == resp.status, resp.text
+    assert_cpanel_envelope(resp.json(), 0)
+    assert [] == [n for n in numbers_of(api.truth, "alice") if n in resp.text]
+
+
+def test_sendgrid_api_user_must_be_the_keys(api: Api) -> None:
+    """SendGrid's ``api_user`` must name the key's user when the key is limited to
+    accounts: ``api_user=bob`` with alice's key is 401 in SendGrid's envelope, JSON and
+    XML; ``api_user=alice`` is answered."""
+    form = {**sendgrid_form("alice", ALICE_KEY, aggregate="1"), "api_user": "bob"}
+    resp = api.request("POST", "/api/distributor.manage.json", form=form)
+    assert 401 == resp.status, resp.text
+    assert_valid(resp.json(), sg_schema.ERROR)
+    xml = api.request("POST", "/api/distributor.manage.xml", form=form)
+    assert 401 == xml.status, xml.text
+    assert [] == validate_xml(xml.text, sg_schema.ERROR_XML)
+    good = api.request(
+        "POST",
+        "/api/distributor.manage.json",
+        form=sendgrid_form("alice", ALICE_KEY, aggregate="1"),
+    )
+    assert 200 == good.status, good.text
+    assert api.truth.count("alice", "SENDCOUNT") == good.json()["requests"]

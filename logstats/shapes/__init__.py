@@ -121,6 +121,9 @@ SHAPES: dict[str, Shape] = {
         mailgun.parse_domains, mailgun.render, ("GET /v3/stats/total/domains",), JSON
     ),
     "mailgun.filter": Shape(mailgun.parse_filter, mailgun.render, ("GET /v3/stats/filter",), JSON),
+    "mailgun.tag_stats": Shape(
+        mailgun.parse_tag_stats, mailgun.render, ("GET /v3/{domain}/tags/{tag}/stats",), JSON
+    ),
     "mailgun.providers": Shape(
         mailgun.parse_providers,
         mailgun.render,

@@ -1,7 +1,10 @@
 """Mailgun stats API (v3, the deprecated ``/stats`` family), from ``mailgun-stats.md``.
 
 Endpoints: ``/v3/stats/total``, ``/v3/{domain}/stats/total``, ``/v3/stats/total/domains``,
-``/v3/stats/filter`` and ``/v3/{domain}/aggregates/providers|devices|countries``.
+``/v3/stats/filter``, ``/v3/{domain}/aggregates/providers|devices|countries`` and the tag
+statistics both Mailgun SDKs call (``client.tags_stats`` in ``mailgun``, ``domainTags.
+statistic`` in ``mailgun.js``): ``/v3/{domain}/tags/{tag}/stats``, the domain's series
+for one tag with ``tag`` and ``description`` in the envelope.
 
 Windows.  Mailgun counts in UTC hour/day/month buckets (calendar-aligned: an hour, a day
 from 00:00, a month from the 1st).  The answer lists every bucket from the one holding
@@ -107,6 +110,7 @@ class Endpoint(StrEnum):
     PROVIDERS = "providers"  # /v3/{domain}/aggregates/providers
     DEVICES = "devices"  # /v3/{domain}/aggregates/devices
     COUNTRIES = "countries"  # /v3/{domain}/aggregates/countries
+    TAG_STATS = "tag_stats"  # /v3/{domain}/tags/{tag}/stats
 
 
 DESCRIPTIONS = {
@@ -114,6 +118,7 @@ DESCRIPTIONS = {
     Endpoint.DOMAIN_TOTAL: "Totals for entire domain",
     Endpoint.DOMAINS: "Totals for account domains for a single time resolution",
     Endpoint.FILTER: "Filtered/grouped totals for entire account",
+    Endpoint.TAG_STATS: "",  # a tag's own description: MTA logs carry none
 }
 
 
@@ -407,6 +412,23 @@ def parse_filter(
         request = SeriesRequest(w.start, w.stop, resolution, filters=tuple(filters))
     return MailgunQuery(
         Endpoint.FILTER, request, events, w.resolution, w.buckets, w.end, group=group, tag=tag
+    )
+
+
+def parse_tag_stats(
+    params: Params, now: datetime, path: Mapping[str, str] | None = None
+) -> MailgunQuery:
+    """``GET /v3/{domain}/tags/{tag}/stats``: as the domain total, for one tag."""
+    domain = _domain(path)
+    tag = path_value(path, "tag")
+    if not tag:
+        raise error("tag", "tag: missing from the path", status=404)
+    events = _events(params)
+    w = _window(params, now)
+    filters = ((Dimension.SENDER_DOMAIN, domain), (Dimension.TAG, tag))
+    request = SeriesRequest(w.start, w.stop, w.resolution, filters=filters)
+    return MailgunQuery(
+        Endpoint.TAG_STATS, request, events, w.resolution, w.buckets, w.end, tag=tag, domain=domain
     )
 
 

@@ -62,6 +62,7 @@ MAX_DAYS = 36_600  # a logstats limit (100 years) on one per-day answer
 _TRUE = ("1", "true")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _FALSE = ("", "0", "false")
+_LATEST = date(9000, 1, 1)  # later days are refused (a window's end must stay a datetime)
 
 
 class Format(StrEnum):
@@ -123,9 +124,12 @@ def _date(fmt: Format, name: str, text: str) -> date:
     try:
         if not _DATE_RE.fullmatch(text):
             raise ValueError(text)
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise error(fmt, name, f"{name}: {text!r} is not a date in YYYY-mm-dd format") from None
+    if day >= _LATEST:
+        raise error(fmt, name, f"{name}: {text!r} is after {_LATEST.year - 1}")
+    return day
 
 
 def _window(fmt: Format, params: Params, today: date) -> tuple[date, date]:
