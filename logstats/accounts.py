@@ -10,7 +10,6 @@ in a window answers zeros; one that does not exist is a failure with ``reason(ac
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 
 from logstats.config import Config
 from logstats.errors import LogstatsError
@@ -24,9 +23,9 @@ def mapped(cfg: Config) -> set[str]:
     return names
 
 
-def exists(cfg: Config, account: str, all_time: Mapping[str, str]) -> bool:
-    """Whether ``account`` exists; ``all_time`` is its EmailTrack row over all time."""
-    return account in mapped(cfg) or any(value != "0" for value in all_time.values())
+def exists(cfg: Config, account: str, counted: bool) -> bool:
+    """Whether ``account`` exists; ``counted``: anything was ever counted for it."""
+    return counted or account in mapped(cfg)
 
 
 def reason(account: str) -> str:

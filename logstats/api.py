@@ -49,7 +49,7 @@ from urllib.parse import urlencode
 
 import duckdb
 
-from logstats import query
+from logstats import query, timeparse
 from logstats.config import Config
 from logstats.errors import ConfigError
 from logstats.model import Dimension, StatsRequest
@@ -68,20 +68,13 @@ class BadRequest(ValueError):
 
 
 def parse_time(name: str, value: str) -> datetime:
-    text = value.strip()
+    """``start``/``end`` as logstats.timeparse reads them (the CLI's rule), 1970 to 8999."""
     try:
-        if text.isascii() and text.isdigit():
-            if int(text) >= _LATEST.timestamp():
-                raise ValueError(text)
-            return datetime.fromtimestamp(int(text), UTC)
-        ts = datetime.fromisoformat(text)
-        ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        ts = timeparse.parse_time(value)
         if not EPOCH <= ts < _LATEST:
-            raise ValueError(text)
+            raise ValueError(f"{value!r} is outside 1970 to 8999")
     except (ValueError, OverflowError, OSError) as exc:
-        raise BadRequest(
-            f"{name}: {value!r} is not an ISO 8601 date or Unix time from 1970 to 8999"
-        ) from exc
+        raise BadRequest(f"{name}: {exc} ({timeparse.FORMS}, from 1970 to 8999)") from exc
     return ts
 
 
@@ -99,8 +92,11 @@ def window(params: dict[str, str]) -> tuple[datetime, datetime]:
     return start, end
 
 
-def emailtrack(con: duckdb.DuckDBPyConnection, params: dict[str, str]) -> dict[str, Any]:
-    """The EmailTrack answer for query parameters (shared by the CLI and HTTP)."""
+def emailtrack(
+    con: duckdb.DuckDBPyConnection, params: dict[str, str], config: Config | None = None
+) -> dict[str, Any]:
+    """The EmailTrack answer for query parameters (shared by the CLI and HTTP). With
+    ``config``, an account that does not exist (logstats.accounts) is cPanel's failure."""
     deliverytype = params.get("deliverytype") or None
     if deliverytype not in (None, "remote", "local", "remote_or_faildefer"):
         raise BadRequest(
@@ -112,6 +108,14 @@ def emailtrack(con: duckdb.DuckDBPyConnection, params: dict[str, str]) -> dict[s
         raise BadRequest("account: missing (or all=1)")
     start, end = window(params)
     rows = account_stats(con, StatsRequest(start, end, None if everyone else account))
+    if config is not None and account is not None and not everyone:
+        from logstats import accounts
+
+        if account not in accounts.mapped(config):
+            ever = account_stats(con, StatsRequest(EPOCH, FAR_FUTURE, account))
+            counted = any(any(v != "0" for v in query.emailtrack_row(s).values()) for s in ever)
+            if not accounts.exists(config, account, counted):
+                raise BadRequest(accounts.reason(account))
     return query.emailtrack_answer(
         rows,
         account=None if everyone else account,
@@ -459,7 +463,7 @@ class Router:
                 if params.get("account") not in caller.accounts:
                     raise Denied(403, f"account {params.get('account')!r}: not allowed")
             with self._cursor() as cur:
-                return 200, emailtrack(cur, params), JSON
+                return 200, emailtrack(cur, params, self.config), JSON
         except (BadRequest, Denied) as exc:
             # cPanel answers failures with HTTP 200 and event.result 0
             status = exc.status if isinstance(exc, Denied) else 200

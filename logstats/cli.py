@@ -684,10 +684,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     table = args.format == "table" or (args.all and args.format is None)
     try:
         answer = _emailtrack(cfg, db, params)
-        if not args.all and answer["cpanelresult"]["event"]["result"] == 1:
-            missing = _no_such_account(cfg, db, args.account)
-            if missing is not None:
-                answer = query.emailtrack_error(missing)
     except (LogstatsError, api.BadRequest) as exc:
         if args.all or table:
             raise LogstatsError(str(exc)) from exc
@@ -718,21 +714,9 @@ def _emailtrack(cfg: config_mod.Config, db: str, params: dict[str, str]) -> dict
         return dict(asked[1])
     with _opened(Store(db, read_only=True)) as store:
         try:
-            return api.emailtrack(store.con, params)
+            return api.emailtrack(store.con, params, cfg)
         except duckdb.Error as exc:
             raise _readable(db, exc) from exc
-
-
-def _no_such_account(cfg: config_mod.Config, db: str, account: str) -> str | None:
-    """Why ``account`` does not exist (logstats.accounts), or None when it does."""
-    from logstats import accounts
-
-    if account in accounts.mapped(cfg):
-        return None
-    ever = _emailtrack(cfg, db, {"account": account})["cpanelresult"]
-    if ever["event"]["result"] != 1 or accounts.exists(cfg, account, ever["data"][0]):
-        return None
-    return accounts.reason(account)
 
 
 def _ask_daemon(

@@ -327,8 +327,9 @@ def test_a_plain_user_queries_the_daemon(daemon: Daemon) -> None:
     """A Unix user who is neither an admin nor in any group of the daemon's (``nobody``)
     runs ``logstats query`` against the running daemon: the socket lets it in (0666),
     ``/healthz`` tells it the database the daemon serves (so the CLI asks the daemon, not
-    the locked file), its own account is answered (result 1) and another account is
-    cPanel's failure (exit 1)."""
+    the locked file), its own account is looked up (``nobody`` has never sent mail and is
+    in no account map: cPanel's failure for an account that does not exist) and another
+    account is refused (cPanel's failure, exit 1)."""
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to act as another Unix user")
@@ -339,8 +340,10 @@ def test_a_plain_user_queries_the_daemon(daemon: Daemon) -> None:
         [*nobody, *command, "--account", "nobody"],
         capture_output=True, text=True, timeout=60, check=False, cwd="/",
     )  # fmt: skip
-    assert 0 == own.returncode, own.stderr
-    assert 1 == json.loads(own.stdout)["cpanelresult"]["event"]["result"]
+    assert 1 == own.returncode, own.stderr
+    mine = json.loads(own.stdout)["cpanelresult"]["event"]
+    assert 0 == mine["result"]
+    assert "'nobody' does not exist" in mine["reason"]
     other = subprocess.run(
         [*nobody, *command, "--account", "alice"],
         capture_output=True, text=True, timeout=60, check=False, cwd="/",
