@@ -630,6 +630,7 @@ def test_registry_names_every_shape_with_routes():
         "mailgun.providers",
         "mailgun.devices",
         "mailgun.countries",
+        "mailgun.tag_stats",
         "sendgrid.json",
         "sendgrid.xml",
         "smtpeter",
