@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
 import hmac
 import http.client
 import json
@@ -52,7 +53,7 @@ import duckdb
 from logstats import query, timeparse
 from logstats.config import Config
 from logstats.errors import ConfigError
-from logstats.model import Dimension, StatsRequest
+from logstats.model import Dimension, SeriesRequest, StatsRequest
 from logstats.shapes import EPOCH, FAR_FUTURE, JSON, SHAPES, XML, ApiError
 from logstats.store import account_stats, series
 
@@ -503,51 +504,86 @@ class Router:
 
     def _scope(self, q: Any, caller: Caller) -> Any:
         """Restrict a parsed query to what the caller may see, or refuse (403) a name
-        outside it (the module docstring's scope rule)."""
+        outside it (the module docstring's scope rule).
+
+        Asked names: the request's account list and filters, and the tags a shape asks
+        for by grouping (``asked_tags``: SendGrid's ``category[]``).  Sender domains are
+        compared lower-cased, against the key's ``domains`` as ``fnmatch`` patterns.  When
+        nothing in a limited dimension is asked, a limit of one name (no wildcard) becomes
+        the filter; a limit of several names or a wildcard pattern is 403 "name one"."""
         request = q.request
         if request is None or caller.unlimited:
             return q
         table = self._domains()
         asked_accounts = request.accounts or ()
-        asked_domains = [v for d, v in request.filters if d is Dimension.SENDER_DOMAIN]
+        asked_domains = [v.lower() for d, v in request.filters if d is Dimension.SENDER_DOMAIN]
+        asked_tags = [v for d, v in request.filters if d is Dimension.TAG]
+        grouped_tags = tuple(getattr(q, "asked_tags", ()))  # narrowed by the shape itself
         if caller.accounts is not None:
             for account in asked_accounts:
                 if account not in caller.accounts:
                     raise Denied(403, f"account {account!r}: this key may not see it")
             for domain in asked_domains:
-                owner = table.get(domain.lower())
+                owner = table.get(domain)
                 if owner is not None and owner not in caller.accounts:
                     raise Denied(403, f"domain {domain!r}: this key may not see it")
             q = q.scoped(asked_accounts or caller.accounts)
             request = q.request
-        if caller.domains is not None and asked_accounts:
-            owners = {table.get(d.lower()) for d in caller.domains}
-            if None not in owners:
+        domains = _lower(caller.domains)
+        if domains is not None:
+            for domain in asked_domains:
+                if not _matches(domain, domains):
+                    raise Denied(403, f"domain {domain!r}: this key may not see it")
+            owners = _owners(table, domains)
+            if owners is not None:
                 for account in asked_accounts:
                     if account not in owners:
                         raise Denied(403, f"account {account!r}: this key may not see it")
-        for dimension, limit in (
-            (Dimension.SENDER_DOMAIN, _lower(caller.domains)),
-            (Dimension.TAG, caller.tags),
-        ):
-            if limit is None:
-                continue
-            asked_values = [v for d, v in request.filters if d is dimension]
-            for v in asked_values:
-                if v not in limit:
-                    raise Denied(403, f"{dimension.value} {v!r}: this key may not see it")
-            if not asked_values:
-                if len(limit) != 1:
-                    raise Denied(403, f"this key is limited to {', '.join(limit)}: name one")
-                q = replace(
-                    q, request=replace(request, filters=(*request.filters, (dimension, limit[0])))
-                )
-                request = q.request
+            if not asked_domains:
+                q, request = _narrow(q, request, Dimension.SENDER_DOMAIN, domains)
+        if caller.tags is not None:
+            for tag in (*asked_tags, *grouped_tags):
+                if tag not in caller.tags:
+                    raise Denied(403, f"tag {tag!r}: this key may not see it")
+            if not asked_tags and not grouped_tags:
+                q, request = _narrow(q, request, Dimension.TAG, caller.tags)
         return q
+
+
+_WILDCARDS = frozenset("*?[")
 
 
 def _lower(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return None if names is None else tuple(n.lower() for n in names)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _owners(table: Mapping[str, str], patterns: tuple[str, ...]) -> set[str] | None:
+    """The accounts the domain table gives a domain matching ``patterns``; None when some
+    pattern matches no domain of the table (its mail's account is not known, so an asked
+    account is then only narrowed by the domain filter, not refused)."""
+    owners: set[str] = set()
+    for pattern in patterns:
+        found = {a for d, a in table.items() if fnmatch.fnmatchcase(d, pattern)}
+        if not found:
+            return None
+        owners |= found
+    return owners
+
+
+def _narrow(
+    q: Any, request: SeriesRequest, dimension: Dimension, limit: tuple[str, ...]
+) -> tuple[Any, SeriesRequest]:
+    """No name asked in a limited dimension: the key's one name is the filter."""
+    if len(limit) != 1 or _WILDCARDS & set(limit[0]):
+        raise Denied(
+            403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one"
+        )
+    q = replace(q, request=replace(request, filters=(*request.filters, (dimension, limit[0]))))
+    return q, q.request
 
 
 class LocalRouter(Router):

@@ -58,11 +58,15 @@ ADMIN_KEY = "admin-key-0123456789"
 ALICE_KEY = "alice-key-0123456789"
 DOMAIN_KEY = "bobdomain-key-012345"
 TAG_KEY = "billing-tag-key-0123"
+TAGS_KEY = "billing-promo-key-0123"
+WILD_KEY = "wildcard-domain-key-01"
 KEYS = [
     {"key": ADMIN_KEY, "name": "admin"},
     {"key": ALICE_KEY, "name": "alice", "accounts": ["alice"]},
     {"key": DOMAIN_KEY, "name": "bob.test", "domains": ["bob.test"]},
     {"key": TAG_KEY, "name": "billing", "tags": ["billing"]},
+    {"key": TAGS_KEY, "name": "billing+promo", "tags": ["billing", "promo"]},
+    {"key": WILD_KEY, "name": "b-domains", "domains": ["B*.TEST"]},  # the schema lower-cases
 ]
 PROVIDERS = {
     "sink": ["remote.test"],
@@ -1073,6 +1077,30 @@ OUTSIDE: list[tuple[str, str, str, dict[str, Any], dict[str, str], str]] = [
      sendgrid_form("alice", DOMAIN_KEY, aggregate="1"), {}, "alice"),
     ("smtpeter", "GET", "/v1/stats/promo", {"access_token": TAG_KEY}, {}, "promo"),
     ("smtpeter", "GET", "/v1/stats/nosuchtag", {"access_token": TAG_KEY}, {}, "nosuchtag"),
+    # a domain of another account named as a Mailgun filter, as in the path
+    ("mailgun", "GET", "/v3/stats/filter", {"event": EVENTS, "filter": "domain:bob.test"},
+     basic(ALICE_KEY), "bob.test"),
+    # SendGrid's categories are tags
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("bob", TAG_KEY, category="promo"), {}, "promo"),
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("bob", TAG_KEY, **{"category[]": "nosuchtag"}), {}, "nosuchtag"),
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("bob", TAGS_KEY, **{"category[]": ["promo", "newsletter"]}), {},
+     "newsletter"),
+    # a key with two tags: a third one, in each place a tag is named
+    ("mailgun", "GET", "/v3/stats/filter", {"event": EVENTS, "filter": "tag:newsletter"},
+     basic(TAGS_KEY), "newsletter"),
+    ("mailgun", "GET", "/v3/bob.test/tags/newsletter/stats", {"event": EVENTS},
+     basic(TAGS_KEY), "newsletter"),
+    ("smtpeter", "GET", "/v1/stats/newsletter", {"access_token": TAGS_KEY}, {}, "newsletter"),
+    # a wildcard domain key (b*.test): other domains, and an account none of its domains is
+    ("mailgun", "GET", "/v3/alice.test/stats/total", {"event": EVENTS}, basic(WILD_KEY),
+     "alice.test"),
+    ("mailgun", "GET", "/v3/stats/filter", {"event": EVENTS, "filter": "domain:nosuch.test"},
+     basic(WILD_KEY), "nosuch.test"),
+    ("sendgrid", "POST", "/api/distributor.manage.json",
+     sendgrid_form("alice", WILD_KEY, aggregate="1"), {}, "alice"),
 ]  # fmt: skip
 
 
@@ -1124,6 +1152,134 @@ def test_an_account_key_can_narrow_within_its_scope(api: Api) -> None:
     )
     assert 200 == bob.status, bob.text
     assert api.truth.sender_domains["bob.test"]["messages"] >= bob.json()["requests"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_sendgrid_category_outside_a_tag_key_is_403(api: Api, fmt: str) -> None:
+    """The ``tags: [billing]`` key asking ``category[]=promo`` (bob's promo mail exists) is
+    refused with 403 in SendGrid's envelope, JSON and XML, naming the category; not an
+    empty 200."""
+    form = sendgrid_form("bob", TAG_KEY, **{"category[]": "promo"}, **api.sendgrid_window())
+    resp = api.request("POST", f"/api/distributor.manage.{fmt}", form=form)
+    assert 403 == resp.status, resp.text
+    if fmt == "json":
+        assert_valid(resp.json(), sg_schema.ERROR)
+    else:
+        assert "xml" in resp.content_type
+        assert [] == validate_xml(resp.text, sg_schema.ERROR_XML)
+    assert "promo" in resp.text
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+@pytest.mark.parametrize(
+    ("key", "user", "categories"),
+    [
+        (TAG_KEY, "alice", ["billing"]),
+        (TAG_KEY, "lsuser1", ["billing"]),
+        (TAGS_KEY, "bob", ["promo"]),  # one of its own two tags
+        (TAGS_KEY, "alice", ["billing", "promo"]),
+    ],
+)
+def test_sendgrid_own_categories_answer_as_the_admin(
+    api: Api, key: str, user: str, categories: list[str], fmt: str
+) -> None:
+    """A tag key asking its own categories (one of one, one of two, both of two) gets the
+    admin key's answer for the same call, with numbers in it: the categories narrow the
+    answer, the key adds nothing and takes nothing away."""
+    extra = {"category[]": categories, **api.sendgrid_window()}
+    path = f"/api/distributor.manage.{fmt}"
+    got = api.request("POST", path, form=sendgrid_form(user, key, **extra))
+    want = api.request("POST", path, form=sendgrid_form(user, ADMIN_KEY, **extra))
+    assert 200 == got.status, got.text
+    assert 200 == want.status, want.text
+    assert want.body == got.body
+    if fmt == "json":
+        assert_valid(got.json(), sg_schema.CATEGORY)
+        assert sum(r["requests"] for r in got.json()) > 0
+    else:
+        assert [] == validate_xml(got.text, sg_schema.CATEGORY_XML)
+        assert "<requests>0</requests>" != got.text and "<category>" in got.text
+
+
+def test_a_two_tag_key_reads_each_of_its_tags(api: Api) -> None:
+    """The ``tags: [billing, promo]`` key: SMTPeter ``/v1/stats/promo`` and Mailgun's
+    ``/v3/bob.test/tags/promo/stats`` and ``filter=tag:billing`` answer what the admin key
+    gets; an answer naming no tag (``/v3/stats/total``, SendGrid per day) is 403 "name one"
+    (two tags: no single filter to add)."""
+    for tag in ("promo", "billing"):
+        got = api.request("GET", f"/v1/stats/{tag}", {"access_token": TAGS_KEY})
+        want = api.request("GET", f"/v1/stats/{tag}", {"access_token": ADMIN_KEY})
+        assert 200 == got.status, got.text
+        assert want.json() == got.json()
+        assert got.json()["messages"] == api.truth.tags[tag]["messages"]
+    params = {"event": EVENTS, **api.mailgun_window()}
+    for path, extra in [("/v3/bob.test/tags/promo/stats", {}),
+                        ("/v3/stats/filter", {"filter": "tag:billing"})]:  # fmt: skip
+        got = api.request("GET", path, {**params, **extra}, headers=basic(TAGS_KEY))
+        want = api.request("GET", path, {**params, **extra}, headers=basic(ADMIN_KEY))
+        assert 200 == got.status, got.text
+        assert want.json() == got.json()
+        assert mailgun_sums(got.json())["*"]["accepted"] > 0
+    total = api.request("GET", "/v3/stats/total", params, headers=basic(TAGS_KEY))
+    assert 403 == total.status, total.text
+    assert_valid(total.json(), mg_schema.ERROR)
+    assert "name one" in total.text
+    days = api.request("POST", "/api/distributor.manage.json", form=sendgrid_form("bob", TAGS_KEY))
+    assert 403 == days.status, days.text
+    assert "name one" in days.text
+
+
+@pytest.mark.parametrize("domain", ["bob.test", "BOB.test"])
+def test_a_wildcard_domain_key_reads_matching_domains(api: Api, domain: str) -> None:
+    """``domains: ["B*.TEST"]`` (a pattern; the schema lower-cases it): a matching domain,
+    in any case, answers the admin key's numbers for that domain, in the path and as a
+    filter; naming no domain (Mailgun's ``/v3/stats/total``, any SendGrid call: it has no
+    domain parameter) is 403 "name one" (a pattern is no single domain to filter on)."""
+    params = {"event": EVENTS, **api.mailgun_window()}
+    got = api.request("GET", f"/v3/{domain}/stats/total", params, headers=basic(WILD_KEY))
+    want = api.request("GET", "/v3/bob.test/stats/total", params, headers=basic(ADMIN_KEY))
+    assert 200 == got.status, got.text
+    assert mailgun_sums(want.json()) == mailgun_sums(got.json())
+    bob = api.truth.sender_domains["bob.test"]
+    assert bob["messages"] == mailgun_sums(got.json())["*"]["accepted"] > 0
+    filtered = {**params, "filter": f"domain:{domain}"}
+    got = api.request("GET", "/v3/stats/filter", filtered, headers=basic(WILD_KEY))
+    want = api.request("GET", "/v3/stats/filter", filtered, headers=basic(ADMIN_KEY))
+    assert 200 == got.status, got.text
+    assert mailgun_sums(want.json()) == mailgun_sums(got.json())
+    sendgrid = api.request(
+        "POST", "/api/distributor.manage.json", form=sendgrid_form("bob", WILD_KEY, aggregate="1")
+    )
+    assert 403 == sendgrid.status, sendgrid.text  # no domain named: which one?
+    assert "name one" in sendgrid.text
+    total = api.request("GET", "/v3/stats/total", params, headers=basic(WILD_KEY))
+    assert 403 == total.status, total.text
+    assert "name one" in total.text
+
+
+SCOPED_KEYS = [ALICE_KEY, DOMAIN_KEY, TAG_KEY, TAGS_KEY, WILD_KEY]
+
+
+@pytest.mark.parametrize("key", SCOPED_KEYS)
+def test_hostile_values_never_give_500_with_scoped_keys(api: Api, key: str) -> None:
+    """tests/test_http.py's hostile values on every route, asked with each key that has a
+    scope (accounts, a domain, a tag, two tags, a domain pattern): a 2xx or 4xx in that
+    API's envelope, never a 5xx, whether the scope check refuses the call or narrows it."""
+    from tests.test_http import FUZZ, ODD, envelope_ok
+
+    name = next(k["name"] for k in KEYS if k["key"] == key)
+    failures = []
+    for path, base, names in FUZZ:
+        extra = {"api_user": name, "api_key": key} if path.startswith("/api/") else {}
+        headers = basic(key) if path.startswith("/v3/") else {}
+        if path.startswith(("/json-api", "/v1/emailtrack")):
+            headers = cpanel(name, key)
+        for value in ODD:
+            for given in ({n: value} for n in names):
+                resp = api.request("GET", path, {**base, **extra, **given}, headers=headers)
+                if resp.status >= 500 or not envelope_ok(path, resp):
+                    failures.append((path, given, resp.status, resp.body[:200]))
+    assert [] == failures
 
 
 @pytest.mark.parametrize(

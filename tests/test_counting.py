@@ -169,8 +169,9 @@ def test_rejects_and_mta_bounces_in_the_four_shapes(tmp_path):
     """One account, every row of the table: Mailgun accepted / SendGrid requests = messages
     accepted (no reject); Mailgun delivered = SUCCESSCOUNT; failed.temporary = DEFERCOUNT;
     failed.permanent = SendGrid bounces = FAILCOUNT less the rejects; SMTPeter per tag
-    alike.  The MTA's own bounce (``<> R=``, ``-system-``) is in EmailTrack's ``-system-``
-    row only: not in Mailgun's account total and no domain ``""``."""
+    = Mailgun ``filter=tag:`` = the SendGrid category.  The MTA's own bounce (``<> R=``,
+    ``-system-``) is in EmailTrack's ``-system-`` row only: not in Mailgun's account total
+    and no domain ``""``."""
     bounce = message("B1", 6, [("carol@carol.test", D)], auth=None, sender="", parent="Q2")
     with build(tmp_path, [*ONE_TAG_EACH, *bounce]) as store:
         et = emailtrack(store)
@@ -194,5 +195,13 @@ def test_rejects_and_mta_bounces_in_the_four_shapes(tmp_path):
         assert ["carol.test"] == [i["domain"] for i in domains["stats"]]
         assert [3, 4] == [domains["stats"][0]["accepted"]["total"],
                           domains["stats"][0]["delivered"]["total"]]  # fmt: skip
+        # SMTPeter per tag = Mailgun filter=tag: = the SendGrid category (independent shapes)
         news = ask(store, "smtpeter", {}, {"tag": "news"})
-        assert [2, 3] == [news["messages"], news["deliveries"]]
+        tagged = ask(store, "mailgun.filter", {"event": ["accepted", "delivered"],
+                                               "filter": "tag:news", "start": "1717200000"})
+        category = category_sums(store, ["news"])
+        assert [news["messages"], news["deliveries"]] == [
+            sum(i["accepted"]["total"] for i in tagged["stats"]),
+            sum(i["delivered"]["total"] for i in tagged["stats"]),
+        ]
+        assert news["messages"] == category["requests"] > 0

@@ -92,6 +92,12 @@ class SendGridQuery:
     def content_type(self) -> str:
         return XML if self.fmt is Format.XML else JSON
 
+    @property
+    def asked_tags(self) -> tuple[str, ...]:
+        """The tags this call names: its categories (the answer is grouped by tag and keeps
+        only these, so a key's scope checks them as it checks a tag filter)."""
+        return self.categories
+
     def scoped(self, accounts: Iterable[str]) -> SendGridQuery:
         """The same call for ``accounts`` (``user`` already names the customer's account)."""
         return replace(self, request=replace(self.request, accounts=tuple(accounts)))
