@@ -24,7 +24,10 @@ under that name: the answer depends on the key alone, so it tells nothing about 
 A sender domain belongs to the account the domain table maps it to (``accounts.domains``,
 ``accounts.userdomains``): a key limited to accounts is refused a domain mapped to another
 account, and a key limited to domains is refused an account none of its domains maps to.
-Otherwise a name narrows the answer within the key's scope.
+Otherwise a name narrows the answer within the key's scope.  A key's domains are
+``fnmatch`` patterns (asked domains compared lower-cased); SendGrid's categories are
+asked tags.  A call naming nothing in a limited dimension is narrowed to the key's one
+plain name there, or refused (403, "name one") when the key has several or a pattern.
 
 A key's user: the user named with the key (``Authorization: cpanel USER:KEY`` or ``whm
 USER:KEY``, SendGrid's ``api_user``) must be the key's ``name`` or one of its

@@ -103,12 +103,15 @@ def _zone(value: Any) -> str | None:
 
 
 def _address(value: Any) -> str | None:
-    """``PORT`` (loopback) or ``HOST:PORT`` -> ``HOST:PORT``."""
+    """``PORT`` (loopback), ``:PORT`` (every IPv4 interface) or ``HOST:PORT`` ->
+    ``HOST:PORT``."""
     if value is None:
         return None
     text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
     if text and ":" not in text:
         text = f"127.0.0.1:{text}"  # a bare port listens on loopback only
+    elif text.startswith(":") and text.count(":") == 1:
+        text = f"0.0.0.0{text}"  # as operators write "all interfaces"
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("expected PORT or HOST:PORT")

@@ -192,6 +192,9 @@ def test_api_section(tmp_path):
     assert "127.0.0.1:8025" == cfg.tcp
     assert ("alice",) == cfg.api_keys[0].accounts
     assert "[::1]:9000" == load(write(tmp_path, "api: {tcp: '[::1]:9000'}\n")).tcp
+    assert "0.0.0.0:8080" == load(write(tmp_path, "api: {tcp: ':8080'}\n")).tcp  # all
+    with pytest.raises(ConfigError, match=r"api.tcp: expected PORT or HOST:PORT, got ':'"):
+        load(write(tmp_path, "api: {tcp: ':'}\n"))
     with pytest.raises(ConfigError, match=r"api.keys\[0\]"):
         load(write(tmp_path, "api:\n  keys:\n    - {secret: s}\n"))
     with pytest.raises(ConfigError, match=r"tags\[0\]: expected exactly one of sender"):
