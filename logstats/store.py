@@ -1091,7 +1091,13 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         kind = kinds.pop()
         where.append("kind = ?")
         params.append(kind)
-        key = "value" if req.group in _DIM_KINDS else "NULL"
+        # grouped by the dimension's value, or by a column dims keep (a tag's mail per domain)
+        columns = {Dimension.ACCOUNT: "account", Dimension.SENDER_DOMAIN: "sender_domain"}
+        key = "NULL"
+        if req.group in _DIM_KINDS:
+            key = "value"
+        elif req.group is not None:
+            key = columns.get(req.group, "NULL")
         table = "dims"
         sql = (
             # dims count a reject as accepted (in or out by account) and failed: take it out

@@ -1257,6 +1257,23 @@ def test_a_wildcard_domain_key_reads_matching_domains(api: Api, domain: str) -> 
     assert "name one" in total.text
 
 
+def test_a_tag_key_sees_its_tags_mail_per_domain(api: Api) -> None:
+    """The ``tags: [billing]`` key grouping by domain (``/v3/stats/filter?group=domain``)
+    gets billing's mail per sending domain, as the admin's ``filter=tag:billing`` does, and
+    summing to billing's truth: the key's tag filter is not an empty answer."""
+    params = {"event": EVENTS, "group": "domain", **api.mailgun_window()}
+    got = api.request("GET", "/v3/stats/filter", params, headers=basic(TAG_KEY))
+    want = api.request(
+        "GET", "/v3/stats/filter", {**params, "filter": "tag:billing"}, headers=basic(ADMIN_KEY)
+    )
+    assert 200 == got.status, got.text
+    per_domain = mailgun_sums(got.json(), "domain")
+    assert mailgun_sums(want.json(), "domain") == per_domain
+    billing = api.truth.tags["billing"]
+    assert billing["messages"] == sum(row["accepted"] for row in per_domain.values()) > 0
+    assert len(per_domain) >= 2  # alice.test and lsuser1's local domain
+
+
 SCOPED_KEYS = [ALICE_KEY, DOMAIN_KEY, TAG_KEY, TAGS_KEY, WILD_KEY]
 
 
