@@ -26,8 +26,8 @@ A sender domain belongs to the account the domain table maps it to (``accounts.d
 account, and a key limited to domains is refused an account none of its domains maps to.
 Otherwise a name narrows the answer within the key's scope.  A key's domains are
 ``fnmatch`` patterns (asked domains compared lower-cased); SendGrid's categories are
-asked tags.  A call naming nothing in a limited dimension is narrowed to the key's one
-plain name there, or refused (403, "name one") when the key has several or a pattern.
+asked tags.  A call naming no domain is answered within the key's domains; one naming no
+tag within the key's one tag, or refused (403, "name one") when the key has several.
 
 A key's user: the user named with the key (``Authorization: cpanel USER:KEY`` or ``whm
 USER:KEY``, SendGrid's ``api_user``) must be the key's ``name`` or one of its
@@ -512,8 +512,10 @@ class Router:
         Asked names: the request's account list and filters, and the tags a shape asks
         for by grouping (``asked_tags``: SendGrid's ``category[]``).  Sender domains are
         compared lower-cased, against the key's ``domains`` as ``fnmatch`` patterns.  When
-        nothing in a limited dimension is asked, a limit of one name (no wildcard) becomes
-        the filter; a limit of several names or a wildcard pattern is 403 "name one"."""
+        no domain is asked, a key's one plain domain becomes the filter, several domains
+        or a pattern the request's ``domain_patterns`` (the answer within all the matching
+        ones).  When no tag is asked, a key's one tag becomes the filter; several are 403
+        "name one" (a message with two tags would be counted twice in a total)."""
         request = q.request
         if request is None or caller.unlimited:
             return q
@@ -542,7 +544,11 @@ class Router:
                 for account in asked_accounts:
                     if account not in owners:
                         raise Denied(403, f"account {account!r}: this key may not see it")
-            if not asked_domains:
+            if not asked_domains and (len(domains) != 1 or _WILDCARDS & set(domains[0])):
+                # several domains or a pattern: the answer within all the matching ones
+                q = replace(q, request=replace(request, domain_patterns=domains))
+                request = q.request
+            elif not asked_domains:
                 q, request = _narrow(q, request, Dimension.SENDER_DOMAIN, domains)
         if caller.tags is not None:
             for tag in (*asked_tags, *grouped_tags):
@@ -581,7 +587,7 @@ def _narrow(
     q: Any, request: SeriesRequest, dimension: Dimension, limit: tuple[str, ...]
 ) -> tuple[Any, SeriesRequest]:
     """No name asked in a limited dimension: the key's one name is the filter."""
-    if len(limit) != 1 or _WILDCARDS & set(limit[0]):
+    if len(limit) != 1:
         raise Denied(
             403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one"
         )

@@ -399,6 +399,9 @@ class SeriesRequest:
     accounts: tuple[str, ...] | None = None  # None: every account
     filters: tuple[tuple[Dimension, str], ...] = ()  # e.g. ((Dimension.TAG, "newsletter"),)
     group: Dimension | None = None
+    # sender domains matching one of these patterns (``*``, ``?``, ``[...]``; lower case):
+    # a key's domain scope; empty: any
+    domain_patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1082,6 +1082,9 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         else:
             where.append("value = ?")
         params.append(value)
+    if req.domain_patterns:  # GLOB reads * ? [...] [!...] as fnmatch does
+        where.append(f"({' OR '.join(['sender_domain GLOB ?'] * len(req.domain_patterns))})")
+        params.extend(req.domain_patterns)
     bucket = (
         "NULL::TIMESTAMP"
         if req.resolution is None
