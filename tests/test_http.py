@@ -1015,6 +1015,18 @@ def test_the_socket_folder_made_by_the_daemon_is_0755(umask: str) -> None:
                 assert 0o755 == made.stat().st_mode & 0o777, (made, oct(made.stat().st_mode))
             assert 0o666 == sock_path.stat().st_mode & 0o777
             assert "db" in serve.health()
+            setpriv = shutil.which("setpriv")
+            if os.geteuid() == 0 and setpriv is not None:  # a plain user reaches the socket
+                script = (
+                    "import sys; from logstats import api; "
+                    "print(api.get(sys.argv[1], '/healthz', {})[0])"
+                )
+                proc = subprocess.run(
+                    [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-c", script, str(sock_path)],
+                    capture_output=True, text=True, timeout=60, check=False, cwd="/",
+                )  # fmt: skip
+                assert "200" == proc.stdout.strip(), proc.stderr
 
 
 def test_answer_size_is_bounded(server: Server) -> None:
