@@ -6,7 +6,9 @@ connection (DuckDB's MVCC gives it the last committed batch).
 
 Routes:
   GET /healthz                         {"ok": true} (an admin caller: the daemon's status)
-  GET /metrics                         Prometheus text
+  GET /metrics                         Prometheus text (admins only: an unlimited key as
+                                       Bearer or basic auth, or an ``api.admins`` user on
+                                       the socket)
   GET /v1/emailtrack?account=A&...     cPanel EmailTrack::stats (``all=1``: every account)
   GET /json-api/cpanel?cpanel_jsonapi_module=EmailTrack&cpanel_jsonapi_func=stats
       &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call; also
@@ -322,7 +324,13 @@ class Router:
             return error_answer(
                 target.family, 413, f"the request body is larger than {MAX_BODY} bytes", xml=xml
             )
-        if target.family in ("health", "metrics"):
+        if target.family == "health":
+            return None
+        if target.family == "metrics":
+            try:
+                self._metrics_caller(params, headers, peer)
+            except Denied as exc:
+                return _plain(exc)
             return None
         try:
             secret, _ = _credentials(target.family, params, headers)
@@ -350,6 +358,10 @@ class Router:
         if target.family == "metrics":
             from logstats.metrics import CONTENT_TYPE
 
+            try:
+                self._metrics_caller(params, headers, peer)
+            except Denied as exc:
+                return _plain(exc)
             with self._cursor() as cur:
                 return 200, self.metrics(cur), CONTENT_TYPE
         if target.family == "cpanel":
@@ -418,6 +430,17 @@ class Router:
         caller = self._key(secret)
         if user is not None and caller.users and user not in caller.users:
             raise Denied(401, f"user {user!r} does not go with this API key")
+        return caller
+
+    def _metrics_caller(
+        self, params: Mapping[str, list[str]], headers: Any, peer: str | None
+    ) -> Caller:
+        """``/metrics`` is for admins: a key with no account, domain or tag limit (Bearer or
+        basic auth, as Prometheus' ``authorization``/``basic_auth`` send it), or on the
+        Unix socket a user in ``api.admins``; 401 without a key on TCP, 403 otherwise."""
+        caller = self._caller("metrics", params, headers, peer)
+        if not caller.unlimited:
+            raise Denied(403, "/metrics: an admin key (no account, domain or tag limit) only")
         return caller
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -560,6 +583,10 @@ class Router:
 
 
 _WILDCARDS = frozenset("*?[")
+
+
+def _plain(exc: Denied) -> Answer:
+    return exc.status, f"{exc}\n", "text/plain; charset=utf-8"
 
 
 def _lower(names: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -115,6 +115,7 @@ class Daemon:
             socket=self.config.socket,
             tcp=self.config.tcp,
             db=self.config.db,
+            max_connections=self.api.limits.max_connections,
         )
         code = 0
         try:

@@ -8,16 +8,21 @@ block), never on the loop.  What a caller can do to the server is bounded:
   string are checked before the body is read (``Router.admit``): an unauthenticated or
   oversized POST is answered (401, 413) without reading it, and the connection is closed;
 - a body is at most ``Limits.max_body`` bytes (64 KiB: a form of parameters), more is 413;
-  a malformed ``Content-Length`` is 400 at once (h11);
+  a malformed ``Content-Length`` is 400 at once (h11); a GET or HEAD with a body is 400
+  and closed before the body is read, whoever sends it;
 - the request line and headers must arrive within ``header_timeout`` seconds, a body within
   ``body_timeout`` (408), an idle kept-alive connection is closed after ``keep_alive``, a
   client that does not read its answer after ``write_timeout``;
 - at most ``max_connections`` connections are open on each listener; one more is answered
-  503 and closed.
+  503 and closed (the bound follows the open-file limit: two descriptors per connection);
+- a route runs and its answer is encoded in the pool: one large answer never stalls the
+  loop; a failure is answered with a generic text and its detail logged (one line, at
+  most one a minute per kind).
 
 On the Unix socket the caller is known by its peer credentials (``SO_PEERCRED``): the
-protocol reads the peer's uid when the connection is made and puts the user's name into
-each request's ``scope["state"]``.
+protocol reads the peer's uid when the connection is made and puts it into each request's
+``scope["state"]``; the user's name is looked up in the pool (NSS may ask LDAP or sssd),
+cached for a minute, for at most ``_USERS_MAX`` uids.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -46,7 +52,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from logstats.api import MAX_BODY, Answer, Router, error_answer, family_of
 from logstats.errors import LogstatsError
 
-PEER = "logstats.peer"  # scope["state"] key: the Unix socket peer's user name (None on TCP)
+PEER = "logstats.peer"  # scope["state"] key: the Unix socket peer's uid (None on TCP)
 Log = Any  # a structlog bound logger
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -73,13 +79,35 @@ _BUSY = (
 )
 
 
-def _peer_name(sock: Any) -> str:
+def _peer_uid(sock: Any) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", creds)
+    return int(uid)
+
+
+_USERS_MAX = 4096  # uids whose names are cached
+_USERS_TTL = 60.0  # seconds a cached name is used
+_users: dict[int, tuple[float, str]] = {}
+_users_lock = threading.Lock()
+
+
+def user_name(uid: int) -> str:
+    """The user name of ``uid`` (``uid:N`` when it has none); may block on NSS, so it is
+    called in the pool, and cached."""
+    now = time.monotonic()
+    with _users_lock:
+        cached = _users.get(uid)
+    if cached is not None and now - cached[0] < _USERS_TTL:
+        return cached[1]
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid:{uid}"
+        name = pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        name = f"uid:{uid}"
+    with _users_lock:
+        if len(_users) >= _USERS_MAX:
+            _users.clear()
+        _users[uid] = (now, name)
+    return name
 
 
 def protocol_class(limits: Limits) -> type[H11Protocol]:
@@ -100,7 +128,7 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             sock = transport.get_extra_info("socket")
             try:
                 if sock is not None and sock.family == socket.AF_UNIX:
-                    peer = _peer_name(sock)
+                    peer = _peer_uid(sock)
                 elif sock is not None:
                     # an answer's header and body are two writes: without this the body
                     # waits ~40 ms for the client's delayed ACK (asyncio sets it only on
@@ -187,6 +215,64 @@ class _TooLarge(Exception):
     pass
 
 
+Encoded = tuple[int, bytes, str]  # (HTTP status, body bytes, content type)
+
+
+_SLICE = 512  # list items per json.dumps call
+
+
+def _dumps(value: Any, out: list[str]) -> None:
+    """``json.dumps(value)`` in pieces: json's C encoder holds the GIL for a whole call, so
+    a long list is encoded a slice at a time and the event loop's thread gets its turns."""
+    if isinstance(value, list) and len(value) > _SLICE:
+        out.append("[")
+        for i in range(0, len(value), _SLICE):
+            if i:
+                out.append(", ")
+            out.append(json.dumps(value[i : i + _SLICE])[1:-1])
+        out.append("]")
+    elif isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        out.append("{")
+        for n, (key, item) in enumerate(value.items()):
+            if n:
+                out.append(", ")
+            out.append(json.dumps(key))
+            out.append(": ")
+            _dumps(item, out)
+        out.append("}")
+    else:
+        out.append(json.dumps(value))
+
+
+def encode(answer: Answer) -> Encoded:
+    status, body, content_type = answer
+    if isinstance(body, str):
+        return status, body.encode(), content_type
+    out: list[str] = []
+    _dumps(body, out)
+    return status, "".join(out).encode(), content_type
+
+
+class _Warnings:
+    """Log lines of one kind at most once a minute (each with how many were left out)."""
+
+    def __init__(self, log: Log | None) -> None:
+        self.log = log
+        self.last: dict[str, float] = {}
+        self.skipped: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, level: str, event: str, kind: str, **fields: Any) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if self.log is None or now - self.last.get(kind, -1e9) < 60.0:
+                self.skipped[kind] = self.skipped.get(kind, 0) + 1
+                return
+            self.last[kind] = now
+            skipped = self.skipped.pop(kind, 0)
+        getattr(self.log, level)(event, **fields, **({"skipped": skipped} if skipped else {}))
+
+
 class App:
     """The raw ASGI application: admission, the body, the thread pool, the answer."""
 
@@ -201,6 +287,7 @@ class App:
         self.limits = limits
         self.pool = pool
         self.log = log
+        self.warn = _Warnings(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -212,15 +299,26 @@ class App:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         params = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-        peer = (scope.get("state") or {}).get(PEER)
+        uid = (scope.get("state") or {}).get(PEER)
         try:  # h11 has refused a Content-Length that is not one number (400)
             length = int((headers.get("content-length") or "0").split(",")[0])
         except ValueError:
             length = 0
         has_body = length > 0 or "chunked" in (headers.get("transfer-encoding") or "").lower()
+        if has_body and method in ("GET", "HEAD"):  # no route takes a body with these
+            answer = error_answer(
+                family_of(path),
+                400,
+                f"{method} takes no request body",
+                xml=path.endswith(".xml"),
+            )
+            await self._answer(send, path, encode(answer), close=True)
+            return
+        loop = asyncio.get_running_loop()
+        peer = None if uid is None else await loop.run_in_executor(self.pool, user_name, uid)
         refusal = self.router.admit(method, path, params, headers, peer, length)
         if refusal is not None:
-            await self._answer(send, path, refusal, close=has_body)
+            await self._answer(send, path, encode(refusal), close=has_body)
             return
         if has_body:
             try:
@@ -232,13 +330,13 @@ class App:
                     f"the request body is larger than {self.limits.max_body} bytes",
                     xml=path.endswith(".xml"),
                 )
-                await self._answer(send, path, answer, close=True)
+                await self._answer(send, path, encode(answer), close=True)
                 return
             except TimeoutError:
                 answer = error_answer(
                     family_of(path), 408, "the request body did not arrive in time"
                 )
-                await self._answer(send, path, answer, close=True)
+                await self._answer(send, path, encode(answer), close=True)
                 return
             if body is None:
                 return  # the client went away
@@ -246,11 +344,10 @@ class App:
                 body.decode("utf-8", "replace"), keep_blank_values=True
             ).items():
                 params.setdefault(name, []).extend(given)
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(
+        encoded = await loop.run_in_executor(
             self.pool, self._route, method, path, params, headers, peer
         )
-        await self._answer(send, path, answer)
+        await self._answer(send, path, encoded)
 
     async def _body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -276,24 +373,33 @@ class App:
         params: dict[str, list[str]],
         headers: _Headers,
         peer: str | None,
-    ) -> Answer:
+    ) -> Encoded:
+        """Route and encode, in the pool; a failure's detail goes to the log, not to the
+        caller."""
         try:
-            return self.router.route(method, path, params, headers, peer)
+            return encode(self.router.route(method, path, params, headers, peer))
         except duckdb.Error as exc:
-            return error_answer(family_of(path), 503, f"store: {exc}")
+            self.warn("warning", "api_store_error", "store", path=path, error=repr(exc))
+            message = "the store is busy or unavailable, try again"
+            return encode(error_answer(family_of(path), 503, message))
         except Exception as exc:  # a bug: answer, and say where in one log line
             self.router.errors += 1
             tb = exc.__traceback__
             while tb is not None and tb.tb_next is not None:
                 tb = tb.tb_next
             where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
-            if self.log is not None:
-                self.log.error("api_internal_error", path=path, error=repr(exc), where=where)
-            return error_answer(family_of(path), 500, f"internal error: {exc}")
+            # the same failure at the same place has the same id: the log line (at most
+            # one a minute each) is found by it
+            ident = hashlib.sha256(f"{type(exc).__name__} {where}".encode()).hexdigest()[:12]
+            self.warn(
+                "error", "api_internal_error", ident,
+                id=ident, path=path, error=repr(exc), where=where,
+            )  # fmt: skip
+            message = f"internal error, logged as {ident}"
+            return encode(error_answer(family_of(path), 500, message))
 
-    async def _answer(self, send: Send, path: str, answer: Answer, close: bool = False) -> None:
-        status, body, content_type = answer
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    async def _answer(self, send: Send, path: str, answer: Encoded, close: bool = False) -> None:
+        status, data, content_type = answer
         headers = [
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(data)).encode()),
@@ -344,10 +450,19 @@ def _raise_file_limit(wanted: int) -> int:
 
 def unix_listener(path: str, backlog: int = 1024) -> socket.socket:
     """A listening socket at ``path``, mode 0666: any local user may connect, and is known
-    by its peer credentials (a stale socket file is replaced)."""
+    by its peer credentials (a stale socket file is replaced).  Folders made here for it
+    are 0755 whatever the umask (the store's is 027 or stricter)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    folder = os.path.abspath(os.path.dirname(path) or ".")
+    missing: list[str] = []
+    while not os.path.isdir(folder) and folder not in missing:
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(made)
+            os.chmod(made, 0o755)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -380,7 +495,8 @@ class ApiService:
     ) -> None:
         limits = limits or Limits()
         files = _raise_file_limit(2 * limits.max_connections + 256)
-        if files - 128 < 2 * limits.max_connections:  # every connection holds a descriptor
+        if files - 128 < 2 * limits.max_connections:  # two descriptors per connection, at most
+            # (the bound in effect is logged in serve_ready: ``max_connections``)
             limits = replace(limits, max_connections=max((files - 128) // 2, 16))
         self.router = router
         self.limits = limits

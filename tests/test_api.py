@@ -962,7 +962,7 @@ def test_metrics_parse_and_equal_truth(api: Api) -> None:
     FAILCOUNT less rejects, rejected; ``logstats_deferrals_total`` = DEFERCOUNT;
     ``logstats_delivered_bytes_total`` = TOTALSIZE."""
     parser = pytest.importorskip("prometheus_client.parser")
-    resp = api.request("GET", "/metrics")
+    resp = api.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert 200 == resp.status, resp.text
     assert resp.content_type.startswith("text/plain")
     families = {f.name: f for f in parser.text_string_to_metric_families(resp.text)}

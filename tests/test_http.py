@@ -323,6 +323,54 @@ def test_healthz_without_a_key_tells_nothing(daemon: Daemon) -> None:
     assert 401 == bad.status
 
 
+def test_metrics_is_for_admins_only(daemon: Daemon) -> None:
+    """``/metrics`` over TCP: no key is 401 and a key limited to an account 403 (neither
+    shows a log path), the admin key as Prometheus sends it (``authorization`` Bearer or
+    ``basic_auth``) gets the metrics; HEAD alike."""
+    for headers in ({}, {"Authorization": "Bearer not-a-key"}, auth("not-a-key")):
+        reply = request(daemon.port, "GET", "/metrics", headers=headers)
+        assert 401 == reply.status, reply
+        assert b"lines_read" not in reply.body
+        assert b"exim_mainlog" not in reply.body
+    for headers in ({"Authorization": f"Bearer {ALICE_KEY}"}, auth(ALICE_KEY)):
+        reply = request(daemon.port, "GET", "/metrics", headers=headers)
+        assert 403 == reply.status, reply
+        assert b"exim_mainlog" not in reply.body
+    assert 401 == request(daemon.port, "HEAD", "/metrics").status
+    for headers in ({"Authorization": f"Bearer {ADMIN_KEY}"}, auth(ADMIN_KEY)):
+        reply = request(daemon.port, "GET", "/metrics", headers=headers)
+        assert 200 == reply.status, reply
+        assert b"logstats_lines_read" in reply.body
+        assert b"exim_mainlog" in reply.body
+
+
+def test_metrics_on_the_socket_is_for_admin_users(daemon: Daemon) -> None:
+    """Over the Unix socket root (``api.admins``) gets ``/metrics``; a plain user
+    (``nobody``) gets 403, and the log paths stay hidden from it."""
+    from logstats import api
+
+    status, text = api.get(daemon.serve.socket_path, "/metrics", {})
+    if os.geteuid() == 0:
+        assert 200 == status
+        assert "logstats_lines_read" in text
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to act as another Unix user")
+    script = (
+        "import sys; from logstats import api; "
+        "s, b = api.get(sys.argv[1], '/metrics', {}); print(s); print(b)"
+    )
+    proc = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", script, daemon.serve.socket_path],
+        capture_output=True, text=True, timeout=60, check=False, cwd="/",
+    )  # fmt: skip
+    assert 0 == proc.returncode, proc.stderr
+    assert "403" == proc.stdout.splitlines()[0]
+    assert "exim_mainlog" not in proc.stdout
+    assert "lines_read" not in proc.stdout
+
+
 def test_a_plain_user_queries_the_daemon(daemon: Daemon) -> None:
     """A Unix user who is neither an admin nor in any group of the daemon's (``nobody``)
     runs ``logstats query`` against the running daemon: the socket lets it in (0666),
@@ -479,7 +527,11 @@ def test_a_client_that_does_not_read_is_cut_off(server: Server) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + ADMIN_KEY.encode()
+        + b"\r\n\r\n"
+    )
     time.sleep(LIMITS.write_timeout + 1.5)
     got = 0
     reset = False
@@ -558,6 +610,35 @@ def test_head_is_get_without_a_body(server: Server) -> None:
     assert b"" == head.body
     assert get.headers["content-length"] == head.headers["content-length"]
     assert get.headers["content-type"] == head.headers["content-type"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("key", [None, ADMIN_KEY, "not-a-key"])
+def test_get_with_a_body_is_refused_before_it_is_read(
+    server: Server, method: str, key: str | None
+) -> None:
+    """A GET or HEAD announcing a body (no route takes one) is answered 400 with
+    ``connection: close`` as soon as its headers are in, with or without a key, valid or
+    not: none of the body is sent and the answer comes anyway."""
+    for path in ("/v3/stats/total", "/healthz", "/metrics", "/api/distributor.manage.json"):
+        sock = connect(server.port)
+        head = f"{method} {path}?event=accepted HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n"
+        if key is not None:
+            head += f"Authorization: Bearer {key}\r\n"
+        started = time.monotonic()
+        sock.sendall((head + "\r\n").encode())
+        raw = read_all(sock, 3.0)
+        sock.close()
+        assert 400 == status_of(raw), raw
+        assert time.monotonic() - started < 1.0
+        assert b"\r\nconnection: close\r\n" in raw.lower()
+        if method == "GET":
+            assert b"takes no request body" in raw
+    chunked = connect(server.port)
+    chunked.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    raw = read_all(chunked, 3.0)
+    chunked.close()
+    assert 400 == status_of(raw), raw
 
 
 @pytest.mark.parametrize(
@@ -787,3 +868,192 @@ def test_kept_alive_answers_do_not_wait_for_delayed_acks(server: Server) -> None
         conn.close()
     took.sort()
     assert took[len(took) // 2] < 0.025, took
+
+
+# --- encoding in the pool, generic failures, the peer's name -----------------------------------
+
+
+class _Recorder:
+    """A log that keeps its lines (the server's ``log`` argument)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append(("warning", event, fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.lines.append(("error", event, fields))
+
+
+class _TestRouter(Router):
+    """The real router, with two paths of its own: a huge JSON answer and a bug."""
+
+    def route(self, method: str, path: str, params: Any, headers: Any, peer: Any) -> Any:
+        if path == "/v1/stats/huge":
+            return 200, {"rows": [{"n": i, "f": i / 7} for i in range(600_000)]}, "application/json"
+        if path == "/v1/stats/bug":
+            raise RuntimeError("secret detail /var/lib/logstats/db.duckdb")
+        return super().route(method, path, params, headers, peer)
+
+
+@pytest.fixture
+def odd_server() -> Iterator[tuple[Server, Store, _Recorder]]:
+    with short_dir("lshttpo-") as folder:
+        cfg_path = write_config(folder, [(folder / "none.log", "exim")], api={"keys": KEYS})
+        cfg = config_mod.load(str(cfg_path))
+        store = Store(cfg.db)
+        router = _TestRouter(store.con, lambda: {"db": cfg.db}, cfg, lambda cur: "")
+        log = _Recorder()
+        service = ApiService(router, cfg.socket, "127.0.0.1:0", LIMITS, log=log).start()
+        try:
+            port = service.tcp_port
+            assert port is not None
+            yield Server(service, port, cfg.socket), store, log
+        finally:
+            service.stop()
+            store.close()
+
+
+def test_a_large_answer_is_encoded_off_the_event_loop(
+    odd_server: tuple[Server, Store, _Recorder],
+) -> None:
+    """While one answer of some 20 MB of JSON is encoded, other connections are answered
+    at once (the encoding runs in the query pool, not on the event loop)."""
+    server = odd_server[0]
+    big: list[Reply] = []
+    started = time.perf_counter()
+    thread = threading.Thread(
+        target=lambda: big.append(
+            request(server.port, "GET", "/v1/stats/huge", {"access_token": ADMIN_KEY})
+        )
+    )
+    thread.start()
+    time.sleep(0.05)
+    took = []
+    while thread.is_alive() and len(took) < 40:
+        t0 = time.perf_counter()
+        assert 200 == request(server.port, "GET", "/healthz").status
+        took.append(time.perf_counter() - t0)
+    thread.join(60)
+    whole = time.perf_counter() - started
+    assert 200 == big[0].status
+    assert 600_000 == len(big[0].json()["rows"])
+    assert took, "the large answer came too fast to watch"
+    assert max(took) < max(0.25, whole / 2), (took, whole)
+
+
+def test_failures_are_answered_with_a_generic_text_and_logged(
+    odd_server: tuple[Server, Store, _Recorder],
+) -> None:
+    """A bug is answered 500 with ``internal error, logged as ID`` (the exception's text
+    stays in the log line that carries the same ID), a store that cannot be read 503 with
+    "try again" (its error in the log); the same failure again is answered alike and not
+    logged again within the minute."""
+    server, store, log = odd_server
+    for _ in range(3):
+        reply = request(server.port, "GET", "/v1/stats/bug", {"access_token": ADMIN_KEY})
+        assert 500 == reply.status
+        assert b"secret" not in reply.body
+        m = re.fullmatch(r"internal error, logged as ([0-9a-f]{12})", reply.json()["error"])
+        assert m is not None, reply.body
+    bugs = [fields for _, event, fields in log.lines if event == "api_internal_error"]
+    assert 1 == len(bugs)
+    assert m.group(1) == bugs[0]["id"]
+    assert "secret detail" in bugs[0]["error"]
+    store.con.close()  # the store goes away under the server
+    for _ in range(2):
+        reply = request(
+            server.port, "GET", "/v3/stats/total", {"event": "accepted"}, auth(ADMIN_KEY)
+        )
+        assert 503 == reply.status
+        assert {"message": "the store is busy or unavailable, try again"} == reply.json()
+    stores = [fields for _, event, fields in log.lines if event == "api_store_error"]
+    assert 1 == len(stores)
+    assert "closed" in stores[0]["error"].lower()
+
+
+def test_peer_names_are_cached_with_a_bound() -> None:
+    """The peer's user name: known uids by name, others as ``uid:N``; the cache keeps at
+    most ``_USERS_MAX`` uids."""
+    from logstats import server as server_mod
+
+    assert "root" == server_mod.user_name(0)
+    assert "uid:4000000000" == server_mod.user_name(4_000_000_000)
+    for uid in range(3_000_000_000, 3_000_000_000 + server_mod._USERS_MAX + 50):
+        server_mod.user_name(uid)
+    assert len(server_mod._users) <= server_mod._USERS_MAX
+
+
+def _max_open_files(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no Max open files line")
+
+
+@pytest.mark.parametrize("umask", ["022", "077"])
+def test_the_socket_folder_made_by_the_daemon_is_0755(umask: str) -> None:
+    """``serve.socket`` in folders that do not exist yet: the daemon makes them 0755 under
+    umask 022 and 077 alike (the store's umask is 027 or stricter), so that any local user
+    can reach the 0666 socket; ``serve_ready`` names the connection bound in effect, which
+    follows the open-file limit (here 600: two descriptors per connection plus a margin)."""
+    with short_dir("lshttpd-") as folder:
+        log = folder / "exim_mainlog"
+        log.write_text("")
+        sock_path = folder / "run" / "sub" / "ls.sock"
+        cfg = write_config(
+            folder, [(log, "exim")], serve={"socket": str(sock_path), "batch_seconds": 0.1}
+        )
+        prefix = ["sh", "-c", f'umask {umask}; ulimit -n 600; exec "$@"', "sh"]
+        with Serve(cfg, prefix=prefix) as serve:
+            ready = serve.wait_event("serve_ready", timeout=60)
+            files = _max_open_files(serve.pid)
+            assert 600 == files
+            assert (files - 128) // 2 == ready["max_connections"]
+            for made in (folder / "run", folder / "run" / "sub"):
+                assert 0o755 == made.stat().st_mode & 0o777, (made, oct(made.stat().st_mode))
+            assert 0o666 == sock_path.stat().st_mode & 0o777
+            assert "db" in serve.health()
+            setpriv = shutil.which("setpriv")
+            if os.geteuid() == 0 and setpriv is not None:  # a plain user reaches the socket
+                script = (
+                    "import sys; from logstats import api; "
+                    "print(api.get(sys.argv[1], '/healthz', {})[0])"
+                )
+                proc = subprocess.run(
+                    [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-c", script, str(sock_path)],
+                    capture_output=True, text=True, timeout=60, check=False, cwd="/",
+                )  # fmt: skip
+                assert "200" == proc.stdout.strip(), proc.stderr
+
+
+def test_answer_size_is_bounded(server: Server) -> None:
+    """SendGrid per-category rows are days x categories: beyond 36,600 rows the request is
+    refused with SendGrid's 400 naming the bound (100 years of one category still answer);
+    Mailgun hourly buckets over a long window are refused alike."""
+    base = {"method": "stats", "user": "alice", "api_user": "admin", "api_key": ADMIN_KEY}
+    path = "/api/distributor.manage.json"
+    one = request(server.port, "GET", path, {**base, "days": "36600", "category": "a"})
+    assert 200 == one.status, one.body[:200]
+    assert isinstance(one.json(), list)
+    two = request(server.port, "GET", path, {**base, "days": "18301", "category[]": ["a", "b"]})
+    assert 400 == two.status
+    assert "error" == two.json()["message"]
+    assert "36600 rows" in two.json()["errors"][0]
+    fits = request(server.port, "GET", path, {**base, "days": "18300", "category[]": ["a", "b"]})
+    assert 200 == fits.status
+    xml = request(
+        server.port, "GET", "/api/distributor.manage.xml",
+        {**base, "days": "1000", "category": [f"c{i}" for i in range(40)]},
+    )  # fmt: skip
+    assert 400 == xml.status
+    assert xml.body.startswith(b"<result>")
+    hourly = request(
+        server.port, "GET", "/v3/stats/total",
+        {"event": "accepted", "resolution": "hour", "start": "1000000000", "end": "1700000000"},
+        auth(ADMIN_KEY),
+    )  # fmt: skip
+    assert 400 == hourly.status
+    assert "at most 20000" in hourly.json()["message"]

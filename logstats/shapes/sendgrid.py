@@ -10,7 +10,8 @@ and well-formed XML with the document's field and element names:
 - ``list=true``: ``[{"category": NAME}, ...]`` / ``<categories><category/>...</categories>``;
 - ``category=`` (repeatable, or ``category[]=``): per-day rows with ``"category"`` after
   ``"date"``, for every day of the window and every asked category that has statistics in
-  it; a category without any gives no rows ("an empty result set").
+  it; a category without any gives no rows ("an empty result set").  One answer holds at
+  most ``MAX_ROWS`` (36,600) rows: days x categories beyond that is refused (400).
 
 The document shows no error.  Errors use the SendGrid v2 Web API's own envelope:
 ``{"message": "error", "errors": ["..."]}`` (HTTP 400) and, in XML,
@@ -59,6 +60,7 @@ from logstats.shapes import (
 
 FIELDS = ("requests", "bounces", "clicks", "opens", "spamreports")
 MAX_DAYS = 36_600  # a logstats limit (100 years) on one per-day answer
+MAX_ROWS = MAX_DAYS  # a logstats limit on one answer's rows: days x max(1, categories)
 _TRUE = ("1", "true")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _FALSE = ("", "0", "false")
@@ -206,6 +208,13 @@ def parse(
         return SendGridQuery(fmt, Kind.AGGREGATE, request, user)
     days = tuple(start + timedelta(days=i) for i in range((end - start).days + 1))
     window = (_midnight(start), _midnight(end) + timedelta(days=1))
+    if len(days) * max(1, len(categories)) > MAX_ROWS:
+        raise error(
+            fmt,
+            "category",
+            f"category: {len(days)} days x {len(categories)} categories is more than "
+            f"{MAX_ROWS} rows (ask for fewer days or fewer categories)",
+        )
     if categories:
         request = SeriesRequest(*window, Resolution.DAY, accounts, group=Dimension.TAG)
         return SendGridQuery(fmt, Kind.CATEGORY, request, user, days, tuple(categories))
