@@ -312,7 +312,7 @@ def self_contained(records: list[Record], policy: Policy) -> set[Key]:
 
 # a ledger entry: [outcome, epoch, account, sender domain, size, local, tags, interface,
 # recipient, relay, scope, queue id (of the event row)]
-_L_OUTCOME, _L_ACCOUNT, _L_DOMAIN, _L_SIZE = 0, 2, 3, 4
+_L_OUTCOME, _L_ACCOUNT, _L_DOMAIN, _L_SIZE, _L_TAGS = 0, 2, 3, 4, 6
 
 
 class Correlator:
@@ -739,6 +739,7 @@ class Correlator:
                 moved[_L_ACCOUNT] = nxt.account
                 moved[_L_DOMAIN] = nxt.domain
                 moved[_L_SIZE] = nxt.size
+                moved[_L_TAGS] = list(nxt.tags)  # the original's tags (logged on its pass)
                 self._apply(moved, 1, nxt.ledger)
         self._touch(key)
 

@@ -19,6 +19,7 @@ from logstats.model import (
     Received,
     Rejected,
 )
+from logstats.store import Batch
 
 T = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy(domains={"alice.test": "alice"}, uid_name={1001: "bob"}.get)
@@ -571,3 +572,42 @@ def test_exim_sender_domain_fallback_maps_unauthenticated_relays():
     assert "mxowner" not in on  # lsuser1 submits locally (U=lsuser1): the user wins
     assert 3 == on[SYSTEM][0]  # the three bounces, sender <>
     assert off[REMOTE][4] == on["relayed"][4] > 0  # the same bytes, now the relay's
+
+
+def tag_dims(batch: Batch) -> dict[str, list[int]]:
+    """Per tag: accepted (out + in), delivered, deferred, failed, over a drain's dims."""
+    out: dict[str, list[int]] = {}
+    for key, d in batch.dims.items():
+        if key[3] != "tag":
+            continue
+        acc = out.setdefault(key[4], [0, 0, 0, 0])
+        for i, n in enumerate((d.accepted_out + d.accepted_in, d.delivered, d.deferred, d.failed)):
+            acc[i] += n
+    return out
+
+
+def test_tags_follow_a_reinjection_delivered_before_the_handoff_line():
+    """The tag is logged on the first pass only (the re-injection skips header checks).
+    The re-injected message is received and even delivered before the hop's `queued as`
+    line: when its delivery moves to the original account it carries the original's tags,
+    so the tag counts one message and one delivery, as the account does."""
+    from logstats.model import Tagged
+
+    c = Correlator("postfix", POLICY)
+    c.feed(Received(at(0), "mx/postfix", "T1", False, auth_id="alice@alice.test"))
+    c.feed(Tagged(at(0), "mx/postfix", "T1", ("billing",)))  # cleanup, before qmgr's from=
+    c.feed(Received(at(1), "mx/postfix", "T1", True, sender="alice@alice.test", size=100, nrcpt=1))
+    c.feed(Received(at(2), "mx/postfix", "T2", False, client_ip="127.0.0.1"))
+    c.feed(Received(at(2), "mx/postfix", "T2", True, sender="alice@alice.test", size=180, nrcpt=1))
+    c.feed(Attempt(at(3), "mx/postfix", "T2", "r@y", D, relay="mx.y[192.0.2.1]:25"))
+    c.feed(Finished(at(3), "mx/postfix", "T2"))
+    c.feed(
+        Attempt(
+            at(4), "mx/postfix", "T1", "r@y", D, relay="127.0.0.1[127.0.0.1]:10025", handoff_id="T2"
+        )
+    )
+    c.feed(Finished(at(4), "mx/postfix", "T1"))
+    batch = c.drain()
+    assert {"billing": [1, 1, 0, 0]} == tag_dims(batch)
+    sends = {k[1]: (t.sends, t.successes) for k, t in (batch.counters or {}).items() if t.sends}
+    assert {"alice": (1, 1)} == sends

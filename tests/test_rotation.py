@@ -40,6 +40,7 @@ from typing import Any
 
 import duckdb
 import pytest
+import yaml
 
 from logstats import follow
 from logstats.follow import Follower
@@ -590,17 +591,22 @@ def test_serve_killed_during_the_catch_up(
     _log, cfg, _unread = stop_and_rotate(
         work, serve, big_log, MODES["delaycompress"], 3, first=0.02
     )
+    # commits every 10,000 lines: the catch-up of ~175,000 lines takes some 18 commits, so
+    # the first three kills, each after at most two commits, all land before it ends
+    settings = yaml.safe_load(cfg.read_text())
+    settings["ingest"] = {**settings.get("ingest", {}), "batch_lines": 10_000}
+    cfg.write_text(yaml.safe_dump(settings, sort_keys=False))
     rng = random.Random(5)
     kills = 0
     while not caught_up(work / "db.duckdb"):
-        assert kills < 12, "the catch-up does not progress"
+        assert kills < 24, "the catch-up does not progress"
         d = Serve(cfg)
         serve.append(d)
-        if kills % 2:
+        if kills >= 3 and kills % 2:
             time.sleep(rng.uniform(0.3, 2.5))  # a random moment of the start, not a sync
         else:
             after = 0
-            for _ in range(1 + kills % 4 // 2):  # right after its first or its second commit
+            for _ in range(1 + kills % 2):  # right after its first or its second commit
                 d.wait_event("batch_committed", timeout=60, after=after)
                 after = 1 + next(
                     i
