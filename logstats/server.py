@@ -306,13 +306,7 @@ class App:
             length = 0
         has_body = length > 0 or "chunked" in (headers.get("transfer-encoding") or "").lower()
         if has_body and method in ("GET", "HEAD"):  # no route takes a body with these
-            answer = error_answer(
-                family_of(path),
-                400,
-                f"{method} takes no request body",
-                xml=path.endswith(".xml"),
-            )
-            await self._answer(send, path, encode(answer), close=True)
+            await self._refuse(send, path, 400, f"{method} takes no request body")
             return
         loop = asyncio.get_running_loop()
         peer = None if uid is None else await loop.run_in_executor(self.pool, user_name, uid)
@@ -324,19 +318,11 @@ class App:
             try:
                 body = await self._body(receive)
             except _TooLarge:
-                answer = error_answer(
-                    family_of(path),
-                    413,
-                    f"the request body is larger than {self.limits.max_body} bytes",
-                    xml=path.endswith(".xml"),
-                )
-                await self._answer(send, path, encode(answer), close=True)
+                too_large = f"the request body is larger than {self.limits.max_body} bytes"
+                await self._refuse(send, path, 413, too_large)
                 return
             except TimeoutError:
-                answer = error_answer(
-                    family_of(path), 408, "the request body did not arrive in time"
-                )
-                await self._answer(send, path, encode(answer), close=True)
+                await self._refuse(send, path, 408, "the request body did not arrive in time")
                 return
             if body is None:
                 return  # the client went away
@@ -397,6 +383,12 @@ class App:
             )  # fmt: skip
             message = f"internal error, logged as {ident}"
             return encode(error_answer(family_of(path), 500, message))
+
+    async def _refuse(self, send: Send, path: str, status: int, message: str) -> None:
+        """Answer an error in the vendor's envelope for ``path`` and close the connection
+        (what the client sent after the refusal is not read)."""
+        answer = error_answer(family_of(path), status, message, xml=path.endswith(".xml"))
+        await self._answer(send, path, encode(answer), close=True)
 
     async def _answer(self, send: Send, path: str, answer: Encoded, close: bool = False) -> None:
         status, data, content_type = answer
