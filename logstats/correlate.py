@@ -63,6 +63,7 @@ from logstats.model import (
     UNKNOWN,
     Attempt,
     CounterKey,
+    Detail,
     DimKey,
     DimTally,
     Event,
@@ -312,7 +313,7 @@ def self_contained(records: list[Record], policy: Policy) -> set[Key]:
 
 # a ledger entry: [outcome, epoch, account, sender domain, size, local, tags, interface,
 # recipient, relay, scope, queue id (of the event row)]
-_L_OUTCOME, _L_ACCOUNT, _L_DOMAIN, _L_SIZE, _L_TAGS = 0, 2, 3, 4, 6
+_L_OUTCOME, _L_ACCOUNT, _L_DOMAIN, _L_SIZE, _L_TAGS, _L_DETAIL = 0, 2, 3, 4, 6, 13
 
 
 class Correlator:
@@ -480,7 +481,7 @@ class Correlator:
                 self._touch(key)
             if idle > self.policy.ttl:
                 if msg.received:
-                    self._emit(msg, Outcome.EXPIRED, now, "")
+                    self._emit(msg, Outcome.EXPIRED, now, "", reason=_EXPIRED_REASON)
                     count += 1
                 self._drop(key)
         self.expired_messages += count
@@ -561,6 +562,10 @@ class Correlator:
             msg.client_ip = r.client_ip
         if r.message_id and not msg.message_id:
             msg.message_id = r.message_id
+        if r.client_host and not msg.client_host:
+            msg.client_host = r.client_host
+        if r.parent_id and not msg.parent:
+            msg.parent = r.parent_id
         if r.parent_id or (r.local_user == "mailnull" and r.sender == ""):
             msg.system = True
         if not r.complete or msg.received:
@@ -654,7 +659,7 @@ class Correlator:
             # read again is kept from counting twice by its checkpoint, not here
             if rcpt not in msg.deferrals:
                 msg.deferrals.append(rcpt)
-            self._emit(msg, Outcome.DEFERRED, a.ts, _address(a), account, relay=a.relay)
+            self._emit(msg, Outcome.DEFERRED, a.ts, _address(a), account, relay=a.relay, attempt=a)
             return
         if rcpt in msg.done:
             return  # a replayed line, or a duplicate the MTA logged twice
@@ -670,7 +675,7 @@ class Correlator:
             return
         self._emit(
             msg, a.outcome, a.ts, _address(a), account,
-            local=_is_local(a), relay=a.relay, delay=a.delay_ms,
+            local=_is_local(a), relay=a.relay, delay=a.delay_ms, attempt=a,
         )  # fmt: skip
 
     def _handoff(self, msg: Message, a: Attempt, account: str) -> bool:
@@ -723,7 +728,7 @@ class Correlator:
         self.dirty.add(hkey)
         self._emit(
             msg, a.outcome, a.ts, _address(a), account,
-            local=_is_local(a), relay=a.relay, ledger=hop.ledger, delay=a.delay_ms,
+            local=_is_local(a), relay=a.relay, ledger=hop.ledger, delay=a.delay_ms, attempt=a,
         )  # fmt: skip
         return True  # counted, provisionally
 
@@ -740,6 +745,14 @@ class Correlator:
                 moved[_L_DOMAIN] = nxt.domain
                 moved[_L_SIZE] = nxt.size
                 moved[_L_TAGS] = list(nxt.tags)  # the original's tags (logged on its pass)
+                kept: Any = moved[_L_DETAIL] if len(moved) > _L_DETAIL else None
+                if kept:
+                    moved[_L_DETAIL] = list(
+                        Detail(*kept)._replace(
+                            origin=_queue_id_of(nxt.origin),
+                            sent_at=nxt.accepted_at.timestamp() if nxt.accepted_at else None,
+                        )
+                    )
                 self._apply(moved, 1, nxt.ledger)
         self._touch(key)
 
@@ -750,6 +763,8 @@ class Correlator:
         account, domain, size, local = entry[2], entry[3], int(entry[4]), bool(entry[5])
         tags, interface, recipient, relay = list(entry[6]), entry[7], entry[8], entry[9]
         delay = entry[12] if len(entry) > 12 else None  # not in entries of older versions
+        kept = entry[_L_DETAIL] if len(entry) > _L_DETAIL else None
+        detail = Detail(*kept)._replace(tags=",".join(tags) or None) if kept else None
         self._count(ts, account, domain, outcome, size, local, sign)
         self._observe(outcome, size, delay, sign)
         if outcome is not Outcome.EXPIRED:
@@ -760,8 +775,9 @@ class Correlator:
             ledger.append(list(entry))
         if self.events_since is None or ts >= self.events_since:
             event = Event(
-                ts, self.mta, entry[10], entry[11], account, domain, outcome, recipient, size, local
-            )
+                ts, self.mta, entry[10], entry[11], account, domain, outcome, recipient, size,
+                local, detail,
+            )  # fmt: skip
             (self.events if sign > 0 else self.retracted).append(event)
 
     def _flush_orphans(self, msg: Message, account: str | None) -> None:
@@ -803,12 +819,14 @@ class Correlator:
         for i in range(outstanding):
             rcpt = names[i] if i < len(names) else f"#expired{i}"
             msg.done[rcpt] = Outcome.FAILED.value
-            self._emit(msg, Outcome.FAILED, e.ts, rcpt.split("<", 1)[0])
+            self._emit(msg, Outcome.FAILED, e.ts, rcpt.split("<", 1)[0], reason=_QUEUE_EXPIRED)
         self._touch((e.scope, e.queue_id))
 
     def _notice(self, n: Notice) -> None:
         msg = self._get((n.scope, n.new_id), n.ts)
         msg.system = True
+        if not msg.parent:
+            msg.parent = n.queue_id
         if msg.received and msg.account != SYSTEM and msg.origin is None:
             msg.account = SYSTEM
 
@@ -846,6 +864,15 @@ class Correlator:
                     domain,
                     Outcome.REJECTED,
                     r.recipient or "",
+                    detail=Detail(
+                        sender=r.sender,
+                        client_ip=r.client_ip,
+                        auth=r.auth_id or r.local_user,
+                        reason=r.reason,
+                        tags=",".join(tags) or None,
+                        message_id=msg.message_id if msg is not None else None,
+                        client_host=msg.client_host if msg is not None else None,
+                    ),
                 )
             )
 
@@ -861,6 +888,8 @@ class Correlator:
         relay: str | None = None,
         ledger: list[list[Any]] | None = None,
         delay: int | None = None,
+        attempt: Attempt | None = None,
+        reason: str | None = None,
     ) -> None:
         account = account or msg.account or UNKNOWN
         domain = msg.domain
@@ -872,6 +901,9 @@ class Correlator:
             self._count_dims(
                 ts, account, domain, outcome, msg.size, msg.tags, msg.interface, recipient, relay
             )
+        detail = _detail(msg, attempt, reason)
+        if detail.orig_recipient is not None and detail.orig_recipient == recipient:
+            detail = detail._replace(orig_recipient=None)
         if ledger is not None or msg.tracked:
             entry: list[Any] = [
                 outcome.value,
@@ -887,6 +919,7 @@ class Correlator:
                 msg.scope,
                 msg.queue_id,
                 delay,
+                list(detail),
             ]
             if msg.tracked:
                 msg.ledger.append(entry)
@@ -905,6 +938,7 @@ class Correlator:
                     recipient,
                     msg.size,
                     local,
+                    detail,
                 )
             )
 
@@ -1029,3 +1063,51 @@ class Correlator:
             row.rejects += sign
         elif outcome is Outcome.EXPIRED:
             row.expired += sign
+
+
+_EXPIRED_REASON = "no outcome logged within correlation.ttl: expired by logstats"
+
+
+def _queue_id_of(origin: str | None) -> str | None:
+    """The queue id of a message's ``origin`` ("scope queue_id")."""
+    return origin.rpartition(" ")[2] or None if origin else None
+
+
+def _detail(msg: Message, a: Attempt | None, reason: str | None) -> Detail:
+    """What Track Delivery keeps of one outcome of ``msg`` (``a``: the attempt behind it)."""
+    base = Detail(
+        sender=msg.sender,
+        message_id=msg.message_id,
+        client_host=msg.client_host,
+        client_ip=msg.client_ip,
+        auth=msg.auth_id or msg.local_user,
+        sent_at=msg.accepted_at.timestamp() if msg.accepted_at is not None else None,
+        reason=reason,
+        tags=",".join(msg.tags) or None,
+        origin=_queue_id_of(msg.origin),
+        parent=msg.parent,
+    )
+    if a is None:
+        return base
+    host = a.relay.partition("[")[0] if a.relay else None
+    return base._replace(
+        orig_recipient=a.orig_recipient,
+        reason=reason or a.reply,
+        router=a.router,
+        transport=a.transport,
+        remote_host=host if host and host != "none" else None,
+        remote_ip=a.remote_ip,
+        dsn=a.dsn or _dsn_in(a.reply),
+    )
+
+
+_DSN = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def _dsn_in(reply: str | None) -> str | None:
+    """The enhanced status code in a reply text (``550 5.1.1 <a@b>: no such user``)."""
+    if not reply:
+        return None
+    m = _DSN.search(reply)
+    return m.group(1) if m else None
+_QUEUE_EXPIRED = "expired in the queue, returned to sender"  # Postfix qmgr status=expired

@@ -30,6 +30,7 @@ from logstats.model import (
     AccountStats,
     Attempt,
     CounterKey,
+    Detail,
     Dimension,
     DimKey,
     DimTally,
@@ -184,6 +185,33 @@ MIGRATIONS += (
             mta VARCHAR NOT NULL, metric VARCHAR NOT NULL, le BIGINT NOT NULL,
             count BIGINT NOT NULL, sum BIGINT NOT NULL, PRIMARY KEY (mta, metric, le)
         );
+        """,
+    ),
+)
+
+MIGRATIONS += (
+    (
+        "0007_track_delivery",
+        """
+        -- Track Delivery: what each event row shows besides what it counts (model.Detail).
+        -- Rows stored before this migration have these columns NULL.
+        ALTER TABLE events ADD COLUMN local BOOLEAN;
+        ALTER TABLE events ADD COLUMN sender VARCHAR;
+        ALTER TABLE events ADD COLUMN orig_recipient VARCHAR;
+        ALTER TABLE events ADD COLUMN message_id VARCHAR;
+        ALTER TABLE events ADD COLUMN client_host VARCHAR;
+        ALTER TABLE events ADD COLUMN client_ip VARCHAR;
+        ALTER TABLE events ADD COLUMN auth VARCHAR;
+        ALTER TABLE events ADD COLUMN sent_at TIMESTAMP;
+        ALTER TABLE events ADD COLUMN reason VARCHAR;
+        ALTER TABLE events ADD COLUMN router VARCHAR;
+        ALTER TABLE events ADD COLUMN transport VARCHAR;
+        ALTER TABLE events ADD COLUMN remote_host VARCHAR;
+        ALTER TABLE events ADD COLUMN remote_ip VARCHAR;
+        ALTER TABLE events ADD COLUMN dsn VARCHAR;
+        ALTER TABLE events ADD COLUMN tags VARCHAR;
+        ALTER TABLE events ADD COLUMN origin VARCHAR;
+        ALTER TABLE events ADD COLUMN parent VARCHAR;
         """,
     ),
 )
@@ -810,10 +838,18 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ROLLBACK")
 
 
+_NO_DETAIL = Detail()
+
+
 def _event_row(e: Event) -> tuple[Any, ...]:
+    d = e.detail or _NO_DETAIL
     return (
         _micros(e.ts), e.mta, e.scope, e.queue_id, e.account, e.sender_domain, e.recipient,
-        e.outcome.value, e.size,
+        e.outcome.value, e.size, e.local, d.sender, d.orig_recipient, d.message_id,
+        d.client_host, d.client_ip, d.auth,
+        None if d.sent_at is None else int(d.sent_at * 1_000_000),
+        d.reason, d.router, d.transport, d.remote_host, d.remote_ip, d.dsn, d.tags, d.origin,
+        d.parent,
     )  # fmt: skip
 
 
@@ -930,7 +966,9 @@ def _histograms(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> 
 _WRITERS: dict[str, Any] = {
     "counters": _insert("counters", "h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS)),
     "dims": _insert("dims", "h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t"),
-    "events": _insert("events", "u", "s", "s", "s", "s", "s", "s", "s", "n"),
+    "events": _insert(
+        "events", "u", "s", "s", "s", "s", "s", "s", "s", "n", "b", *"s" * 6, "u", *"s" * 9
+    ),
     "retract": _retract,
     "unpend": _unpend,
     "pending": _insert("pending", "s", "s", "s", "s", "u", "b", "b", "u", "s", "s"),

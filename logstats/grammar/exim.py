@@ -237,6 +237,7 @@ def _flag_line(flag: str, g: re.Match[str], ts: datetime, scope: str, qid: str) 
             client_ip=first_ip(rest) if "H=" in rest else None,
             parent_id=f.get("R"),
             message_id=f.get("id"),
+            client_host=_host_name(f.get("H")),
         )
     if flag == "*>":
         return Ignored("suppressed-delivery")
@@ -260,9 +261,37 @@ def _flag_line(flag: str, g: re.Match[str], ts: datetime, scope: str, qid: str) 
         handoff_id=_queued_as(rest) if outcome is Outcome.DELIVERED else None,
         interface=_interface(rest),
         cut_through=flag == ">>",
-        reply=rest.partition(": ")[2] or None if outcome is not Outcome.DELIVERED else None,
+        reply=_confirmation(rest) if outcome is Outcome.DELIVERED else _error_text(rest),
         delay_ms=_queue_time(rest) if outcome is Outcome.DELIVERED else None,
+        router=_word_after(rest, "R=") if rest.startswith("R=") else _word_after(rest, " R="),
+        remote_ip=_remote_ip(rest),
     )
+
+
+def _host_name(value: str | None) -> str | None:
+    """``H=name`` of a receipt; ``H=[ip]`` names no host."""
+    return value if value and value[:1] != "[" else None
+
+
+def _confirmation(rest: str) -> str | None:
+    """The remote's answer to the delivery, ``C="..."`` (+smtp_confirmation)."""
+    at = rest.find(' C="')
+    if at < 0:
+        return None
+    end = rest.rfind('"')
+    return rest[at + 4 : end] if end > at + 4 else None
+
+
+def _remote_ip(rest: str) -> str | None:
+    """The address of ``H=name [ip]`` (the remote host of a delivery)."""
+    at = 0 if rest.startswith("H=") else rest.find(" H=")
+    return first_ip(rest[at:]) if at >= 0 else None
+
+
+def _error_text(rest: str) -> str | None:
+    """The text after the fields of a deferral or failure: ``: retry time not reached``,
+    ``: SMTP error from remote mail server after RCPT TO:<a@b>: 550 ...``."""
+    return rest.partition(": ")[2] or None
 
 
 def _queue_time(rest: str) -> int | None:

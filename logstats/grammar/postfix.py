@@ -285,9 +285,11 @@ def _message(
         if head == "clie" and text.startswith("client="):
             client, _, more = text[7:].partition(", ")
             auth = fields(more).get("sasl_username") if "sasl_username=" in more else None
+            host = client.partition("[")[0]
             return Received(
-                ts, scope, qid, complete=False, auth_id=auth, client_ip=first_ip(client)
-            )
+                ts, scope, qid, complete=False, auth_id=auth, client_ip=first_ip(client),
+                client_host=host if host and host != "unknown" else None,
+            )  # fmt: skip
         if text == "removed":
             return Finished(ts, scope, qid)
         if head == "uid=":
@@ -372,6 +374,7 @@ def _delivery(
         handoff_id=handoff,
         reply=reply,
         delay_ms=_delay(m.string, m.end("relay"), m.start("status")),
+        remote_ip=first_ip(relay) if relay else None,
     )
 
 
