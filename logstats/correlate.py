@@ -618,6 +618,7 @@ class Correlator:
         msg.accepted_at = origin.accepted_at
         msg.size = origin.size
         msg.domain = origin.domain if origin.domain is not None else _domain(origin.sender)
+        msg.parent = msg.parent or origin.parent
         for tag in origin.tags:
             if tag not in msg.tags:
                 msg.tags.append(tag)
@@ -1089,13 +1090,13 @@ def _detail(msg: Message, a: Attempt | None, reason: str | None) -> Detail:
     )
     if a is None:
         return base
-    host = a.relay.partition("[")[0] if a.relay else None
+    host = None if _is_local(a) or not a.relay else a.relay.partition("[")[0]
     return base._replace(
         orig_recipient=a.orig_recipient,
         reason=reason or a.reply,
         router=a.router,
         transport=a.transport,
-        remote_host=host if host and host != "none" else None,
+        remote_host=host or None,
         remote_ip=a.remote_ip,
         dsn=a.dsn or _dsn_in(a.reply),
     )

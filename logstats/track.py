@@ -43,7 +43,7 @@ COLUMNS = (
 class TrackRow(NamedTuple):
     """One stored outcome (or one message in progress), as searches return it."""
 
-    ts: datetime  # the action time (UTC)
+    ts: datetime  # the action time, UTC as a naive datetime (as DuckDB hands it back)
     mta: str
     scope: str
     queue_id: str
@@ -300,7 +300,7 @@ def _pending_rows(mta: str, account: str | None, state: str, q: TrackQuery) -> l
     origin = data.get("origin")
     return [
         TrackRow(
-            ts=seen.astimezone(UTC),
+            ts=_naive(seen),
             mta=mta,
             scope=str(data.get("scope", "")),
             queue_id=str(data.get("queue_id", "")),
@@ -316,7 +316,7 @@ def _pending_rows(mta: str, account: str | None, state: str, q: TrackQuery) -> l
             client_host=data.get("client_host"),
             client_ip=data.get("client_ip"),
             auth=data.get("auth_id") or data.get("local_user"),
-            sent_at=accepted.astimezone(UTC) if accepted else None,
+            sent_at=_naive(accepted) if accepted else None,
             reason="message in the queue" if not rcpt else "deferred, in the queue for retry",
             router=None,
             transport=None,
@@ -373,18 +373,34 @@ def trace(
     }
     if not ids:
         return []
+    for _ in range(4):  # the re-injection of a bounce of the message: three links away
+        more = {
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT queue_id FROM events WHERE list_contains(?, origin) "
+                "OR list_contains(?, parent)",
+                [sorted(ids), sorted(ids)],
+            ).fetchall()
+        }
+        if more <= ids:
+            break
+        ids |= more
     roots = sorted(ids)
     rows = [
         TrackRow(*r)
         for r in con.execute(
             f"SELECT {', '.join(COLUMNS)} FROM events WHERE list_contains(?, queue_id) "
-            "OR list_contains(?, origin) OR list_contains(?, parent) "
-            "ORDER BY ts, CASE outcome WHEN 'send' THEN 0 ELSE 1 END, queue_id, recipient",
+            "OR list_contains(?, origin) OR list_contains(?, parent)",
             [roots, roots, roots],
         ).fetchall()
     ]
     for qid in roots:
         rows += in_progress(con, TrackQuery(*far, queue_id=qid, newest_first=False, limit=None))
+    # in time order; within one second the message before its bounce, a receipt before
+    # the attempts
+    rows.sort(
+        key=lambda r: (r.ts, r.parent is not None, r.outcome != SEND, r.queue_id, r.recipient)
+    )
     seen: set[tuple[Any, ...]] = set()
     out = []
     for r in rows:

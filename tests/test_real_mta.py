@@ -384,3 +384,104 @@ def test_counting_rules_agree_across_the_four_shapes(
             assert [want_tag["failed"], want_tag["deferred"]] == [
                 categories[tag]["bounces"], mg_tag["deferred"]
             ], tag  # fmt: skip
+
+
+# --- Track Delivery: every recipient found by every filter ---------------------------------
+
+_KIND = {250: "delivered", 451: "deferred", DROPPED: "deferred", 550: "failed"}
+
+
+@pytest.mark.parametrize(("mta", "filtered"), VARIANTS)
+def test_track_delivery_finds_every_recipient_by_every_filter(
+    mta: str, filtered: bool, logstats_on: LogstatsGetter
+) -> None:
+    """For every recipient of every submitted message, the stored rows are the script's
+    attempts, in order: one row per attempt with the outcome the sink's answer makes
+    (250 delivered, 451 and the 421 hang-up deferred, 550 failed; local recipients
+    delivered; RCPT rejects rejected), each with the account, the sender, the Message-ID
+    and a reason carrying the sink's code.  The same rows are found by recipient, by
+    Message-ID, by queue id (the original's, across a content filter's re-injection), by
+    sender, by account and by domain; the trace of the message holds them all, after its
+    receipt, and the MTA's bounce when one was due.  A filter's hand-over is no row."""
+    from datetime import UTC, datetime
+
+    from logstats import track
+    from logstats.model import REMOTE, SYSTEM
+    from logstats.store import Store
+
+    run = logstats_on(mta, filtered)
+    run.check_backfill()
+    sim = run.result.simulation
+    far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    everything = frozenset((*track.RECIPIENT_TYPES, track.SEND))
+    with Store(run.db, read_only=True) as store:
+        con = store.con
+
+        def find(**filters: Any) -> list[track.TrackRow]:
+            q = track.TrackQuery(
+                *far, newest_first=False, limit=None, types=everything, **filters
+            )
+            return track.search(con, q)
+
+        for sub in SUBMISSIONS:
+            owner = sub.account if sub.how != "anon" else REMOTE
+            mid = sub.message_id.strip("<>")
+            for rcpt in sub.rejected:
+                rows = find(recipient=rcpt)
+                assert [("rejected", owner)] == [(r.outcome, r.account) for r in rows], rcpt
+                assert rows[0].reason, rcpt
+            if not sub.accepted:
+                continue
+            by_mid = find(message_id=mid)
+            receipts = [r for r in by_mid if r.outcome == track.SEND]
+            assert 1 == len(receipts), sub.key  # the re-injection is no second receipt
+            receipt = receipts[0]
+            assert (owner, sub.sender, receipt.sent_at) == (
+                receipt.account, receipt.sender, receipt.ts
+            ), sub.key  # fmt: skip
+            by_qid = find(queue_id=receipt.queue_id)
+            # a Postfix RCPT reject after an accepted RCPT names the queue id, and precedes
+            # the Message-ID: found by queue id only
+            kept = ("delivered", "deferred", "failed", "inprogress")
+            per_message = [r for r in by_mid if r.outcome in kept]
+            assert per_message == [r for r in by_qid if r.outcome in kept], sub.key
+            for rcpt in sub.accepted:
+                if rcpt.rsplit("@", 1)[1] in ("local.test", "mx.logstats.test"):
+                    codes = [250]
+                else:
+                    codes = sim.sink_attempts[rcpt.lower()]
+                rows = found = find(recipient=rcpt, message_id=mid)
+                waiting = rcpt in sim.messages[sub.key].pending  # deferred, still queued
+                assert [*(_KIND[c] for c in codes), *["inprogress"] * waiting] == [
+                    r.outcome for r in rows
+                ], (sub.key, rcpt)
+                if waiting:
+                    assert (owner, sub.sender) == (rows[-1].account, rows[-1].sender)
+                    rows = rows[:-1]
+                for row, code in zip(rows, codes, strict=True):
+                    assert (owner, sub.sender, mid, receipt.queue_id) == (
+                        row.account, row.sender, (row.message_id or "").strip("<>"),
+                        row.origin or row.queue_id,
+                    ), (sub.key, rcpt)  # fmt: skip
+                    # the MTA's text: Exim logs none for a local delivery
+                    assert row.reason or (mta == "exim" and row.local), (sub.key, rcpt, row)
+                    if codes != [250] or row.remote_host:  # a remote answer: its code
+                        assert str(code) in row.reason, (sub.key, rcpt, row.reason)
+                    assert row in per_message, (sub.key, rcpt)
+                    assert row in find(sender=sub.sender, recipient=rcpt), (sub.key, rcpt)
+                    assert row in find(account=owner, recipient=rcpt), (sub.key, rcpt)
+                    assert row in find(domain=rcpt.rsplit("@", 1)[1], message_id=mid)
+                assert len(found) == len(find(recipient=rcpt, account=owner)) or any(
+                    other.key != sub.key and rcpt in other.accepted for other in SUBMISSIONS
+                ), (sub.key, rcpt)
+            trace = track.trace(con, sub.message_id)
+            assert receipt == trace[0], sub.key
+            assert all(r in trace for r in per_message), sub.key
+            bounced = any(m.bounce_of == sub.key for m in sim.messages.values())
+            assert bounced == any(
+                r.account == SYSTEM and r.outcome == track.SEND for r in trace
+            ), sub.key
+            assert bounced == any(
+                r.account == SYSTEM and r.outcome == "delivered" and r.recipient == sub.sender
+                for r in trace
+            ) or not sub.sender.endswith(("alice.test", "bob.test", "mx.logstats.test")), sub.key
