@@ -1,4 +1,5 @@
-"""Command line: ``logstats backfill | query | parse | serve | check-config | example``.
+"""Command line: ``logstats backfill | query | search | trace | report | parse | serve |
+check-config | example``.
 
 Answers and data go to stdout, logs to stderr, for every command.  structlog is
 configured here, once: JSON lines when stderr is not a terminal, readable console output
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cc.set_defaults(shape=None)
 
+    _track_parsers(sub, common)
+
     ex = sub.add_parser(
         "example",
         help="print a file that ships with logstats: config, unit, sysusers or manpage",
@@ -326,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "example":
             return cmd_example(args)
+        if args.command in TRACK_COMMANDS:
+            return TRACK_COMMANDS[args.command](args)
         return cmd_check_config(args)
     except LogstatsError as exc:
         error_line(str(exc))
@@ -510,9 +515,7 @@ class _ProgressBar:
         self.bar.close()
 
 
-def _backfill_file(
-    ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool
-) -> int:
+def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool) -> int:
     t0 = time.monotonic()
     bars: list[_ProgressBar] = []
 
@@ -849,3 +852,234 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in cfg.warnings():
         print(f"logstats: warning: {warning}", file=sys.stderr)
     return 0
+
+
+# -- Track Delivery: search, trace, report ------------------------------------------
+
+TYPES = ("delivered", "deferred", "failed", "rejected", "inprogress")
+
+
+def _track_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``logstats search``, ``trace`` and ``report``: the stored rows of every recipient."""
+    se = sub.add_parser(
+        "search",
+        parents=[common],
+        help="search the stored deliveries (Track Delivery), newest first",
+        description="Print the stored outcomes of recipients (and messages still in the "
+        "queue) that match every filter given. The default window is the 24 hours up to the "
+        "newest stored row (not the clock, so an idle or copied store still answers). "
+        "Exit status 0 when rows were found, 1 when none (as grep).",
+    )
+    for name, what in (
+        ("account", "the account (cPanel user)"),
+        ("sender", "the sender address (* and ? are wildcards; case-insensitive)"),
+        ("recipient", "the recipient address (* and ? are wildcards; case-insensitive)"),
+        ("domain", "the sender's or the recipient's domain"),
+        ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
+        ("message-id", "the Message-ID header, with or without <>"),
+        ("tag", "a tag of the message (X-Mailgun-Tag and the like)"),
+    ):
+        se.add_argument(f"--{name}", metavar="VALUE", help=what)
+    se.add_argument(
+        "--type",
+        action="append",
+        choices=TYPES,
+        help="only rows of this type; repeat for several (default: all of them)",
+    )
+    _window_args(se, "default: 24 hours before --end")
+    se.add_argument(
+        "--limit",
+        type=positive_int,
+        default=250,
+        metavar="N",
+        help="at most N rows (default 250)",
+    )
+    se.add_argument("--oldest-first", action="store_true", help="oldest rows first")
+    _format_arg(
+        se,
+        "table: aligned columns, the reason cut to the terminal's width (60 "
+        "characters off a terminal); json: one object per line, every column",
+    )
+
+    tr = sub.add_parser(
+        "trace",
+        parents=[common],
+        help="print the whole life of one message by queue id or Message-ID",
+        description="Print the life of one message: its receipt (sender, size, client, "
+        "authentication, Message-ID), every delivery attempt with its reason and remote host, "
+        "the queue ids it continued as after a content filter, the bounce about it, and "
+        "whether it is complete or what is still in the queue. An id not stored is one line "
+        "on stderr, exit 1.",
+    )
+    tr.add_argument("id", metavar="ID", help="a queue id, or a Message-ID (with or without <>)")
+    _format_arg(tr, "table: lines for a terminal; json: an object per queue id")
+
+    rp = sub.add_parser(
+        "report",
+        parents=[common],
+        help="a pflogsumm-style daily report (plain text for mail, or JSON)",
+        description="Print a report in pflogsumm's sections: Grand Totals, Per-Hour Traffic "
+        "Summary, top senders, sender domains and recipient domains, top deferral, bounce "
+        "and reject reasons. The totals are EmailTrack's: received + rejected = SENDCOUNT, "
+        "bounced + rejected = FAILCOUNT of `logstats query emailtrack --all` summed over "
+        "accounts for the same window. Times are UTC; the window is widened to whole hours.",
+    )
+    when = rp.add_mutually_exclusive_group()
+    when.add_argument(
+        "--day",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="the UTC day to report (default: the day before the newest stored row's day, "
+        "so a morning timer reports yesterday)",
+    )
+    when.add_argument(
+        "--start",
+        type=parse_time,
+        metavar="T",
+        help="window start (T as for query emailtrack); with --end instead of --day",
+    )
+    rp.add_argument(
+        "--end",
+        type=parse_time,
+        metavar="T",
+        help="window end, exclusive (default with --start: the newest stored row)",
+    )
+    rp.add_argument(
+        "--top",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="rows in each top list (default 10)",
+    )
+    _format_arg(rp, "table: fixed-width text for mail; json: one object")
+
+
+def _window_args(p: argparse.ArgumentParser, start_default: str) -> None:
+    p.add_argument(
+        "--start",
+        type=parse_time,
+        metavar="T",
+        help=f"window start ({start_default}). T is YYYYMMDD or YYYYMMDDhhmmss (UTC), "
+        "ISO 8601 (UTC without an offset), or other digits: Unix seconds",
+    )
+    p.add_argument(
+        "--end",
+        type=parse_time,
+        metavar="T",
+        help="window end, exclusive (default: just after the newest stored row)",
+    )
+
+
+def _format_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--format", choices=["table", "json"], default="table", help=what)
+
+
+def _day(value: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day (YYYY-MM-DD)") from None
+
+
+@contextlib.contextmanager
+def _reading(args: argparse.Namespace) -> Iterator[Any]:
+    """A read-only connection to the configured store (a running daemon's file too)."""
+    import duckdb
+
+    from logstats.store import Store
+
+    cfg = _load(args)
+    db = _db(args, cfg)
+    with _opened(Store(db, read_only=True)) as store:
+        try:
+            yield store.con
+        except duckdb.Error as exc:
+            raise _readable(db, exc) from exc
+
+
+def _after(ts: datetime) -> datetime:
+    """Just after ``ts``: an end-exclusive window that holds it."""
+    return ts + timedelta(microseconds=1)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``logstats search``: 0 with rows, 1 with none (as grep); errors are 1 with a line."""
+    import shutil
+
+    from logstats import track, trackview
+
+    with _reading(args) as con:
+        newest = track.newest(con)
+        end = args.end or _after(newest or datetime(1970, 1, 1, tzinfo=UTC))
+        start = args.start or end - timedelta(hours=24)
+        if start >= end:
+            raise LogstatsError("--start must be before --end")
+        q = track.TrackQuery(
+            start=start,
+            end=end,
+            account=args.account,
+            sender=args.sender,
+            recipient=args.recipient,
+            domain=args.domain,
+            queue_id=args.queue_id,
+            message_id=args.message_id,
+            tag=args.tag,
+            types=frozenset(args.type or TYPES),
+            newest_first=not args.oldest_first,
+            limit=args.limit,
+        )
+        rows = track.search(con, q)
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps(r.as_dict(), ensure_ascii=False))
+    elif rows:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print(trackview.search_table(rows, width))
+    return 0 if rows else 1
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from logstats import track, trackview
+
+    with _reading(args) as con:
+        rows = track.trace(con, args.id)
+    if not rows:
+        raise LogstatsError(f"{args.id}: no message with this queue id or Message-ID is stored")
+    found = trackview.lives(rows)
+    if args.format == "json":
+        print(json.dumps({"id": args.id, "messages": [m.as_dict() for m in found]}, indent=2))
+    else:
+        print(trackview.trace_text(args.id, found))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import socket
+
+    from logstats import track, trackview
+
+    if args.end is not None and args.start is None:
+        raise LogstatsError("--end needs --start (or give --day)")
+    with _reading(args) as con:
+        newest = track.newest(con)
+        if args.day is not None:
+            start, end = args.day, args.day + timedelta(days=1)
+        elif args.start is not None:
+            end = args.end or _after(newest or args.start)
+            start = args.start
+        else:
+            if newest is None:
+                raise LogstatsError("the store holds no rows yet: nothing to report")
+            today = newest.replace(hour=0, minute=0, second=0, microsecond=0)
+            start, end = today - timedelta(days=1), today
+        if start >= end:
+            raise LogstatsError("--start must be before --end")
+        report = trackview.build_report(con, start, end, args.top)
+    if args.format == "json":
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        sys.stdout.write(trackview.report_text(report, socket.getfqdn()))
+    return 0
+
+
+TRACK_COMMANDS = {"search": cmd_search, "trace": cmd_trace, "report": cmd_report}

@@ -398,3 +398,36 @@ def trace(
             continue
         out.append(r)
     return out
+
+
+def distinct(con: duckdb.DuckDBPyConnection, q: TrackQuery, what: str) -> int:
+    """How many different values of ``what`` the rows of ``q`` have (empty values are not
+    counted): ``sender``, ``sender_domain``, ``recipient``, ``recipient_domain``,
+    ``client_host`` (a receipt's client host, else its IP)."""
+    expressions = {
+        "sender": "nullif(lower(sender), '')",
+        "sender_domain": "nullif(sender_domain, '')",
+        "recipient": "nullif(lower(recipient), '')",
+        "recipient_domain": "nullif(lower(split_part(recipient, '@', 2)), '')",
+        "client_host": "nullif(coalesce(nullif(client_host, ''), client_ip), '')",
+    }
+    expr = expressions[what]
+    stored = _stored_types(q)
+    if not stored:
+        return 0
+    where, params = _where(q, stored)
+    row = con.execute(f"SELECT count(DISTINCT {expr}) FROM events WHERE {where}", params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def newest(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The time of the newest stored row (or message still in the queue), None when there is
+    none: where the CLI's default windows end, so they follow the data, not the clock."""
+    row = con.execute(
+        "SELECT greatest((SELECT max(ts) FROM events), "
+        "(SELECT max(accepted_at) FROM pending WHERE received))"
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    ts: datetime = row[0]
+    return ts.replace(tzinfo=UTC)
