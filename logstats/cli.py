@@ -107,6 +107,8 @@ SHIPPED = {
     "config": ("logstats.examples", "logstats.example.yaml", "config"),
     "unit": ("logstats.unitfiles", "logstats.service", "systemd"),
     "sysusers": ("logstats.unitfiles", "logstats.conf", "systemd"),
+    "report-service": ("logstats.unitfiles", "logstats-report.service", "systemd"),
+    "report-timer": ("logstats.unitfiles", "logstats-report.timer", "systemd"),
     "manpage": ("logstats.manual", "logstats.1", "docs"),
 }
 
@@ -303,11 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser(
         "example",
-        help="print a file that ships with logstats: config, unit, sysusers or manpage",
+        help="print a file that ships with logstats: config, unit, sysusers, report-service, "
+        "report-timer or manpage",
         description="Print one of the files installed with logstats to stdout, to lay it "
         "down where it belongs (see docs/systemd.md): config (the example configuration, "
         "config/logstats.example.yaml), unit (the systemd unit, systemd/logstats.service), "
-        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf) or "
+        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf), "
+        "report-service and report-timer (the daily mailed report, "
+        "systemd/logstats-report.service and .timer) or "
         "manpage (this manual page, docs/logstats.1).",
     )
     ex.add_argument("file", choices=sorted(SHIPPED), help="which file")
@@ -981,68 +986,71 @@ def _day(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not a day (YYYY-MM-DD)") from None
 
 
-@contextlib.contextmanager
-def _reading(args: argparse.Namespace) -> Iterator[Any]:
-    """A read-only connection to the configured store (a running daemon's file too)."""
+def _track_answer(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+    """``trackview.answer`` from a running ``logstats serve`` for this database (DuckDB lets
+    no other process open a file a writer holds), else from the file opened read-only."""
     import duckdb
 
+    from logstats import trackview
     from logstats.store import Store
 
     cfg = _load(args)
     db = _db(args, cfg)
+    asked = _ask_daemon(
+        cfg.socket,
+        db,
+        {"command": args.command, "request": json.dumps(request)},
+        route="/v1/track",
+    )
+    if asked is not None:
+        status, body = asked
+        if status != 200 or not isinstance(body, dict):
+            error = body.get("error") if isinstance(body, dict) else body
+            raise LogstatsError(
+                str(error) if status == 400 else f"logstats serve answered {status}: {error}"
+            )
+        return body
     with _opened(Store(db, read_only=True)) as store:
         try:
-            yield store.con
+            return trackview.answer(store.con, args.command, request)
+        except trackview.BadRequest as exc:
+            raise LogstatsError(str(exc)) from exc
         except duckdb.Error as exc:
             raise _readable(db, exc) from exc
 
 
-def _after(ts: datetime) -> datetime:
-    """Just after ``ts``: an end-exclusive window that holds it."""
-    return ts + timedelta(microseconds=1)
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``logstats search``: 0 with rows, 1 with none (as grep); errors are 1 with a line."""
     import shutil
 
-    from logstats import track, trackview
+    from logstats import trackview
 
-    with _reading(args) as con:
-        newest = track.newest(con)
-        end = args.end or _after(newest or datetime(1970, 1, 1, tzinfo=UTC))
-        start = args.start or end - timedelta(hours=24)
-        if start >= end:
-            raise LogstatsError("--start must be before --end")
-        q = track.TrackQuery(
-            start=start,
-            end=end,
-            account=args.account,
-            sender=args.sender,
-            recipient=args.recipient,
-            domain=args.domain,
-            queue_id=args.queue_id,
-            message_id=args.message_id,
-            tag=args.tag,
-            types=frozenset(args.type or TYPES),
-            newest_first=not args.oldest_first,
-            limit=args.limit,
-        )
-        rows = track.search(con, q)
+    request = {
+        "start": _iso(args.start),
+        "end": _iso(args.end),
+        **{k: getattr(args, k) for k in trackview.SEARCH_FILTERS},
+        "types": args.type or list(TYPES),
+        "limit": args.limit,
+        "oldest_first": args.oldest_first,
+    }
+    rows = _track_answer(args, request)["rows"]
     if args.format == "json":
         for r in rows:
-            print(json.dumps(r.as_dict(), ensure_ascii=False))
+            print(json.dumps(r, ensure_ascii=False))
     elif rows:
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-        print(trackview.search_table(rows, width))
+        print(trackview.search_table([trackview.row_from_dict(r) for r in rows], width))
     return 0 if rows else 1
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from logstats import track, trackview
+    from logstats import trackview
 
-    with _reading(args) as con:
-        rows = track.trace(con, args.id)
+    rows = [trackview.row_from_dict(r) for r in _track_answer(args, {"id": args.id})["rows"]]
     if not rows:
         raise LogstatsError(f"{args.id}: no message with this queue id or Message-ID is stored")
     found = trackview.lives(rows)
@@ -1056,29 +1064,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import socket
 
-    from logstats import track, trackview
+    from logstats import trackview
 
-    if args.end is not None and args.start is None:
-        raise LogstatsError("--end needs --start (or give --day)")
-    with _reading(args) as con:
-        newest = track.newest(con)
-        if args.day is not None:
-            start, end = args.day, args.day + timedelta(days=1)
-        elif args.start is not None:
-            end = args.end or _after(newest or args.start)
-            start = args.start
-        else:
-            if newest is None:
-                raise LogstatsError("the store holds no rows yet: nothing to report")
-            today = newest.replace(hour=0, minute=0, second=0, microsecond=0)
-            start, end = today - timedelta(days=1), today
-        if start >= end:
-            raise LogstatsError("--start must be before --end")
-        report = trackview.build_report(con, start, end, args.top)
+    request = {
+        "day": _iso(args.day),
+        "start": _iso(args.start),
+        "end": _iso(args.end),
+        "top": args.top,
+    }
+    body = _track_answer(args, request)
     if args.format == "json":
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(body, indent=2))
     else:
-        sys.stdout.write(trackview.report_text(report, socket.getfqdn()))
+        sys.stdout.write(trackview.report_text(trackview.report_from_dict(body), socket.getfqdn()))
     return 0
 
 

@@ -329,3 +329,82 @@ def report_text(r: Report, host: str = "") -> str:
         for value, n in rows:
             out.append(f"{n:8d}   {value or ('<>' if name == 'senders' else '(none)')}")
     return "\n".join(out) + "\n"
+
+
+# -- one answer for the CLI, from the file or from the daemon ---------------------------
+
+COMMANDS = ("search", "trace", "report")
+SEARCH_FILTERS = ("account", "sender", "recipient", "domain", "queue_id", "message_id", "tag")
+
+
+class BadRequest(ValueError):
+    """A request that cannot be answered (a window that ends before it starts)."""
+
+
+def _time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    ts = datetime.fromisoformat(str(value))
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def row_from_dict(d: dict[str, Any]) -> TrackRow:
+    """A row back from ``TrackRow.as_dict()`` (what the daemon sends)."""
+    return TrackRow(**{**d, "ts": _time(d["ts"]), "sent_at": _time(d.get("sent_at"))})
+
+
+def report_from_dict(d: dict[str, Any]) -> Report:
+    """A report back from ``Report.as_dict()``."""
+    hourly = tuple(
+        (_time(h["hour"]) or datetime.min, {k: int(v) for k, v in h.items() if k != "hour"})
+        for h in d["hourly"]
+    )
+    return Report(
+        start=_time(d["start"]) or datetime.min,
+        end=_time(d["end"]) or datetime.min,
+        totals=Totals(**d["totals"]),
+        hourly=hourly,
+        tops={k: [(v["value"], int(v["count"])) for v in rows] for k, rows in d["top"].items()},
+    )
+
+
+def answer(con: duckdb.DuckDBPyConnection, command: str, request: dict[str, Any]) -> dict[str, Any]:
+    """What ``logstats search|trace|report`` print, as JSON: the same function answers from
+    the file and in the daemon (``GET /v1/track`` on its socket).  Default windows follow
+    the newest stored row, never the clock.  ``BadRequest`` for a window that is empty."""
+    if command == "trace":
+        return {"rows": [r.as_dict() for r in track.trace(con, str(request["id"]))]}
+    newest = track.newest(con)
+    start, end = _time(request.get("start")), _time(request.get("end"))
+    if command == "search":
+        end = end or (newest or datetime(1970, 1, 1, tzinfo=UTC)) + timedelta(microseconds=1)
+        start = start or end - timedelta(hours=24)
+        if start >= end:
+            raise BadRequest("--start must be before --end")
+        types = request.get("types") or list(track.RECIPIENT_TYPES)
+        q = TrackQuery(
+            start=start,
+            end=end,
+            types=frozenset(str(t) for t in types),
+            newest_first=not request.get("oldest_first"),
+            limit=int(request.get("limit") or 250),
+            **{k: request[k] for k in SEARCH_FILTERS if request.get(k) is not None},
+        )
+        return {"rows": [r.as_dict() for r in track.search(con, q)]}
+    if command != "report":
+        raise BadRequest(f"{command!r}: not one of {', '.join(COMMANDS)}")
+    day = _time(request.get("day"))
+    if end is not None and start is None:
+        raise BadRequest("--end needs --start (or give --day)")
+    if day is not None:
+        start, end = day, day + timedelta(days=1)
+    elif start is not None:
+        end = end or (newest or start) + timedelta(microseconds=1)
+    else:
+        if newest is None:
+            raise BadRequest("the store holds no rows yet: nothing to report")
+        today = newest.replace(hour=0, minute=0, second=0, microsecond=0)
+        start, end = today - timedelta(days=1), today
+    if end is None or start >= end:
+        raise BadRequest("--start must be before --end")
+    return build_report(con, start, end, int(request.get("top") or 10)).as_dict()

@@ -249,3 +249,68 @@ def test_new_commands_are_in_the_manual(command):
     assert f"logstats {command}" in (ROOT / "docs" / "logstats.1").read_text().replace(
         "\\-", "-"
     ).replace("\\fB", "").replace("\\fR", "")
+
+
+def test_through_a_running_daemon(tmp_path):
+    """While `logstats serve` holds the database (DuckDB lets no other process open it),
+    search, trace and report answer through its socket exactly as from a backfilled file."""
+    import getpass
+
+    from tests.daemon_harness import Serve, short_dir, write_config
+
+    domains = {"alice.test": "alice", "bob.test": "bob"}
+    with short_dir() as folder:
+        logs = []
+        for log in sorted(DEMO.iterdir()):
+            copy = folder / log.name
+            copy.write_bytes(log.read_bytes())
+            logs.append((copy, "exim" if "exim" in log.name else "postfix"))
+        me = getpass.getuser()
+        cfg = write_config(folder, logs, domains=domains, api={"admins": [me]})
+        offline_cfg = write_config(tmp_path, [], db=tmp_path / "off.duckdb", domains=domains)
+        run_cli("backfill", "--config", str(offline_cfg), *(str(p) for p, _ in logs))
+        d = Serve(cfg)
+        try:
+            d.wait_ready()
+            want = _rows(["--config", str(offline_cfg)], "--start", "0")
+            d.wait_lines(sum(len(p.read_text().splitlines()) for p, _ in logs), timeout=30)
+            via = ["--config", str(cfg)]
+            assert _rows(via, "--start", "0") == want != []
+            qid = next(r["queue_id"] for r in want if r["outcome"] == "failed")
+            assert (
+                run_cli("trace", *via, qid).stdout
+                == run_cli("trace", "--config", str(offline_cfg), qid).stdout
+            )
+            day = ["--day", "2026-11-24", "--format", "json"]
+            assert json.loads(run_cli("report", *via, *day).stdout) == json.loads(
+                run_cli("report", "--config", str(offline_cfg), *day).stdout
+            )
+        finally:
+            d.close()
+
+
+def test_the_daemon_route_is_for_admins_and_refuses_bad_requests(demo):
+    """`GET /v1/track` answers a socket user in api.admins; anyone else is 403, and an odd
+    command or request is a 400 in logstats' envelope, never an internal error."""
+    from dataclasses import replace
+
+    from logstats import api, config
+    from logstats.store import Store
+
+    cfg = config.load(CONFIG)
+    with Store(demo[3], read_only=True) as store:
+        router = api.Router(store.con, dict, replace(cfg, admins=("ops",)), lambda c: "")
+        ok = router.route("GET", "/v1/track", {"command": ["trace"], "request": ['{"id": "x"}']},
+                          {}, "ops")  # fmt: skip
+        assert (200, {"rows": []}) == ok[:2]
+        status, body, _ = router.route("GET", "/v1/track", {"command": ["search"]}, {}, "alice")
+        assert (403, False) == (status, body["ok"])
+        for params in (
+            {"command": ["nope"]},
+            {"command": ["search"], "request": ["{not json"]},
+            {"command": ["search"], "request": ['{"start": "yesterday"}']},
+            {"command": ["report"], "request": ['{"start": "2026-11-25", "end": "2026-11-24"}']},
+            {"command": ["trace"], "request": ["[]"]},
+        ):
+            status, body, _ = router.route("GET", "/v1/track", params, {}, "ops")
+            assert (400, False) == (status, body["ok"]), params
