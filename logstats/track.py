@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
@@ -184,21 +184,60 @@ def _stored_types(q: TrackQuery) -> list[str]:
     return sorted(t for t in q.types if t != INPROGRESS)
 
 
+FIRST_SPAN = timedelta(days=1)  # a limited search reads the window's newest day first
+
+
+def spans(q: TrackQuery) -> list[tuple[datetime, datetime]]:
+    """The window cut into spans read one after the other, from the end it is ordered from:
+    one day, then each span four times the one before.  Rows are stored in time order, so
+    a span is a contiguous run of blocks; a search whose limit the newest day fills (a busy
+    account or domain) reads only that day."""
+    out: list[tuple[datetime, datetime]] = []
+    span = FIRST_SPAN
+    lo, hi = q.start, q.end
+    while lo < hi:
+        if q.newest_first:
+            cut = max(lo, hi - span)
+            out.append((cut, hi))
+            hi = cut
+        else:
+            cut = min(hi, lo + span)
+            out.append((lo, cut))
+            lo = cut
+        span *= 4
+    return out
+
+
+def _stored_search(con: duckdb.DuckDBPyConnection, q: TrackQuery, stored: list[str]) -> list[Any]:
+    where, params = _where(q, stored)
+    order = "DESC" if q.newest_first else "ASC"
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM events WHERE {where} "
+        f"ORDER BY ts {order}, queue_id {order}, recipient {order}"
+    )
+    if q.limit is not None:
+        sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"
+    return con.execute(sql, params).fetchall()
+
+
 def search(con: duckdb.DuckDBPyConnection, q: TrackQuery) -> list[TrackRow]:
     """The rows matching ``q``, newest first (or oldest first), at most ``q.limit``;
-    rows in progress come after the stored ones of the same order."""
+    rows in progress come after the stored ones of the same order.  With a limit, the
+    window is read span by span (``spans``) until the limit is reached: the same rows as
+    one query over the window, as the spans split it only between timestamps."""
     rows: list[TrackRow] = []
     stored = _stored_types(q)
-    if stored:
-        where, params = _where(q, stored)
-        order = "DESC" if q.newest_first else "ASC"
-        sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM events WHERE {where} "
-            f"ORDER BY ts {order}, queue_id {order}, recipient {order}"
-        )
-        if q.limit is not None:
-            sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"
-        rows = [TrackRow(*r) for r in con.execute(sql, params).fetchall()]
+    if stored and q.limit is None:
+        rows = [TrackRow(*r) for r in _stored_search(con, q, stored)]
+    elif stored and q.limit is not None:
+        need = q.limit + q.offset
+        found: list[Any] = []
+        for lo, hi in spans(q):
+            part = replace(q, start=lo, end=hi, limit=need - len(found), offset=0)
+            found += _stored_search(con, part, stored)
+            if len(found) >= need:
+                break
+        rows = [TrackRow(*r) for r in found[q.offset : need]]
     if INPROGRESS in q.types and (q.limit is None or len(rows) < q.limit):
         progress = in_progress(con, q)
         rows += progress[: None if q.limit is None else q.limit - len(rows)]
