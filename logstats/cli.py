@@ -315,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
         "systemd/logstats-report.service and .timer) or "
         "manpage (this manual page, docs/logstats.1).",
     )
-    ex.add_argument("file", choices=sorted(SHIPPED), help="which file")
+    ex.add_argument(
+        "file", choices=sorted(SHIPPED), metavar="NAME", help="which: " + ", ".join(sorted(SHIPPED))
+    )
     ex.set_defaults(shape=None)
     return parser
 
