@@ -186,6 +186,7 @@ _FIXED = {
     "/metrics": ("metrics", "metrics", ("GET", "HEAD")),
     "/v1/emailtrack": ("cpanel", "emailtrack", ("GET", "HEAD", "POST")),
     "/json-api/cpanel": ("cpanel", "json-api", ("GET", "HEAD", "POST")),
+    "/v1/track": ("track", "track", ("GET",)),
 }
 
 
@@ -366,6 +367,8 @@ class Router:
                 return 200, self.metrics(cur), CONTENT_TYPE
         if target.family == "cpanel":
             return self._emailtrack(target.name, _single(params), headers, peer)
+        if target.family == "track":
+            return self._track(_single(params), headers, peer)
         return self._vendor(target.name, dict(target.path_params), params, headers, peer)
 
     def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:
@@ -498,6 +501,31 @@ class Router:
             if name == "json-api" and module and func:
                 body["cpanelresult"].update(module=module, func=func)  # as the call named them
             return status, body, content_type
+
+    def _track(self, params: dict[str, str], headers: Any, peer: str | None) -> Answer:
+        """``GET /v1/track?command=search|trace|report&request=JSON``: what the CLI's
+        ``search``, ``trace`` and ``report`` print (``trackview.answer``), for admins (a key
+        without limits, or a user in ``api.admins`` on the socket) only: the rows hold every
+        account's addresses, and the CLI reads the file as its owner would."""
+        from logstats import trackview
+
+        try:
+            caller = self._caller("logstats", {}, headers, peer)
+            if not caller.unlimited:
+                raise Denied(403, "/v1/track: an admin (api.admins, or a key without limits) only")
+            command = params.get("command", "")
+            try:
+                request = json.loads(params.get("request") or "{}")
+            except ValueError as exc:
+                raise BadRequest(f"request: not JSON ({exc})") from exc
+            if command not in trackview.COMMANDS or not isinstance(request, dict):
+                raise BadRequest(f"command: one of {', '.join(trackview.COMMANDS)}")
+            with self._cursor() as cur:
+                return 200, trackview.answer(cur, command, request), JSON
+        except Denied as exc:
+            return error_answer("logstats", exc.status, str(exc))
+        except (BadRequest, trackview.BadRequest, KeyError, TypeError, ValueError) as exc:
+            return error_answer("logstats", 400, str(exc))
 
     def _vendor(
         self,

@@ -1,4 +1,5 @@
-"""Command line: ``logstats backfill | query | parse | serve | check-config | example``.
+"""Command line: ``logstats backfill | query | search | trace | report | parse | serve |
+check-config | example``.
 
 Answers and data go to stdout, logs to stderr, for every command.  structlog is
 configured here, once: JSON lines when stderr is not a terminal, readable console output
@@ -106,6 +107,8 @@ SHIPPED = {
     "config": ("logstats.examples", "logstats.example.yaml", "config"),
     "unit": ("logstats.unitfiles", "logstats.service", "systemd"),
     "sysusers": ("logstats.unitfiles", "logstats.conf", "systemd"),
+    "report-service": ("logstats.unitfiles", "logstats-report.service", "systemd"),
+    "report-timer": ("logstats.unitfiles", "logstats-report.timer", "systemd"),
     "manpage": ("logstats.manual", "logstats.1", "docs"),
 }
 
@@ -298,16 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cc.set_defaults(shape=None)
 
+    _track_parsers(sub, common)
+
     ex = sub.add_parser(
         "example",
-        help="print a file that ships with logstats: config, unit, sysusers or manpage",
+        help="print a file that ships with logstats: config, unit, sysusers, report-service, "
+        "report-timer or manpage",
         description="Print one of the files installed with logstats to stdout, to lay it "
         "down where it belongs (see docs/systemd.md): config (the example configuration, "
         "config/logstats.example.yaml), unit (the systemd unit, systemd/logstats.service), "
-        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf) or "
+        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf), "
+        "report-service and report-timer (the daily mailed report, "
+        "systemd/logstats-report.service and .timer) or "
         "manpage (this manual page, docs/logstats.1).",
     )
-    ex.add_argument("file", choices=sorted(SHIPPED), help="which file")
+    ex.add_argument(
+        "file", choices=sorted(SHIPPED), metavar="NAME", help="which: " + ", ".join(sorted(SHIPPED))
+    )
     ex.set_defaults(shape=None)
     return parser
 
@@ -326,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "example":
             return cmd_example(args)
+        if args.command in TRACK_COMMANDS:
+            return TRACK_COMMANDS[args.command](args)
         return cmd_check_config(args)
     except LogstatsError as exc:
         error_line(str(exc))
@@ -510,9 +522,7 @@ class _ProgressBar:
         self.bar.close()
 
 
-def _backfill_file(
-    ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool
-) -> int:
+def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool) -> int:
     t0 = time.monotonic()
     bars: list[_ProgressBar] = []
 
@@ -849,3 +859,227 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in cfg.warnings():
         print(f"logstats: warning: {warning}", file=sys.stderr)
     return 0
+
+
+# -- Track Delivery: search, trace, report ------------------------------------------
+
+TYPES = ("delivered", "deferred", "failed", "rejected", "inprogress")
+
+
+def _track_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``logstats search``, ``trace`` and ``report``: the stored rows of every recipient."""
+    se = sub.add_parser(
+        "search",
+        parents=[common],
+        help="search the stored deliveries (Track Delivery), newest first",
+        description="Print the stored outcomes of recipients (and messages still in the "
+        "queue) that match every filter given. The default window is the 24 hours up to the "
+        "newest stored row (not the clock, so an idle or copied store still answers). "
+        "Exit status 0 when rows were found, 1 when none (as grep).",
+    )
+    for name, what in (
+        ("account", "the account (cPanel user)"),
+        ("sender", "the sender address (* and ? are wildcards; case-insensitive)"),
+        ("recipient", "the recipient address (* and ? are wildcards; case-insensitive)"),
+        ("domain", "the sender's or the recipient's domain"),
+        ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
+        ("message-id", "the Message-ID header, with or without <>"),
+        ("tag", "a tag of the message (X-Mailgun-Tag and the like)"),
+    ):
+        se.add_argument(f"--{name}", metavar="VALUE", help=what)
+    se.add_argument(
+        "--type",
+        action="append",
+        choices=TYPES,
+        help="only rows of this type; repeat for several (default: all of them)",
+    )
+    _window_args(se, "default: 24 hours before --end")
+    se.add_argument(
+        "--limit",
+        type=positive_int,
+        default=250,
+        metavar="N",
+        help="at most N rows (default 250)",
+    )
+    se.add_argument("--oldest-first", action="store_true", help="oldest rows first")
+    _format_arg(
+        se,
+        "table: aligned columns, the reason cut to the terminal's width (60 "
+        "characters off a terminal); json: one object per line, every column",
+    )
+
+    tr = sub.add_parser(
+        "trace",
+        parents=[common],
+        help="print the whole life of one message by queue id or Message-ID",
+        description="Print the life of one message: its receipt (sender, size, client, "
+        "authentication, Message-ID), every delivery attempt with its reason and remote host, "
+        "the queue ids it continued as after a content filter, the bounce about it, and "
+        "whether it is complete or what is still in the queue. An id not stored is one line "
+        "on stderr, exit 1.",
+    )
+    tr.add_argument("id", metavar="ID", help="a queue id, or a Message-ID (with or without <>)")
+    _format_arg(tr, "table: lines for a terminal; json: an object per queue id")
+
+    rp = sub.add_parser(
+        "report",
+        parents=[common],
+        help="a pflogsumm-style daily report (plain text for mail, or JSON)",
+        description="Print a report in pflogsumm's sections: Grand Totals, Per-Hour Traffic "
+        "Summary, top senders, sender domains and recipient domains, top deferral, bounce "
+        "and reject reasons. The totals are EmailTrack's: received + rejected = SENDCOUNT, "
+        "bounced + rejected = FAILCOUNT of `logstats query emailtrack --all` summed over "
+        "accounts for the same window. Times are UTC; the window is widened to whole hours.",
+    )
+    when = rp.add_mutually_exclusive_group()
+    when.add_argument(
+        "--day",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="the UTC day to report (default: the day before the newest stored row's day, "
+        "so a morning timer reports yesterday)",
+    )
+    when.add_argument(
+        "--start",
+        type=parse_time,
+        metavar="T",
+        help="window start (T as for query emailtrack); with --end instead of --day",
+    )
+    rp.add_argument(
+        "--end",
+        type=parse_time,
+        metavar="T",
+        help="window end, exclusive (default with --start: the newest stored row)",
+    )
+    rp.add_argument(
+        "--top",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="rows in each top list (default 10)",
+    )
+    _format_arg(rp, "table: fixed-width text for mail; json: one object")
+
+
+def _window_args(p: argparse.ArgumentParser, start_default: str) -> None:
+    p.add_argument(
+        "--start",
+        type=parse_time,
+        metavar="T",
+        help=f"window start ({start_default}). T is YYYYMMDD or YYYYMMDDhhmmss (UTC), "
+        "ISO 8601 (UTC without an offset), or other digits: Unix seconds",
+    )
+    p.add_argument(
+        "--end",
+        type=parse_time,
+        metavar="T",
+        help="window end, exclusive (default: just after the newest stored row)",
+    )
+
+
+def _format_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--format", choices=["table", "json"], default="table", help=what)
+
+
+def _day(value: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _track_answer(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+    """``trackview.answer`` from a running ``logstats serve`` for this database (DuckDB lets
+    no other process open a file a writer holds), else from the file opened read-only."""
+    import duckdb
+
+    from logstats import trackview
+    from logstats.store import Store
+
+    cfg = _load(args)
+    db = _db(args, cfg)
+    asked = _ask_daemon(
+        cfg.socket,
+        db,
+        {"command": args.command, "request": json.dumps(request)},
+        route="/v1/track",
+    )
+    if asked is not None:
+        status, body = asked
+        if status != 200 or not isinstance(body, dict):
+            error = body.get("error") if isinstance(body, dict) else body
+            raise LogstatsError(
+                str(error) if status == 400 else f"logstats serve answered {status}: {error}"
+            )
+        return body
+    with _opened(Store(db, read_only=True)) as store:
+        try:
+            return trackview.answer(store.con, args.command, request)
+        except trackview.BadRequest as exc:
+            raise LogstatsError(str(exc)) from exc
+        except duckdb.Error as exc:
+            raise _readable(db, exc) from exc
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``logstats search``: 0 with rows, 1 with none (as grep); errors are 1 with a line."""
+    import shutil
+
+    from logstats import trackview
+
+    request = {
+        "start": _iso(args.start),
+        "end": _iso(args.end),
+        **{k: getattr(args, k) for k in trackview.SEARCH_FILTERS},
+        "types": args.type or list(TYPES),
+        "limit": args.limit,
+        "oldest_first": args.oldest_first,
+    }
+    rows = _track_answer(args, request)["rows"]
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+    elif rows:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print(trackview.search_table([trackview.row_from_dict(r) for r in rows], width))
+    return 0 if rows else 1
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from logstats import trackview
+
+    rows = [trackview.row_from_dict(r) for r in _track_answer(args, {"id": args.id})["rows"]]
+    if not rows:
+        raise LogstatsError(f"{args.id}: no message with this queue id or Message-ID is stored")
+    found = trackview.lives(rows)
+    if args.format == "json":
+        print(json.dumps({"id": args.id, "messages": [m.as_dict() for m in found]}, indent=2))
+    else:
+        print(trackview.trace_text(args.id, found))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import socket
+
+    from logstats import trackview
+
+    request = {
+        "day": _iso(args.day),
+        "start": _iso(args.start),
+        "end": _iso(args.end),
+        "top": args.top,
+    }
+    body = _track_answer(args, request)
+    if args.format == "json":
+        print(json.dumps(body, indent=2))
+    else:
+        sys.stdout.write(trackview.report_text(trackview.report_from_dict(body), socket.getfqdn()))
+    return 0
+
+
+TRACK_COMMANDS = {"search": cmd_search, "trace": cmd_trace, "report": cmd_report}

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
@@ -30,6 +30,8 @@ DELIVERED, DEFERRED, FAILED, REJECTED, SEND, INPROGRESS, EXPIRED = (
     "delivered", "deferred", "failed", "rejected", "send", "inprogress", "expired",
 )  # fmt: skip
 RECIPIENT_TYPES = (DELIVERED, DEFERRED, FAILED, REJECTED, INPROGRESS)
+# every outcome a stored row has (model.Outcome)
+STORED_TYPES = (SEND, DELIVERED, DEFERRED, FAILED, REJECTED, EXPIRED)
 
 # the stored columns of a row, in order (``events``)
 COLUMNS = (
@@ -149,36 +151,93 @@ def _where(q: TrackQuery, types: Sequence[str]) -> tuple[str, list[Any]]:
     if q.queue_id is not None:
         clauses.append("(queue_id = ? OR origin = ?)")
         params += [q.queue_id, q.queue_id]
-    if q.message_id is not None:
-        clauses.append("trim(message_id, '<>') = ?")
-        params.append(q.message_id.strip("<>"))
+    if q.message_id is not None:  # stored without <> (the grammars take what is inside)
+        clauses.append("message_id = ?")
+        params.append(q.message_id.strip().strip("<>"))
     if q.tag is not None:
         clauses.append("list_contains(string_split(tags, ','), ?)")
         params.append(q.tag)
-    clauses.append("list_contains(?, outcome)")
-    params.append(list(types))
+    clause, values = _outcomes(types)
+    clauses.append(clause)
+    params += values
     return " AND ".join(clauses), params
+
+
+def _outcomes(types: Sequence[str]) -> tuple[str, list[Any]]:
+    """The filter on ``outcome`` as plain comparisons with constants: one type is ``=``,
+    several are ``<>`` each type left out.  DuckDB evaluates those in the scan next to an
+    address filter; an IN list or ``list_contains`` there made a search ~6x slower
+    (bench/search.py)."""
+    wanted = sorted(set(types))
+    if len(wanted) == 1:
+        return "outcome = ?", wanted
+    unwanted = [t for t in STORED_TYPES if t not in wanted]
+    unknown = [t for t in wanted if t not in STORED_TYPES]
+    if unknown:  # not a stored outcome: keep the general form
+        return "list_contains(?, outcome)", [wanted]
+    if not unwanted:
+        return "true", []
+    return " AND ".join("outcome <> ?" for _ in unwanted), unwanted
 
 
 def _stored_types(q: TrackQuery) -> list[str]:
     return sorted(t for t in q.types if t != INPROGRESS)
 
 
+FIRST_SPAN = timedelta(days=1)  # a limited search reads the window's newest day first
+
+
+def spans(q: TrackQuery) -> list[tuple[datetime, datetime]]:
+    """The window cut into spans read one after the other, from the end it is ordered from:
+    one day, then each span four times the one before.  Rows are stored in time order, so
+    a span is a contiguous run of blocks; a search whose limit the newest day fills (a busy
+    account or domain) reads only that day."""
+    out: list[tuple[datetime, datetime]] = []
+    span = FIRST_SPAN
+    lo, hi = q.start, q.end
+    while lo < hi:
+        if q.newest_first:
+            cut = max(lo, hi - span)
+            out.append((cut, hi))
+            hi = cut
+        else:
+            cut = min(hi, lo + span)
+            out.append((lo, cut))
+            lo = cut
+        span *= 4
+    return out
+
+
+def _stored_search(con: duckdb.DuckDBPyConnection, q: TrackQuery, stored: list[str]) -> list[Any]:
+    where, params = _where(q, stored)
+    order = "DESC" if q.newest_first else "ASC"
+    sql = (
+        f"SELECT {', '.join(COLUMNS)} FROM events WHERE {where} "
+        f"ORDER BY ts {order}, queue_id {order}, recipient {order}"
+    )
+    if q.limit is not None:
+        sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"
+    return con.execute(sql, params).fetchall()
+
+
 def search(con: duckdb.DuckDBPyConnection, q: TrackQuery) -> list[TrackRow]:
     """The rows matching ``q``, newest first (or oldest first), at most ``q.limit``;
-    rows in progress come after the stored ones of the same order."""
+    rows in progress come after the stored ones of the same order.  With a limit, the
+    window is read span by span (``spans``) until the limit is reached: the same rows as
+    one query over the window, as the spans split it only between timestamps."""
     rows: list[TrackRow] = []
     stored = _stored_types(q)
-    if stored:
-        where, params = _where(q, stored)
-        order = "DESC" if q.newest_first else "ASC"
-        sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM events WHERE {where} "
-            f"ORDER BY ts {order}, queue_id {order}, recipient {order}"
-        )
-        if q.limit is not None:
-            sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"
-        rows = [TrackRow(*r) for r in con.execute(sql, params).fetchall()]
+    if stored and q.limit is None:
+        rows = [TrackRow(*r) for r in _stored_search(con, q, stored)]
+    elif stored and q.limit is not None:
+        need = q.limit + q.offset
+        found: list[Any] = []
+        for lo, hi in spans(q):
+            part = replace(q, start=lo, end=hi, limit=need - len(found), offset=0)
+            found += _stored_search(con, part, stored)
+            if len(found) >= need:
+                break
+        rows = [TrackRow(*r) for r in found[q.offset : need]]
     if INPROGRESS in q.types and (q.limit is None or len(rows) < q.limit):
         progress = in_progress(con, q)
         rows += progress[: None if q.limit is None else q.limit - len(rows)]
@@ -356,11 +415,13 @@ def trace(
     ident = ident.strip()
     mid = ident.strip("<>")
     far = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    # one equality per query: DuckDB then filters in the scan (an OR of columns it cannot)
     ids = {
         r[0]
         for r in con.execute(
-            "SELECT DISTINCT queue_id FROM events WHERE queue_id = ? OR origin = ? "
-            "OR trim(message_id, '<>') = ?",
+            "SELECT queue_id FROM events WHERE queue_id = ? UNION "
+            "SELECT queue_id FROM events WHERE origin = ? UNION "
+            "SELECT queue_id FROM events WHERE message_id = ?",
             [ident, ident, mid],
         ).fetchall()
     }
@@ -374,24 +435,27 @@ def trace(
     if not ids:
         return []
     for _ in range(4):  # the re-injection of a bounce of the message: three links away
-        more = {
-            r[0]
-            for r in con.execute(
-                "SELECT DISTINCT queue_id FROM events WHERE list_contains(?, origin) "
-                "OR list_contains(?, parent)",
-                [sorted(ids), sorted(ids)],
-            ).fetchall()
-        }
+        known = sorted(ids)
+        links = [
+            f"SELECT queue_id FROM events WHERE {column} = ?"
+            for column in ("origin", "parent")
+            for _ in known
+        ]
+        more = {r[0] for r in con.execute(" UNION ".join(links), known * 2).fetchall()}
         if more <= ids:
             break
         ids |= more
     roots = sorted(ids)
+    parts = [
+        f"SELECT {', '.join(COLUMNS)} FROM events WHERE {column} = ?"
+        for column in ("queue_id", "origin", "parent")
+        for _ in roots
+    ]
     rows = [
         TrackRow(*r)
         for r in con.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM events WHERE list_contains(?, queue_id) "
-            "OR list_contains(?, origin) OR list_contains(?, parent)",
-            [roots, roots, roots],
+            " UNION ALL ".join(parts),
+            roots * 3,
         ).fetchall()
     ]
     for qid in roots:
@@ -414,3 +478,36 @@ def trace(
             continue
         out.append(r)
     return out
+
+
+def distinct(con: duckdb.DuckDBPyConnection, q: TrackQuery, what: str) -> int:
+    """How many different values of ``what`` the rows of ``q`` have (empty values are not
+    counted): ``sender``, ``sender_domain``, ``recipient``, ``recipient_domain``,
+    ``client_host`` (a receipt's client host, else its IP)."""
+    expressions = {
+        "sender": "nullif(lower(sender), '')",
+        "sender_domain": "nullif(sender_domain, '')",
+        "recipient": "nullif(lower(recipient), '')",
+        "recipient_domain": "nullif(lower(split_part(recipient, '@', 2)), '')",
+        "client_host": "nullif(coalesce(nullif(client_host, ''), client_ip), '')",
+    }
+    expr = expressions[what]
+    stored = _stored_types(q)
+    if not stored:
+        return 0
+    where, params = _where(q, stored)
+    row = con.execute(f"SELECT count(DISTINCT {expr}) FROM events WHERE {where}", params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def newest(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The time of the newest stored row (or message still in the queue), None when there is
+    none: where the CLI's default windows end, so they follow the data, not the clock."""
+    row = con.execute(
+        "SELECT greatest((SELECT max(ts) FROM events), "
+        "(SELECT max(accepted_at) FROM pending WHERE received))"
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    ts: datetime = row[0]
+    return ts.replace(tzinfo=UTC)

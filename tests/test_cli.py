@@ -34,7 +34,10 @@ def test_commands_have_help_and_are_documented(command):
 def test_parser_lists_the_documented_commands():
     """The documented commands are exactly the parser's."""
     sub = build_parser()._subparsers._group_actions[0]
-    assert {"backfill", "query", "parse", "serve", "check-config", "example"} == set(sub.choices)
+    assert {
+        "backfill", "query", "search", "trace", "report", "parse", "serve", "check-config",
+        "example",
+    } == set(sub.choices)  # fmt: skip
 
 
 def test_parse_report(tmp_path):

@@ -34,6 +34,11 @@ SHIPPED = {
     "config": ("config/logstats.example.yaml", "logstats/examples/logstats.example.yaml"),
     "unit": ("systemd/logstats.service", "logstats/unitfiles/logstats.service"),
     "sysusers": ("systemd/logstats.conf", "logstats/unitfiles/logstats.conf"),
+    "report-service": (
+        "systemd/logstats-report.service",
+        "logstats/unitfiles/logstats-report.service",
+    ),
+    "report-timer": ("systemd/logstats-report.timer", "logstats/unitfiles/logstats-report.timer"),
     "manpage": ("docs/logstats.1", "logstats/manual/logstats.1"),
 }
 SKIP = shutil.ignore_patterns(

@@ -602,3 +602,91 @@ def test_serve_notifies_ready_watchdog_and_stopping(
             proc.kill()
             proc.communicate()
     assert 0 == proc.returncode, stderr
+
+
+# -- the daily report: logstats-report.service + logstats-report.timer ---------------------
+
+REPORT_UNIT = ROOT / "systemd" / "logstats-report.service"
+REPORT_TIMER = ROOT / "systemd" / "logstats-report.timer"
+
+
+def _report_units(tmp_path: Path) -> tuple[Path, Path]:
+    """Copies whose ExecStart= names this venv's logstats (verify checks what exists)."""
+    text = REPORT_UNIT.read_text()
+    assert "/usr/local/bin/logstats report " in text
+    service = tmp_path / REPORT_UNIT.name
+    service.write_text(text.replace("/usr/local/bin/logstats ", f"{LOGSTATS} "))
+    timer = tmp_path / REPORT_TIMER.name
+    timer.write_text(REPORT_TIMER.read_text())
+    return service, timer
+
+
+def test_report_timer_and_service_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the timer and its service without a warning; the
+    timer fires every morning at 06:00 and catches up a missed one."""
+    analyze = need_tool("systemd-analyze")
+    service, timer = _report_units(tmp_path)
+    proc = subprocess.run(
+        [analyze, "verify", str(service), str(timer)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert (0, "", "") == (proc.returncode, proc.stdout, proc.stderr)
+    timer_cfg = unit_config(REPORT_TIMER)["Timer"]
+    assert ("*-*-* 06:00", "true") == (timer_cfg["OnCalendar"], timer_cfg["Persistent"])
+    assert "oneshot" == unit_config(REPORT_UNIT)["Service"]["Type"]
+    proc = subprocess.run(
+        [analyze, "calendar", timer_cfg["OnCalendar"]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and "Normalized form: *-*-* 06:00:00" in proc.stdout, proc.stdout
+
+
+def _exec_start_argv(value: str, host: str) -> list[str]:
+    """ExecStart= as systemd hands it over: specifiers (%H, %%), $$, and C escapes in
+    quotes resolved (the subset the unit uses), then split into words."""
+    import shlex
+
+    value = value.replace("%%", "\0").replace("%H", host).replace("\0", "%")
+    value = value.replace("$$", "$").replace("\\\\", "\\")
+    return shlex.split(value)
+
+
+def test_report_service_mails_the_report(tmp_path: Path) -> None:
+    """The service's command line, run with sendmail replaced by a recorder: one message to
+    root with a Subject naming the host and the report as its body; a failing report sends
+    nothing and fails the unit."""
+    from tests.conftest import run_cli
+
+    demo = ROOT / "fixtures" / "demo"
+    db = tmp_path / "r.duckdb"
+    cfg = tmp_path / "logstats.yaml"
+    cfg.write_text(f"timezone: UTC\nstore:\n  path: {db}\nserve:\n  socket: {tmp_path}/no.sock\n")
+    run_cli("backfill", "--config", str(cfg), *map(str, sorted(demo.iterdir())))
+    sent = tmp_path / "sent"
+    recorder = tmp_path / "sendmail"
+    recorder.write_text(f'#!/bin/sh\n[ "$1" = "-t" ] || exit 64\ncat > {sent}\n')
+    recorder.chmod(0o755)
+    (value,) = unit_values("ExecStart", REPORT_UNIT)
+    argv = _exec_start_argv(value, "mx.example")
+    assert argv[:2] == ["/bin/sh", "-c"]
+    script = (
+        argv[2]
+        .replace("/usr/local/bin/logstats ", f"{LOGSTATS} ")
+        .replace("/etc/logstats/logstats.yaml", f"{cfg} --start 20261124")
+        .replace("/usr/sbin/sendmail", str(recorder))
+    )
+    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    head, _, body = sent.read_text().partition("\n\n")
+    assert head.splitlines()[:2] == ["To: root", "Subject: logstats report for mx.example"]
+    report = run_cli("report", "--config", str(cfg), "--start", "20261124").stdout
+    assert body == report
+    sent.unlink()
+    broken = script.replace(str(cfg), str(tmp_path / "missing.yaml"))
+    proc = subprocess.run(["/bin/sh", "-c", broken], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and not sent.exists()
