@@ -19,6 +19,9 @@ COMMANDS = [
     "parse",
     "serve",
     "check-config",
+    "search",
+    "trace",
+    "report",
     "example",
 ]
 
