@@ -1,0 +1,167 @@
+"""Mailgun's Events API (``GET /v3/{domain}/events``) against the real daemon on the API
+fixtures: the events of each sending domain count what the Mailgun stats of the same window
+count, paging walks every row once in both orders, filters and scope hold, and odd values
+are a 400 in Mailgun's envelope."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests import test_api
+from tests.schemas import mailgun_events as ev_schema
+from tests.schemas import validate
+from tests.test_api import (
+    ADMIN_KEY,
+    ALICE_KEY,
+    DOMAIN_KEY,
+    EVENTS,
+    SENDER_DOMAINS,
+    Api,
+    basic,
+    mailgun_sums,
+)
+
+api = test_api.api  # the daemon on the API fixtures (one per module)
+
+
+def window(a: Api) -> dict[str, str]:
+    start = datetime.combine(a.first_day - timedelta(days=1), datetime.min.time(), UTC)
+    end = datetime.combine(a.last_day + timedelta(days=2), datetime.min.time(), UTC)
+    return {"begin": str(int(start.timestamp())), "end": str(int(end.timestamp()))}
+
+
+def get(a: Api, path: str, params: dict[str, str] | None = None, key: str = ADMIN_KEY) -> Any:
+    resp = a.request("GET", path, params, headers=basic(key))
+    assert 200 == resp.status, resp.text
+    body = resp.json()
+    problems = validate(body, ev_schema.ENVELOPE)
+    for i, it in enumerate(body["items"]):
+        problems += validate(it, ev_schema.item(it["event"]), f"$.items[{i}]")
+    assert not problems, problems[:5]
+    return body
+
+
+def walk(a: Api, domain: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    """Every item of a query, following ``paging.next`` until a page is empty."""
+    body = get(a, f"/v3/{domain}/events", params)
+    items: list[dict[str, Any]] = []
+    for _ in range(1000):
+        if not body["items"]:
+            return items
+        items += body["items"]
+        url = urlsplit(body["paging"]["next"])
+        assert url.netloc == f"127.0.0.1:{a.port}"  # the request's own base
+        body = get(a, f"{url.path}")
+    raise AssertionError("paging does not end")
+
+
+def tally(items: list[dict[str, Any]]) -> dict[str, int]:
+    c = Counter(
+        it["event"] if it["event"] != "failed" else f"failed-{it['severity']}" for it in items
+    )
+    return {
+        "accepted": c["accepted"],
+        "delivered": c["delivered"],
+        "deferred": c["failed-temporary"],
+        "failed": c["failed-permanent"],
+    }
+
+
+@pytest.mark.parametrize("domain", SENDER_DOMAINS)
+def test_events_count_what_domain_stats_count(api: Api, domain: str) -> None:
+    """Per sending domain: accepted / delivered / failed temporary / failed permanent events
+    over the window equal ``/v3/{domain}/stats/total`` of the same window, and the truth."""
+    items = walk(api, domain, {**window(api), "ascending": "yes", "limit": "50"})
+    stats = api.request(
+        "GET",
+        f"/v3/{domain}/stats/total",
+        {"event": EVENTS, **api.mailgun_window()},
+        headers=basic(ADMIN_KEY),
+    ).json()
+    got = mailgun_sums(stats)["*"]
+    want = {k: got[k] for k in ("accepted", "delivered", "deferred", "failed")}
+    assert want == tally(items)
+    truth = api.truth.sender_domains[domain]
+    assert truth["delivered"] == tally(items)["delivered"]
+    assert {domain} >= {i["envelope"]["sender"].rpartition("@")[2] for i in items} - {""}
+
+
+def test_paging_walks_every_row_once_in_both_orders(api: Api) -> None:
+    domain = "alice.test"
+    up = walk(api, domain, {**window(api), "ascending": "yes", "limit": "3"})
+    w = window(api)
+    down = walk(api, domain, {"begin": w["end"], "end": w["begin"], "limit": "4"})
+    ids = [i["id"] for i in up]
+    assert len(ids) == len(set(ids)) and len(ids) > 6
+    assert ids == [i["id"] for i in down][::-1]
+    assert [i["timestamp"] for i in up] == sorted(i["timestamp"] for i in up)
+
+
+def test_previous_page_is_the_page_before(api: Api) -> None:
+    params = {**window(api), "ascending": "yes", "limit": "3"}
+    first = get(api, "/v3/alice.test/events", params)
+    second = get(api, urlsplit(first["paging"]["next"]).path)
+    back = get(
+        api,
+        "/v3/alice.test/events",
+        {"page": urlsplit(second["paging"]["previous"]).path.rpartition("/")[2]},
+    )
+    assert [i["id"] for i in first["items"]] == [i["id"] for i in back["items"]]
+
+
+def test_filters(api: Api) -> None:
+    base = {**window(api), "ascending": "yes", "limit": "300"}
+    every = walk(api, "alice.test", base)
+    for event in ("delivered", "accepted", "failed"):
+        got = walk(api, "alice.test", {**base, "event": event})
+        assert [i["id"] for i in every if i["event"] == event] == [i["id"] for i in got]
+    temp = walk(api, "alice.test", {**base, "severity": "temporary"})
+    assert [i["id"] for i in every if i.get("severity") == "temporary"] == [i["id"] for i in temp]
+    nd = walk(api, "alice.test", {**base, "event": "NOT delivered"})
+    assert [i["id"] for i in every if i["event"] != "delivered"] == [i["id"] for i in nd]
+    both = walk(api, "alice.test", {**base, "event": "delivered OR failed"})
+    assert [i["id"] for i in every if i["event"] != "accepted"] == [i["id"] for i in both]
+    rcpt = next(i["recipient"] for i in every if i["event"] == "delivered")
+    mine = walk(api, "alice.test", {**base, "recipient": rcpt})
+    assert mine and all(i["recipient"] == rcpt for i in mine)
+    assert [] == walk(api, "alice.test", {**base, "event": "rejected"})
+
+
+def test_scope_is_403_in_mailguns_envelope(api: Api) -> None:
+    for key, domain in ((ALICE_KEY, "bob.test"), (DOMAIN_KEY, "alice.test")):
+        resp = api.request("GET", f"/v3/{domain}/events", headers=basic(key))
+        assert 403 == resp.status and set(resp.json()) == {"message"}, resp.text
+    mine = walk(api, "bob.test", window(api) | {"ascending": "yes"})
+    resp = api.request(
+        "GET", "/v3/bob.test/events", {**window(api), "ascending": "yes"}, headers=basic(DOMAIN_KEY)
+    )
+    assert [i["id"] for i in mine][:100] == [i["id"] for i in resp.json()["items"]]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "0"}, {"limit": "301"}, {"limit": "x"}, {"begin": "yesterday"},
+        {"end": "1e99"}, {"ascending": "maybe"}, {"event": "bogus"}, {"severity": "soft"},
+        {"page": "garbage"}, {"page": "AAAA"}, {"subject": "hi"}, {"begin": "\x00"},
+        {"event": "NOT (x OR"}, {"begin": "10", "end": "20", "ascending": "no"},
+    ],
+)  # fmt: skip
+def test_odd_values_are_400(api: Api, params: dict[str, str]) -> None:
+    resp = api.request("GET", "/v3/alice.test/events", params, headers=basic(ADMIN_KEY))
+    assert 400 == resp.status and set(resp.json()) == {"message"}, resp.text
+
+
+def test_tampered_token_is_400(api: Api) -> None:
+    body = get(api, "/v3/alice.test/events", {**window(api), "ascending": "yes", "limit": "2"})
+    token = urlsplit(body["paging"]["next"]).path.rpartition("/")[2]
+    bad = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    resp = api.request("GET", f"/v3/alice.test/events/{bad}", headers=basic(ADMIN_KEY))
+    assert 400 == resp.status and set(resp.json()) == {"message"}, resp.text
+    other = api.request("GET", f"/v3/bob.test/events/{token}", headers=basic(ADMIN_KEY))
+    assert 400 == other.status, other.text
