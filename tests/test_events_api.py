@@ -5,8 +5,11 @@ are a 400 in Mailgun's envelope."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -165,3 +168,63 @@ def test_tampered_token_is_400(api: Api) -> None:
     assert 400 == resp.status and set(resp.json()) == {"message"}, resp.text
     other = api.request("GET", f"/v3/bob.test/events/{token}", headers=basic(ADMIN_KEY))
     assert 400 == other.status, other.text
+
+
+def test_mailgun_sdk_reads_events(api: Api) -> None:
+    """The official ``mailgun`` SDK, unpatched, with only ``api_url`` and the key:
+    ``events.get(domain=, filters=)`` answers the first page, and ``events.stream`` (which
+    follows ``paging.next`` by its query string) yields every event the HTTP walk finds,
+    counting what the domain's stats count."""
+    client_mod = pytest.importorskip("mailgun.client")
+    params = {**window(api), "ascending": "yes", "limit": "5"}
+    want = walk(api, "bob.test", params)
+    with client_mod.Client(auth=("api", ADMIN_KEY), api_url=api.base_url) as client:
+        first = client.events.get(domain="bob.test", filters=params)
+        assert 200 == first.status_code, first.text
+        assert [i["id"] for i in want[:5]] == [i["id"] for i in first.json()["items"]]
+        streamed = list(client.events.stream(domain="bob.test", filters=params))
+    assert [i["id"] for i in want] == [i["id"] for i in streamed]
+    truth = api.truth.sender_domains["bob.test"]
+    assert [truth["messages"], truth["delivered"], truth["deferred"]] == [
+        tally(streamed)[k] for k in ("accepted", "delivered", "deferred")
+    ]
+
+
+JS = Path(__file__).parent / "js"
+
+
+def node_sdk() -> Path:
+    """tests/js installed from its lockfile (``npm ci``) when it is not yet."""
+    if not (JS / "node_modules" / "mailgun.js" / "package.json").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=JS,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return JS / "events.js"
+
+
+def test_mailgun_js_sdk_walks_events(api: Api) -> None:
+    """The official npm ``mailgun.js`` (v12), unchanged but for ``url``: ``events.get``
+    walked with the SDK's own page ids (``pages.next.page``, taken after the URL's last
+    ``/``) yields every event of the HTTP walk, and bob.test's truth."""
+    script = node_sdk()
+    w = window(api)
+    out = subprocess.run(
+        ["node", str(script), api.base_url, ADMIN_KEY, "bob.test", w["begin"], w["end"], "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == out.returncode, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert {"first", "last", "next", "previous"} <= set(got["pages"])
+    want = walk(api, "bob.test", {**w, "ascending": "yes", "limit": "5"})
+    assert [i["id"] for i in want] == [i["id"] for i in got["items"]]
+    truth = api.truth.sender_domains["bob.test"]
+    assert [truth["messages"], truth["delivered"], truth["deferred"]] == [
+        tally(got["items"])[k] for k in ("accepted", "delivered", "deferred")
+    ]
