@@ -24,6 +24,8 @@ from tests.test_api import (
     DOMAIN_KEY,
     EVENTS,
     SENDER_DOMAINS,
+    TAG_KEY,
+    TAGS_KEY,
     Api,
     basic,
     mailgun_sums,
@@ -144,6 +146,33 @@ def test_scope_is_403_in_mailguns_envelope(api: Api) -> None:
         "GET", "/v3/bob.test/events", {**window(api), "ascending": "yes"}, headers=basic(DOMAIN_KEY)
     )
     assert [i["id"] for i in mine][:100] == [i["id"] for i in resp.json()["items"]]
+
+
+def test_tag_keys_see_their_tag_only(api: Api) -> None:
+    """A key limited to one tag reads that tag's events; asking another tag, or (with a key
+    of two tags) naming none, is 403."""
+    params = {**window(api), "ascending": "yes", "limit": "300"}
+    every = walk(api, "alice.test", params)
+    resp = api.request("GET", "/v3/alice.test/events", params, headers=basic(TAG_KEY))
+    assert 200 == resp.status, resp.text
+    want = [i["id"] for i in every if "billing" in i["tags"]]
+    assert want and want == [i["id"] for i in resp.json()["items"]]
+    for key, extra in ((TAG_KEY, {"tags": "promo"}), (TAGS_KEY, {})):
+        resp = api.request("GET", "/v3/alice.test/events", params | extra, headers=basic(key))
+        assert 403 == resp.status and set(resp.json()) == {"message"}, resp.text
+
+
+def test_hostile_host_header_and_paths_never_500(api: Api) -> None:
+    """A forged Host never reaches the paging URLs; odd domains and tokens are 4xx."""
+    resp = api.request(
+        "GET", "/v3/alice.test/events", headers=basic(ADMIN_KEY) | {"Host": "evil/x?y"}
+    )
+    assert 200 == resp.status, resp.text
+    assert resp.json()["paging"]["next"].startswith("http://localhost/v3/alice.test/events/")
+    for path in ("/v3/%00/events", "/v3/alice.test/events/" + "A" * 5000,
+                 "/v3/alice.test/events/%FF%FE", "/v3/alice.test/events/..."):  # fmt: skip
+        resp = api.request("GET", path, headers=basic(ADMIN_KEY))
+        assert 400 <= resp.status < 500, (path, resp.status, resp.text)
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ _SEVERITY = {"temporary": frozenset({track.DEFERRED}),
              "permanent": frozenset({track.FAILED, track.EXPIRED})}  # fmt: skip
 _FILTERS = ("event", "recipient", "from", "message-id", "severity", "tags", "tag", "to")
 _KEPT = (*_FILTERS, "begin", "end", "ascending", "limit")
+_DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9])?")
 _CODE = re.compile(r"(?<![\d.])([245]\d\d)(?![\d.])")
 _ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 
@@ -100,6 +101,15 @@ def _types(expr: str) -> frozenset[str]:
     return every - out if negate else frozenset(out)
 
 
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _instant(text: str) -> datetime:
+    """A cursor's time, kept as ISO text (a float epoch would lose microseconds)."""
+    return _utc(datetime.fromisoformat(text))
+
+
 def _encode(data: Any) -> str:
     raw = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
     digest = hashlib.sha256(raw).digest()[:8]
@@ -123,6 +133,8 @@ def _decode(token: str) -> Any:
 def parse(params: Params, now: datetime, path: Mapping[str, str] | None = None) -> EventsQuery:
     """The query of a first page, or of the page a token names."""
     domain = (path or {}).get("domain", "").strip().lower()
+    if not _DOMAIN.fullmatch(domain):
+        raise error("domain", f"domain: {domain[:100]!r} is not a domain name")
     token = (path or {}).get("page") or _one(params, "page")
     cursor: tuple[datetime, str, str, str] | None = None
     back = False
@@ -134,7 +146,7 @@ def parse(params: Params, now: datetime, path: Mapping[str, str] | None = None) 
                 raise ValueError("domain")
             if data["a"] is not None:
                 ts, qid, rcpt, outcome = data["a"]
-                cursor = (datetime.fromtimestamp(float(ts), UTC), str(qid), str(rcpt), str(outcome))
+                cursor = (_instant(str(ts)), str(qid), str(rcpt), str(outcome))
             back = bool(data["b"])
         except (KeyError, ValueError, TypeError, OverflowError, OSError) as exc:
             raise error("page", "page: not a page token of this API") from exc
@@ -209,11 +221,10 @@ def _query(
 def _token(query: EventsQuery, cursor: track.TrackRow | None, back: bool) -> str:
     after: list[Any] | None = None
     if cursor is not None:
-        ts = cursor.ts.replace(tzinfo=UTC).timestamp()
-        after = [ts, cursor.queue_id, cursor.recipient, cursor.outcome]
+        after = [_utc(cursor.ts).isoformat(), cursor.queue_id, cursor.recipient, cursor.outcome]
     elif query.track.after is not None and back == query.back:  # an empty page: stay
         kept = query.track.after
-        after = [kept[0].timestamp(), *kept[1:]]
+        after = [_utc(kept[0]).isoformat(), *kept[1:]]
     return _encode({"d": query.domain, "p": [list(p) for p in query.params], "a": after,
                     "b": back})  # fmt: skip
 
