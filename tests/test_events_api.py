@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,58 @@ def test_mailgun_js_sdk_walks_events(api: Api) -> None:
     assert [truth["messages"], truth["delivered"], truth["deferred"]] == [
         tally(got["items"])[k] for k in ("accepted", "delivered", "deferred")
     ]
+
+
+def test_track_keyset_cursor_walks_ties_once() -> None:
+    """``track.search`` with ``after``: rows sharing a second (and a queue id) are walked
+    once each in both orders, one row a page; ``exclude_accounts`` drops an account."""
+    import duckdb
+
+    from logstats import track
+
+    con = duckdb.connect()
+    types = {"ts": "TIMESTAMP", "size": "BIGINT", "local": "BOOLEAN", "sent_at": "TIMESTAMP"}
+    con.execute(
+        "CREATE TABLE events ("
+        + ", ".join(f"{c} {types.get(c, 'VARCHAR')}" for c in track.COLUMNS)
+        + ")"
+    )
+    t0 = datetime(2020, 5, 1, 12, 0, 0, 123457)
+    rows = [
+        (t0, "q1", "a@x.test", "deferred", "alice"),
+        (t0, "q1", "a@x.test", "delivered", "alice"),
+        (t0, "q1", "b@x.test", "delivered", "alice"),
+        (t0, "q2", "a@x.test", "failed", "alice"),
+        (t0 + timedelta(seconds=1), "q0", "c@x.test", "delivered", "alice"),
+        (t0, "q3", "d@x.test", "delivered", "-system-"),
+    ]
+    for ts, qid, rcpt, outcome, account in rows:
+        values = dict.fromkeys(track.COLUMNS, None) | {
+            "ts": ts, "mta": "exim", "scope": "", "queue_id": qid, "account": account,
+            "sender_domain": "x.test", "recipient": rcpt, "outcome": outcome, "size": 1,
+        }  # fmt: skip
+        con.execute(
+            f"INSERT INTO events VALUES ({', '.join('?' for _ in track.COLUMNS)})",
+            [values[c] for c in track.COLUMNS],
+        )
+    start, end = datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)
+    for newest_first in (False, True):
+        q = track.TrackQuery(
+            start,
+            end,
+            types=frozenset({track.DELIVERED, track.DEFERRED, track.FAILED}),
+            limit=1,
+            newest_first=newest_first,
+            exclude_accounts=("-system-",),
+        )
+        seen: list[tuple[Any, ...]] = []
+        for _ in range(10):
+            page = track.search(con, q)
+            if not page:
+                break
+            r = page[0]
+            seen.append((r.ts, r.queue_id, r.recipient, r.outcome))
+            after = (r.ts.replace(tzinfo=UTC), r.queue_id, r.recipient, r.outcome)
+            q = replace(q, after=after)
+        want = sorted((ts, q_, r_, o) for ts, q_, r_, o, a in rows if a == "alice")
+        assert (want[::-1] if newest_first else want) == seen
