@@ -678,7 +678,9 @@ def _narrow(
 ) -> tuple[Any, SeriesRequest]:
     """No name asked in a limited dimension: the key's one name is the filter."""
     if len(limit) != 1:
-        raise Denied(403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one")
+        raise Denied(
+            403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one"
+        )
     q = replace(q, request=replace(request, filters=(*request.filters, (dimension, limit[0]))))
     return q, q.request
 

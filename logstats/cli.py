@@ -510,7 +510,9 @@ class _ProgressBar:
         self.bar.close()
 
 
-def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool) -> int:
+def _backfill_file(
+    ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progress: bool
+) -> int:
     t0 = time.monotonic()
     bars: list[_ProgressBar] = []
 

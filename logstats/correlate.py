@@ -1111,6 +1111,4 @@ def _dsn_in(reply: str | None) -> str | None:
         return None
     m = _DSN.search(reply)
     return m.group(1) if m else None
-
-
 _QUEUE_EXPIRED = "expired in the queue, returned to sender"  # Postfix qmgr status=expired

@@ -1258,9 +1258,9 @@ def test_a_wildcard_domain_key_reads_matching_domains(api: Api, domain: str) -> 
     assert ["bob.test"] == matching  # the fixture's fact the SendGrid comparison rests on
     total = api.request("GET", "/v3/stats/total", params, headers=basic(WILD_KEY))
     assert 200 == total.status, total.text
-    assert {k: sum(per_domain[d][k] for d in matching) for k in MG_FIELDS} == mailgun_sums(
-        total.json()
-    )["*"]
+    assert {
+        k: sum(per_domain[d][k] for d in matching) for k in MG_FIELDS
+    } == mailgun_sums(total.json())["*"]
     listed = api.request("GET", "/v3/stats/filter", grouped, headers=basic(WILD_KEY))
     assert matching == sorted(mailgun_sums(listed.json(), "domain"))
     form = {"aggregate": "1"}

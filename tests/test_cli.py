@@ -324,9 +324,9 @@ def test_an_account_that_does_not_exist_is_a_failure(tmp_path):
         got = json.loads(run_cli(*base, f"--account={account}").stdout)["cpanelresult"]
         assert [counted[account]] == got["data"], account
     # an existing account with nothing in the window is zeros, not a failure
-    quiet = json.loads(run_cli(*base, f"--account={unmapped[0]}", "--start", "20300101").stdout)[
-        "cpanelresult"
-    ]
+    quiet = json.loads(
+        run_cli(*base, f"--account={unmapped[0]}", "--start", "20300101").stdout
+    )["cpanelresult"]
     assert (1, {"0"}) == (quiet["event"]["result"], set(quiet["data"][0].values()))
     table = run_cli(*base, "--account", "nobody", "--format", "table", check=False)
     assert (1, "") == (table.returncode, table.stdout)

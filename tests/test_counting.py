@@ -197,11 +197,8 @@ def test_rejects_and_mta_bounces_in_the_four_shapes(tmp_path):
                           domains["stats"][0]["delivered"]["total"]]  # fmt: skip
         # SMTPeter per tag = Mailgun filter=tag: = the SendGrid category (independent shapes)
         news = ask(store, "smtpeter", {}, {"tag": "news"})
-        tagged = ask(
-            store,
-            "mailgun.filter",
-            {"event": ["accepted", "delivered"], "filter": "tag:news", "start": "1717200000"},
-        )
+        tagged = ask(store, "mailgun.filter", {"event": ["accepted", "delivered"],
+                                               "filter": "tag:news", "start": "1717200000"})
         category = category_sums(store, ["news"])
         assert [news["messages"], news["deliveries"]] == [
             sum(i["accepted"]["total"] for i in tagged["stats"]),

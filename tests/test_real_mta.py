@@ -418,7 +418,9 @@ def test_track_delivery_finds_every_recipient_by_every_filter(
         con = store.con
 
         def find(**filters: Any) -> list[track.TrackRow]:
-            q = track.TrackQuery(*far, newest_first=False, limit=None, types=everything, **filters)
+            q = track.TrackQuery(
+                *far, newest_first=False, limit=None, types=everything, **filters
+            )
             return track.search(con, q)
 
         for sub in SUBMISSIONS:
@@ -476,9 +478,9 @@ def test_track_delivery_finds_every_recipient_by_every_filter(
             assert receipt == trace[0], sub.key
             assert all(r in trace for r in per_message), sub.key
             bounced = any(m.bounce_of == sub.key for m in sim.messages.values())
-            assert bounced == any(r.account == SYSTEM and r.outcome == track.SEND for r in trace), (
-                sub.key
-            )
+            assert bounced == any(
+                r.account == SYSTEM and r.outcome == track.SEND for r in trace
+            ), sub.key
             assert bounced == any(
                 r.account == SYSTEM and r.outcome == "delivered" and r.recipient == sub.sender
                 for r in trace
