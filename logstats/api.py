@@ -369,6 +369,8 @@ class Router:
             return self._emailtrack(target.name, _single(params), headers, peer)
         if target.family == "track":
             return self._track(_single(params), headers, peer)
+        if target.name == "mailgun.events":
+            return self._events(dict(target.path_params), params, headers, peer)
         return self._vendor(target.name, dict(target.path_params), params, headers, peer)
 
     def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:
@@ -556,6 +558,56 @@ class Router:
         except ValueError as exc:  # a grouping the store does not keep
             return error_answer(family, 400, str(exc), xml=xml)
 
+    def _events(
+        self,
+        path_params: dict[str, str],
+        params: dict[str, list[str]],
+        headers: Any,
+        peer: str | None,
+    ) -> Answer:
+        """Mailgun's events of one sending domain, one page (``shapes.mailgun_events``)."""
+        from logstats import track
+        from logstats.shapes import mailgun_events
+
+        try:
+            caller = self._caller("mailgun", params, headers, peer)
+            q = mailgun_events.parse(params, datetime.now(UTC), path_params)
+            q = self._scope_domain(q, caller)
+            with self._cursor() as cur:
+                rows = track.search(cur, q.track)
+            return 200, mailgun_events.render(q, rows, _base(headers)), JSON
+        except ApiError as exc:
+            return exc.status, exc.body, exc.content_type
+        except Denied as exc:
+            return error_answer("mailgun", exc.status, str(exc))
+
+    def _scope_domain(self, q: Any, caller: Caller) -> Any:
+        """The scope rule for a call naming one sending domain in its path (Mailgun events):
+        a domain (or an asked tag) outside the key's scope is 403; a key limited to accounts
+        reads only their rows, a key limited to one tag only that tag's."""
+        if caller.unlimited:
+            return q
+        domain = q.domain
+        if caller.accounts is not None:
+            owner = self._domains().get(domain)
+            if owner is not None and owner not in caller.accounts:
+                raise Denied(403, f"domain {domain!r}: this key may not see it")
+            q = q.scoped(caller.accounts)
+        domains = _lower(caller.domains)
+        if domains is not None and not _matches(domain, domains):
+            raise Denied(403, f"domain {domain!r}: this key may not see it")
+        if caller.tags is not None:
+            tag = q.track.tag
+            if tag is not None and tag not in caller.tags:
+                raise Denied(403, f"tag {tag!r}: this key may not see it")
+            if tag is None:
+                if len(caller.tags) != 1:
+                    raise Denied(
+                        403, f"this key is limited to tags {', '.join(caller.tags)}: name one"
+                    )
+                q = replace(q, track=replace(q.track, tag=caller.tags[0]))
+        return q
+
     def _scope(self, q: Any, caller: Caller) -> Any:
         """Restrict a parsed query to what the caller may see, or refuse (403) a name
         outside it (the module docstring's scope rule).
@@ -611,6 +663,17 @@ class Router:
 
 
 _WILDCARDS = frozenset("*?[")
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
+
+
+def _base(headers: Any) -> str:
+    """The request's own base URL (scheme and Host), for absolute URLs in an answer; a
+    missing or malformed Host (the Unix socket) is ``localhost``."""
+    scheme = _header(headers, ":scheme")
+    host = _header(headers, "Host").strip()
+    if scheme not in ("http", "https"):
+        scheme = "http"
+    return f"{scheme}://{host if _HOST.fullmatch(host) else 'localhost'}"
 
 
 def _plain(exc: Denied) -> Answer:

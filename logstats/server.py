@@ -204,6 +204,9 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
     return Protocol
 
 
+SCHEME = ":scheme"  # a pseudo-header (no HTTP header name has a colon): the request's scheme
+
+
 class _Headers(dict[str, str]):
     """Request headers by lower-case name (repeated ones joined with ", ")."""
 
@@ -298,6 +301,7 @@ class App:
         for raw_name, raw_value in scope["headers"]:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        headers[SCHEME] = str(scope.get("scheme") or "http")  # for absolute URLs in answers
         params = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         uid = (scope.get("state") or {}).get(PEER)
         try:  # h11 has refused a Content-Length that is not one number (400)

@@ -109,6 +109,9 @@ class TrackQuery:
     newest_first: bool = True
     limit: int | None = 250
     offset: int = 0
+    # keyset paging: only rows after this (ts, queue_id, recipient, outcome) in the order
+    after: tuple[datetime, str, str, str] | None = None
+    exclude_accounts: tuple[str, ...] = ()  # e.g. ``-system-`` for the vendor shapes
 
 
 def _naive(ts: datetime) -> datetime:
@@ -157,6 +160,13 @@ def _where(q: TrackQuery, types: Sequence[str]) -> tuple[str, list[Any]]:
     if q.tag is not None:
         clauses.append("list_contains(string_split(tags, ','), ?)")
         params.append(q.tag)
+    if q.exclude_accounts:
+        clauses.append("NOT list_contains(?, account)")
+        params.append(list(q.exclude_accounts))
+    if q.after is not None:
+        op = "<" if q.newest_first else ">"
+        clauses.append(f"(ts, queue_id, recipient, outcome) {op} (?, ?, ?, ?)")
+        params += [_naive(q.after[0]), *q.after[1:]]
     clause, values = _outcomes(types)
     clauses.append(clause)
     params += values
@@ -213,7 +223,7 @@ def _stored_search(con: duckdb.DuckDBPyConnection, q: TrackQuery, stored: list[s
     order = "DESC" if q.newest_first else "ASC"
     sql = (
         f"SELECT {', '.join(COLUMNS)} FROM events WHERE {where} "
-        f"ORDER BY ts {order}, queue_id {order}, recipient {order}"
+        f"ORDER BY ts {order}, queue_id {order}, recipient {order}, outcome {order}"
     )
     if q.limit is not None:
         sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from logstats.model import Dimension, Resolution, SeriesRequest, SeriesRow
 from logstats.shapes import EPOCH, FAR_FUTURE, SHAPES, ApiError, mailgun, sendgrid, smtpeter
 from tests.schemas import mailgun as mg_schema
+from tests.schemas import mailgun_events as ev_schema
 from tests.schemas import sendgrid as sg_schema
 from tests.schemas import smtpeter as sp_schema
 from tests.schemas import validate, validate_xml
@@ -623,6 +624,7 @@ def test_smtpeter_missing_tag_is_400():
 def test_registry_names_every_shape_with_routes():
     """SHAPES holds a (parse, render) pair, routes and content type for each endpoint."""
     assert {
+        "mailgun.events",
         "mailgun.total",
         "mailgun.domain_total",
         "mailgun.domains",
@@ -712,6 +714,7 @@ _SCHEMAS: dict[str, Any] = {
     "mailgun.providers": mg_schema.PROVIDERS,
     "mailgun.devices": mg_schema.DEVICES,
     "mailgun.countries": mg_schema.COUNTRIES,
+    "mailgun.events": ev_schema.ENVELOPE,
 }
 
 
@@ -733,7 +736,8 @@ def test_parse_raises_only_the_apis_own_error(shape, params, path, now):
         assert err.param
         return
     try:
-        body = s.render(q, [], now)
+        # the events answer's third argument is the request's base URL, not the time
+        body = s.render(q, [], "http://localhost" if shape == "mailgun.events" else now)
     except ApiError as err:
         assert ("smtpeter", 404) == (shape, err.status)
         return

@@ -110,9 +110,15 @@ class Shape(NamedTuple):
 
 
 # The API modules import the helpers above; they are imported here, after them.
-from logstats.shapes import mailgun, sendgrid, smtpeter  # noqa: E402
+from logstats.shapes import mailgun, mailgun_events, sendgrid, smtpeter  # noqa: E402
 
 SHAPES: dict[str, Shape] = {
+    "mailgun.events": Shape(
+        mailgun_events.parse,
+        mailgun_events.render,
+        ("GET /v3/{domain}/events", "GET /v3/{domain}/events/{page}"),
+        JSON,
+    ),
     "mailgun.total": Shape(mailgun.parse_total, mailgun.render, ("GET /v3/stats/total",), JSON),
     "mailgun.domain_total": Shape(
         mailgun.parse_domain_total, mailgun.render, ("GET /v3/{domain}/stats/total",), JSON

@@ -18,12 +18,13 @@ _TYPES: dict[str, Any] = {
     "array": list,
     "string": str,
     "integer": int,
+    "number": (int, float),
     "null": type(None),
 }
 
 
 def _is(value: Any, name: str) -> bool:
-    if name == "integer" and isinstance(value, bool):
+    if name in ("integer", "number") and isinstance(value, bool):
         return False
     return isinstance(value, _TYPES[name])
 
