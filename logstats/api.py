@@ -12,7 +12,8 @@ Routes:
   GET /v1/emailtrack?account=A&...     cPanel EmailTrack::stats (``all=1``: every account)
   GET /json-api/cpanel?cpanel_jsonapi_module=EmailTrack&cpanel_jsonapi_func=stats
       &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call; also
-      under ``/cpsess<digits>/``, the session form of cPanel's own URLs)
+      under ``/cpsess<digits>/``, the session form of cPanel's own URLs);
+      ``cpanel_jsonapi_func=search``: EmailTrack::search (logstats/shapes/emailtrack_search.py)
   the vendor shapes' routes (logstats/shapes/__init__.py ``SHAPES``)
 POST is accepted on the cPanel and SendGrid routes with the same parameters as a form
 body; HEAD wherever GET is.  ``Router.admit`` decides what can be decided before a body
@@ -55,11 +56,22 @@ from urllib.parse import urlencode
 
 import duckdb
 
-from logstats import query, timeparse
+from logstats import query, timeparse, track
 from logstats.config import Config
 from logstats.errors import ConfigError
 from logstats.model import Dimension, SeriesRequest, StatsRequest
-from logstats.shapes import EPOCH, FAR_FUTURE, JSON, SHAPES, XML, ApiError
+from logstats.shapes import (
+    EPOCH,
+    FAR_FUTURE,
+    JSON,
+    SHAPES,
+    XML,
+    ApiError,
+    cpanel_api2,
+    emailtrack_search,
+)
+from logstats.shapes.cpanel_api2 import Api2Error
+from logstats.shapes.emailtrack_search import SearchError
 from logstats.store import account_stats, series
 
 MAX_BODY = 64 * 1024  # bytes of a request body (a form of parameters); more: 413
@@ -473,10 +485,10 @@ class Router:
                     raise BadRequest("cpanel_jsonapi_module: missing (EmailTrack)")
                 if not func:
                     raise BadRequest("cpanel_jsonapi_func: missing (stats)")
-                if (module, func) != ("EmailTrack", "stats"):
+                if module != "EmailTrack" or func not in ("stats", "search"):
                     raise BadRequest(
                         f"module {module!r}, function {func!r}: not available here "
-                        "(this server answers EmailTrack::stats only)"
+                        "(this server answers EmailTrack::stats and EmailTrack::search)"
                     )
                 if not params.get("cpanel_jsonapi_user"):
                     raise BadRequest("cpanel_jsonapi_user: missing")
@@ -489,15 +501,34 @@ class Router:
                     raise Denied(403, "all accounts: not allowed for this key")
                 if params.get("account") not in caller.accounts:
                     raise Denied(403, f"account {params.get('account')!r}: not allowed")
+            if func == "search":
+                return 200, self._search(params, params["account"]), JSON
             with self._cursor() as cur:
                 return 200, emailtrack(cur, params, self.config), JSON
-        except (BadRequest, Denied) as exc:
+        except (BadRequest, Denied, SearchError, Api2Error) as exc:
             # cPanel answers failures with HTTP 200 and event.result 0
             status = exc.status if isinstance(exc, Denied) else 200
             _, body, content_type = error_answer("cpanel", status, str(exc))
             if name == "json-api" and module and func:
                 body["cpanelresult"].update(module=module, func=func)  # as the call named them
             return status, body, content_type
+
+    def _search(self, params: dict[str, str], account: str) -> dict[str, Any]:
+        """cPanel API 2 ``EmailTrack::search`` for one account (logstats/shapes/
+        emailtrack_search.py), then API 2's filter, sort and paginate options."""
+        search = emailtrack_search.parse(params)
+        options = cpanel_api2.parse(params)
+        rows: list[track.TrackRow] = []
+        matched = 0
+        with self._cursor() as cur:
+            for q in search.queries((account,)):
+                rows += track.search(cur, q)
+                matched += sum(track.count(cur, q).values())
+        data, overflowed = emailtrack_search.answer(
+            search, rows, matched, self.config.tz(), self._domains()
+        )
+        data, page = cpanel_api2.apply(data, options)
+        return emailtrack_search.envelope(data, overflowed, page)
 
     def _vendor(
         self,
@@ -615,9 +646,7 @@ def _narrow(
 ) -> tuple[Any, SeriesRequest]:
     """No name asked in a limited dimension: the key's one name is the filter."""
     if len(limit) != 1:
-        raise Denied(
-            403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one"
-        )
+        raise Denied(403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one")
     q = replace(q, request=replace(request, filters=(*request.filters, (dimension, limit[0]))))
     return q, q.request
 

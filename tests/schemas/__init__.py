@@ -19,6 +19,7 @@ _TYPES: dict[str, Any] = {
     "string": str,
     "integer": int,
     "null": type(None),
+    "boolean": bool,
 }
 
 
