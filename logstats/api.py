@@ -14,6 +14,10 @@ Routes:
       &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call; also
       under ``/cpsess<digits>/``, the session form of cPanel's own URLs);
       ``cpanel_jsonapi_func=search``: EmailTrack::search (logstats/shapes/emailtrack_search.py)
+  GET /json-api/emailtrack_search?api.version=1&...   WHM API 1 (also under /cpsess<digits>/;
+  GET /json-api/emailtrack_stats?api.version=1&...    logstats/shapes/whm_api1.py): an admin
+      key every account, a key limited to accounts those; emailtrack_stats is one record,
+      EmailTrack's counters summed over them (``starttime``/``endtime`` Unix times)
   the vendor shapes' routes (logstats/shapes/__init__.py ``SHAPES``)
 POST is accepted on the cPanel and SendGrid routes with the same parameters as a form
 body; HEAD wherever GET is.  ``Router.admit`` decides what can be decided before a body
@@ -69,6 +73,7 @@ from logstats.shapes import (
     ApiError,
     cpanel_api2,
     emailtrack_search,
+    whm_api1,
 )
 from logstats.shapes.cpanel_api2 import Api2Error
 from logstats.shapes.emailtrack_search import SearchError
@@ -108,6 +113,31 @@ def window(params: dict[str, str]) -> tuple[datetime, datetime]:
     if start >= end:
         raise BadRequest("start must be before end")
     return start, end
+
+
+def _whm_window(params: Mapping[str, str]) -> dict[str, str]:
+    """WHM's ``starttime``/``endtime`` (Unix times) as EmailTrack's ``start``/``end``."""
+    out: dict[str, str] = {}
+    for name, ours in (("starttime", "start"), ("endtime", "end")):
+        value = (params.get(name) or "").strip()
+        if value:
+            if not (value.isascii() and value.isdigit()):
+                raise BadRequest(f"{name}: {value!r} is not a Unix time")
+            out[ours] = value
+    return out
+
+
+def _summed(
+    per_account: Mapping[str, Mapping[str, str]], accounts: tuple[str, ...] | None
+) -> dict[str, str]:
+    """One EmailTrack row (counts as strings) summed over ``accounts`` (None: all)."""
+    total: dict[str, int] = {}
+    for account, row in per_account.items():
+        if accounts is None or account in accounts:
+            for name, value in row.items():
+                total[name] = total.get(name, 0) + int(value)
+    names = next(iter(per_account.values()), {}) if per_account else {}
+    return {name: str(total.get(name, 0)) for name in names}
 
 
 def emailtrack(
@@ -198,6 +228,8 @@ _FIXED = {
     "/metrics": ("metrics", "metrics", ("GET", "HEAD")),
     "/v1/emailtrack": ("cpanel", "emailtrack", ("GET", "HEAD", "POST")),
     "/json-api/cpanel": ("cpanel", "json-api", ("GET", "HEAD", "POST")),
+    "/json-api/emailtrack_search": ("whm", "emailtrack_search", ("GET", "HEAD", "POST")),
+    "/json-api/emailtrack_stats": ("whm", "emailtrack_stats", ("GET", "HEAD", "POST")),
 }
 
 
@@ -215,8 +247,8 @@ class Target:
 
 def find(path: str) -> Target | None:
     m = _CPSESS.match(path)
-    if m and path[m.end() :] == "/json-api/cpanel":
-        path = "/json-api/cpanel"  # cPanel's own URLs carry the session: /cpsess0123456789/...
+    if m and path[m.end() :] in _FIXED and path[m.end() :].startswith("/json-api/"):
+        path = path[m.end() :]  # cPanel's own URLs carry the session: /cpsess0123456789/...
     fixed = _FIXED.get(path)
     if fixed is not None:
         return Target(*fixed, {})
@@ -251,6 +283,8 @@ def error_answer(family: str, status: int, message: str, *, xml: bool = False) -
     """An error in the envelope of ``family``'s API."""
     if family == "cpanel":
         return status, query.emailtrack_error(message), JSON
+    if family == "whm":
+        return status, whm_api1.error("", message), JSON
     if family == "mailgun":
         return status, {"message": message}, JSON
     if family == "sendgrid":
@@ -378,6 +412,8 @@ class Router:
                 return 200, self.metrics(cur), CONTENT_TYPE
         if target.family == "cpanel":
             return self._emailtrack(target.name, _single(params), headers, peer)
+        if target.family == "whm":
+            return self._whm(target.name, _single(params), headers, peer)
         return self._vendor(target.name, dict(target.path_params), params, headers, peer)
 
     def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:
@@ -529,6 +565,44 @@ class Router:
         )
         data, page = cpanel_api2.apply(data, options)
         return emailtrack_search.envelope(data, overflowed, page)
+
+    def _whm(self, command: str, params: dict[str, str], headers: Any, peer: str | None) -> Answer:
+        """WHM API 1 ``emailtrack_search`` and ``emailtrack_stats`` (root or reseller: an
+        admin key sees every account, a key limited to accounts those accounts).  Failures
+        are ``metadata.result`` 0 with the reason (HTTP 200; 401/403 for the key)."""
+        try:
+            caller = self._caller("whm", {}, headers, peer)
+            if caller.domains is not None or caller.tags is not None:
+                raise Denied(403, "this key is limited to domains or tags: WHM API 1 not allowed")
+            version = (params.get("api.version") or "1").strip()
+            if version != "1":
+                raise BadRequest(f"api.version: {version!r} is not 1")
+            options = whm_api1.parse(params)
+            if command == "emailtrack_search":
+                search = emailtrack_search.parse(params)
+                rows: list[track.TrackRow] = []
+                matched = 0
+                with self._cursor() as cur:
+                    for q in search.queries(caller.accounts):
+                        rows += track.search(cur, q)
+                        matched += sum(track.count(cur, q).values())
+                data, overflowed = emailtrack_search.answer(
+                    search, rows, matched, self.config.tz(), self._domains()
+                )
+                records = whm_api1.apply(data, options)
+                return 200, whm_api1.envelope(command, records, overflowed=overflowed), JSON
+            stats_params = {"all": "1", **_whm_window(params)}
+            for name in ("deliverytype", "nosize", "nosuccess"):
+                if params.get(name):
+                    stats_params[name] = params[name]
+            with self._cursor() as cur:
+                per_account = emailtrack(cur, stats_params)
+            records = [_summed(per_account, caller.accounts)]
+            return 200, whm_api1.envelope(command, whm_api1.apply(records, options)), JSON
+        except (BadRequest, SearchError, Api2Error) as exc:
+            return 200, whm_api1.error(command, str(exc)), JSON
+        except Denied as exc:
+            return exc.status, whm_api1.error(command, str(exc)), JSON
 
     def _vendor(
         self,

@@ -326,3 +326,105 @@ def test_deliverytype_keeps_that_kind_of_delivery(api: Api, kind: str) -> None:
     want = [r for r in full if r["type"] == "success" and r["transport_is_remote"] == remote]
     assert want and got == want
     assert search(api, "alice", **ALL, deliverytype="all")["data"] == full
+
+
+# --- WHM API 1: emailtrack_search and emailtrack_stats ---------------------------------------
+
+
+def whm_call(
+    api: Api, command: str, key: str = ADMIN_KEY, prefix: str = "", **extra: str
+) -> tuple[int, dict[str, Any]]:
+    """A WHM API 1 call with ``whm USER:KEY`` (root for the admin key, alice for hers)."""
+    user = "root" if key == ADMIN_KEY else "alice"
+    headers = {"Authorization": f"whm {user}:{key}"}
+    resp = api.request(
+        "GET", f"{prefix}/json-api/{command}", {"api.version": "1", **extra}, headers=headers
+    )
+    return resp.status, resp.json()
+
+
+def test_whm_emailtrack_search_admin_sees_every_account_a_scoped_key_its_own(api: Api) -> None:
+    """An admin key's ``emailtrack_search`` holds every account's rows (the API 2 answers
+    of all of them together, as multisets); alice's key only hers; the session URL form
+    answers the same."""
+    status, body = whm_call(api, "emailtrack_search", **ALL)
+    assert 200 == status and [] == validate(body, schema.WHM_SEARCH), body
+    records = body["data"]["records"]
+    users = {r["user"] for r in records}
+    assert set(OWNERS) <= users
+    union = [r for user in sorted(users) for r in search(api, user, **ALL)["data"]]
+    assert Counter(map(json.dumps, union)) == Counter(map(json.dumps, records))
+    status, mine = whm_call(api, "emailtrack_search", ALICE_KEY, **ALL)
+    assert 200 == status
+    assert mine["data"]["records"] == search(api, "alice", **ALL)["data"]
+    _, session = whm_call(api, "emailtrack_search", prefix="/cpsess0123456789", **ALL)
+    assert session == body
+
+
+def test_whm_output_options_filter_sort_chunk(api: Api) -> None:
+    """``api.filter`` (lettered, all apply), ``api.sort`` (numeric, reverse) and
+    ``api.chunk`` (1-based start) over the records."""
+    _, body = whm_call(api, "emailtrack_search", **ALL)
+    records = body["data"]["records"]
+    _, got = whm_call(
+        api, "emailtrack_search", **ALL, **{
+            "api.filter.enable": "1",
+            "api.filter.a.field": "user", "api.filter.a.arg0": "bob", "api.filter.a.type": "eq",
+            "api.filter.b.field": "size", "api.filter.b.arg0": "0", "api.filter.b.type": "gt",
+            "api.sort.enable": "1", "api.sort.a.field": "size",
+            "api.sort.a.method": "numeric", "api.sort.a.reverse": "1",
+            "api.chunk.enable": "1", "api.chunk.size": "3", "api.chunk.start": "2",
+        },
+    )  # fmt: skip
+    want = sorted(
+        (r for r in records if r["user"] == "bob" and r["size"] > 0),
+        key=lambda r: r["size"],
+        reverse=True,
+    )[1:4]
+    assert want and [r["size"] for r in got["data"]["records"]] == [r["size"] for r in want]
+
+
+def test_whm_emailtrack_stats_sums_the_callers_accounts(api: Api) -> None:
+    """``emailtrack_stats``: one record, the EmailTrack counters summed over the accounts
+    the key sees (the admin: every account; alice's key: alice), equal to the truth."""
+    status, body = whm_call(api, "emailtrack_stats")
+    assert 200 == status and [] == validate(body, schema.WHM_STATS), body
+    (row,) = body["data"]["records"]
+    for name in ("SENDCOUNT", "SUCCESSCOUNT", "DEFERCOUNT", "FAILCOUNT"):
+        assert api.truth.total(name) == int(row[name]), name
+    _, mine = whm_call(api, "emailtrack_stats", ALICE_KEY)
+    (own,) = mine["data"]["records"]
+    assert {k: str(api.truth.count("alice", k)) for k in ("SENDCOUNT", "FAILCOUNT")}.items() <= (
+        own.items()
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("emailtrack_search", {"api.version": "2"}),
+        ("emailtrack_search", {"max_results_by_type": "-3"}),
+        ("emailtrack_search", {"api.chunk.enable": "1", "api.chunk.size": "x"}),
+        (
+            "emailtrack_search",
+            {"api.sort.enable": "1", "api.sort.a.field": "size", "api.sort.a.method": "sideways"},
+        ),
+        (
+            "emailtrack_search",
+            {
+                "api.filter.enable": "1",
+                "api.filter.a.field": "size",
+                "api.filter.a.type": "gt",
+                "api.filter.a.arg0": "many",
+            },
+        ),
+        ("emailtrack_stats", {"starttime": "-1"}),
+        ("emailtrack_stats", {"endtime": "9" * 40}),
+        ("emailtrack_stats", {"deliverytype": "nowhere"}),
+    ],
+)
+def test_whm_hostile_values_are_result_0(api: Api, command: str, extra: dict[str, str]) -> None:
+    """A value WHM API 1 cannot use: HTTP 200, ``metadata.result`` 0 with the reason."""
+    status, body = whm_call(api, command, **{**ALL, **extra})
+    assert 200 == status and [] == validate(body, schema.WHM_ERROR), body
+    assert command == body["metadata"]["command"]

@@ -138,7 +138,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _matches(row: Mapping[str, Any], f: Filter) -> bool:
+def matches(row: Mapping[str, Any], f: Filter) -> bool:
     if f.column not in row:
         return False
     value = row[f.column]
@@ -165,7 +165,7 @@ def _matches(row: Mapping[str, Any], f: Filter) -> bool:
     return compare[f.kind](n, term)
 
 
-def _key(sort: Sort) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+def sort_key(sort: Sort) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
         value = row.get(sort.column)
         if sort.method == "alphabet":
@@ -189,9 +189,9 @@ def apply(
     rows: list[dict[str, Any]], opts: Options
 ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
     """``rows`` filtered, sorted and cut to the page; the ``paginate`` block when paged."""
-    out = [r for r in rows if all(_matches(r, f) for f in opts.filters)]
+    out = [r for r in rows if all(matches(r, f) for f in opts.filters)]
     if opts.sort is not None:
-        out.sort(key=_key(opts.sort), reverse=opts.sort.reverse)  # stable: ties keep order
+        out.sort(key=sort_key(opts.sort), reverse=opts.sort.reverse)  # stable: ties keep order
     if opts.page is None:
         return out, None
     total, size = len(out), opts.page.size

@@ -122,3 +122,75 @@ ERROR = {
     "required": ["cpanelresult"],
     "additionalProperties": False,
 }
+
+# WHM API 1 (``/json-api/<function>?api.version=1``), from "WHM API 1 Functions -
+# emailtrack_search" / "- emailtrack_stats": ``data.records`` and ``metadata``
+COUNT = {"type": "string", "pattern": r"^[0-9]+$"}
+STATS_ROW = {
+    "type": "object",
+    "properties": dict.fromkeys(
+        (
+            "SENDCOUNT",
+            "SUCCESSCOUNT",
+            "DEFERCOUNT",
+            "FAILCOUNT",
+            "INPROGRESSCOUNT",
+            "DEFERFAILCOUNT",
+            "TOTALSIZE",
+        ),
+        COUNT,
+    ),
+    "additionalProperties": False,
+}
+
+
+def whm(command: str, row: dict[str, object], **metadata: object) -> dict[str, object]:
+    """The WHM API 1 answer of ``command`` with records like ``row``."""
+    meta: dict[str, object] = {
+        "command": {"const": command},
+        "reason": {"const": "OK"},
+        "result": {"const": 1},
+        "version": {"const": 1},
+        **metadata,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "data": {
+                "type": "object",
+                "properties": {"records": {"type": "array", "items": row}},
+                "required": ["records"],
+                "additionalProperties": False,
+            },
+            "metadata": {
+                "type": "object",
+                "properties": meta,
+                "required": list(meta),
+                "additionalProperties": False,
+            },
+        },
+        "required": ["data", "metadata"],
+        "additionalProperties": False,
+    }
+
+
+WHM_SEARCH = whm("emailtrack_search", ROW, overflowed={"enum": [0, 1]})
+WHM_STATS = whm("emailtrack_stats", STATS_ROW)
+WHM_ERROR = {
+    "type": "object",
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "properties": {
+                "command": TEXT,
+                "reason": TEXT,
+                "result": {"const": 0},
+                "version": {"const": 1},
+            },
+            "required": ["command", "reason", "result", "version"],
+            "additionalProperties": False,
+        }
+    },
+    "required": ["metadata"],
+    "additionalProperties": False,
+}
