@@ -12,7 +12,12 @@ Routes:
   GET /v1/emailtrack?account=A&...     cPanel EmailTrack::stats (``all=1``: every account)
   GET /json-api/cpanel?cpanel_jsonapi_module=EmailTrack&cpanel_jsonapi_func=stats
       &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call; also
-      under ``/cpsess<digits>/``, the session form of cPanel's own URLs)
+      under ``/cpsess<digits>/``, the session form of cPanel's own URLs);
+      ``cpanel_jsonapi_func=search``: EmailTrack::search (logstats/shapes/emailtrack_search.py)
+  GET /json-api/emailtrack_search?api.version=1&...   WHM API 1 (also under /cpsess<digits>/;
+  GET /json-api/emailtrack_stats?api.version=1&...    logstats/shapes/whm_api1.py): an admin
+      key every account, a key limited to accounts those; emailtrack_stats is one record,
+      EmailTrack's counters summed over them (``starttime``/``endtime`` Unix times)
   the vendor shapes' routes (logstats/shapes/__init__.py ``SHAPES``)
 POST is accepted on the cPanel and SendGrid routes with the same parameters as a form
 body; HEAD wherever GET is.  ``Router.admit`` decides what can be decided before a body
@@ -55,11 +60,23 @@ from urllib.parse import urlencode
 
 import duckdb
 
-from logstats import query, timeparse
+from logstats import query, timeparse, track
 from logstats.config import Config
 from logstats.errors import ConfigError
 from logstats.model import Dimension, SeriesRequest, StatsRequest
-from logstats.shapes import EPOCH, FAR_FUTURE, JSON, SHAPES, XML, ApiError
+from logstats.shapes import (
+    EPOCH,
+    FAR_FUTURE,
+    JSON,
+    SHAPES,
+    XML,
+    ApiError,
+    cpanel_api2,
+    emailtrack_search,
+    whm_api1,
+)
+from logstats.shapes.cpanel_api2 import Api2Error
+from logstats.shapes.emailtrack_search import SearchError
 from logstats.store import account_stats, series
 
 MAX_BODY = 64 * 1024  # bytes of a request body (a form of parameters); more: 413
@@ -96,6 +113,31 @@ def window(params: dict[str, str]) -> tuple[datetime, datetime]:
     if start >= end:
         raise BadRequest("start must be before end")
     return start, end
+
+
+def _whm_window(params: Mapping[str, str]) -> dict[str, str]:
+    """WHM's ``starttime``/``endtime`` (Unix times) as EmailTrack's ``start``/``end``."""
+    out: dict[str, str] = {}
+    for name, ours in (("starttime", "start"), ("endtime", "end")):
+        value = (params.get(name) or "").strip()
+        if value:
+            if not (value.isascii() and value.isdigit()):
+                raise BadRequest(f"{name}: {value!r} is not a Unix time")
+            out[ours] = value
+    return out
+
+
+def _summed(
+    per_account: Mapping[str, Mapping[str, str]], accounts: tuple[str, ...] | None
+) -> dict[str, str]:
+    """One EmailTrack row (counts as strings) summed over ``accounts`` (None: all)."""
+    total: dict[str, int] = {}
+    for account, row in per_account.items():
+        if accounts is None or account in accounts:
+            for name, value in row.items():
+                total[name] = total.get(name, 0) + int(value)
+    names = next(iter(per_account.values()), {}) if per_account else {}
+    return {name: str(total.get(name, 0)) for name in names}
 
 
 def emailtrack(
@@ -187,6 +229,8 @@ _FIXED = {
     "/v1/emailtrack": ("cpanel", "emailtrack", ("GET", "HEAD", "POST")),
     "/json-api/cpanel": ("cpanel", "json-api", ("GET", "HEAD", "POST")),
     "/v1/track": ("track", "track", ("GET",)),
+    "/json-api/emailtrack_search": ("whm", "emailtrack_search", ("GET", "HEAD", "POST")),
+    "/json-api/emailtrack_stats": ("whm", "emailtrack_stats", ("GET", "HEAD", "POST")),
 }
 
 
@@ -204,8 +248,8 @@ class Target:
 
 def find(path: str) -> Target | None:
     m = _CPSESS.match(path)
-    if m and path[m.end() :] == "/json-api/cpanel":
-        path = "/json-api/cpanel"  # cPanel's own URLs carry the session: /cpsess0123456789/...
+    if m and path[m.end() :] in _FIXED and path[m.end() :].startswith("/json-api/"):
+        path = path[m.end() :]  # cPanel's own URLs carry the session: /cpsess0123456789/...
     fixed = _FIXED.get(path)
     if fixed is not None:
         return Target(*fixed, {})
@@ -240,6 +284,8 @@ def error_answer(family: str, status: int, message: str, *, xml: bool = False) -
     """An error in the envelope of ``family``'s API."""
     if family == "cpanel":
         return status, query.emailtrack_error(message), JSON
+    if family == "whm":
+        return status, whm_api1.error("", message), JSON
     if family == "mailgun":
         return status, {"message": message}, JSON
     if family == "sendgrid":
@@ -371,6 +417,8 @@ class Router:
             return self._track(_single(params), headers, peer)
         if target.name == "mailgun.events":
             return self._events(dict(target.path_params), params, headers, peer)
+        if target.family == "whm":
+            return self._whm(target.name, _single(params), headers, peer)
         return self._vendor(target.name, dict(target.path_params), params, headers, peer)
 
     def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:
@@ -478,10 +526,10 @@ class Router:
                     raise BadRequest("cpanel_jsonapi_module: missing (EmailTrack)")
                 if not func:
                     raise BadRequest("cpanel_jsonapi_func: missing (stats)")
-                if (module, func) != ("EmailTrack", "stats"):
+                if module != "EmailTrack" or func not in ("stats", "search"):
                     raise BadRequest(
                         f"module {module!r}, function {func!r}: not available here "
-                        "(this server answers EmailTrack::stats only)"
+                        "(this server answers EmailTrack::stats and EmailTrack::search)"
                     )
                 if not params.get("cpanel_jsonapi_user"):
                     raise BadRequest("cpanel_jsonapi_user: missing")
@@ -494,9 +542,11 @@ class Router:
                     raise Denied(403, "all accounts: not allowed for this key")
                 if params.get("account") not in caller.accounts:
                     raise Denied(403, f"account {params.get('account')!r}: not allowed")
+            if func == "search":
+                return 200, self._search(params, params["account"]), JSON
             with self._cursor() as cur:
                 return 200, emailtrack(cur, params, self.config), JSON
-        except (BadRequest, Denied) as exc:
+        except (BadRequest, Denied, SearchError, Api2Error) as exc:
             # cPanel answers failures with HTTP 200 and event.result 0
             status = exc.status if isinstance(exc, Denied) else 200
             _, body, content_type = error_answer("cpanel", status, str(exc))
@@ -528,6 +578,61 @@ class Router:
             return error_answer("logstats", exc.status, str(exc))
         except (BadRequest, trackview.BadRequest, KeyError, TypeError, ValueError) as exc:
             return error_answer("logstats", 400, str(exc))
+
+    def _search(self, params: dict[str, str], account: str) -> dict[str, Any]:
+        """cPanel API 2 ``EmailTrack::search`` for one account (logstats/shapes/
+        emailtrack_search.py), then API 2's filter, sort and paginate options."""
+        search = emailtrack_search.parse(params)
+        options = cpanel_api2.parse(params)
+        rows: list[track.TrackRow] = []
+        matched = 0
+        with self._cursor() as cur:
+            for q in search.queries((account,)):
+                rows += track.search(cur, q)
+                matched += sum(track.count(cur, q).values())
+        data, overflowed = emailtrack_search.answer(
+            search, rows, matched, self.config.tz(), self._domains()
+        )
+        data, page = cpanel_api2.apply(data, options)
+        return emailtrack_search.envelope(data, overflowed, page)
+
+    def _whm(self, command: str, params: dict[str, str], headers: Any, peer: str | None) -> Answer:
+        """WHM API 1 ``emailtrack_search`` and ``emailtrack_stats`` (root or reseller: an
+        admin key sees every account, a key limited to accounts those accounts).  Failures
+        are ``metadata.result`` 0 with the reason (HTTP 200; 401/403 for the key)."""
+        try:
+            caller = self._caller("whm", {}, headers, peer)
+            if caller.domains is not None or caller.tags is not None:
+                raise Denied(403, "this key is limited to domains or tags: WHM API 1 not allowed")
+            version = (params.get("api.version") or "1").strip()
+            if version != "1":
+                raise BadRequest(f"api.version: {version!r} is not 1")
+            options = whm_api1.parse(params)
+            if command == "emailtrack_search":
+                search = emailtrack_search.parse(params)
+                rows: list[track.TrackRow] = []
+                matched = 0
+                with self._cursor() as cur:
+                    for q in search.queries(caller.accounts):
+                        rows += track.search(cur, q)
+                        matched += sum(track.count(cur, q).values())
+                data, overflowed = emailtrack_search.answer(
+                    search, rows, matched, self.config.tz(), self._domains()
+                )
+                records = whm_api1.apply(data, options)
+                return 200, whm_api1.envelope(command, records, overflowed=overflowed), JSON
+            stats_params = {"all": "1", **_whm_window(params)}
+            for name in ("deliverytype", "nosize", "nosuccess"):
+                if params.get(name):
+                    stats_params[name] = params[name]
+            with self._cursor() as cur:
+                per_account = emailtrack(cur, stats_params)
+            records = [_summed(per_account, caller.accounts)]
+            return 200, whm_api1.envelope(command, whm_api1.apply(records, options)), JSON
+        except (BadRequest, SearchError, Api2Error) as exc:
+            return 200, whm_api1.error(command, str(exc)), JSON
+        except Denied as exc:
+            return exc.status, whm_api1.error(command, str(exc)), JSON
 
     def _vendor(
         self,
@@ -706,9 +811,7 @@ def _narrow(
 ) -> tuple[Any, SeriesRequest]:
     """No name asked in a limited dimension: the key's one name is the filter."""
     if len(limit) != 1:
-        raise Denied(
-            403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one"
-        )
+        raise Denied(403, f"this key is limited to {dimension.value}s {', '.join(limit)}: name one")
     q = replace(q, request=replace(request, filters=(*request.filters, (dimension, limit[0]))))
     return q, q.request
 

@@ -104,6 +104,7 @@ class TrackQuery:
     queue_id: str | None = None
     message_id: str | None = None
     tag: str | None = None
+    local: bool | None = None  # True: local deliveries only, False: remote ones only
     types: frozenset[str] = field(default_factory=lambda: frozenset(RECIPIENT_TYPES))
     domain_patterns: tuple[str, ...] = ()
     newest_first: bool = True
@@ -160,6 +161,9 @@ def _where(q: TrackQuery, types: Sequence[str]) -> tuple[str, list[Any]]:
     if q.tag is not None:
         clauses.append("list_contains(string_split(tags, ','), ?)")
         params.append(q.tag)
+    if q.local is not None:
+        clauses.append("local IS NOT DISTINCT FROM ?")
+        params.append(q.local)
     if q.exclude_accounts:
         clauses.append("NOT list_contains(?, account)")
         params.append(list(q.exclude_accounts))

@@ -916,7 +916,7 @@ CPANEL_BAD = [
     ("/json-api/cpanel", {**emailtrack_params("alice"), "start": "not a date"}),
     ("/json-api/cpanel", {**emailtrack_params("alice"), "deliverytype": "bogus"}),
     ("/json-api/cpanel", {**emailtrack_params(""), "cpanel_jsonapi_user": ""}),
-    ("/json-api/cpanel", {**emailtrack_params("alice"), "cpanel_jsonapi_func": "search"}),
+    ("/json-api/cpanel", {**emailtrack_params("alice"), "cpanel_jsonapi_func": "trace"}),
     ("/v1/emailtrack", {}),  # account missing
 ]
 

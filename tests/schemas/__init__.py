@@ -20,6 +20,7 @@ _TYPES: dict[str, Any] = {
     "integer": int,
     "number": (int, float),
     "null": type(None),
+    "boolean": bool,
 }
 
 
