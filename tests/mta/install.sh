@@ -19,6 +19,7 @@
 #   unit it ships is left disabled and stopped).
 # * For tests/test_install.py: python3-venv (a fresh venv from the system Python, as the
 #   install steps make it) and man-db with groff-base (`man -l docs/logstats.1`).
+# * For tests/test_web.py: chromium (the web UI is driven in real headless Chromium).
 #
 # Idempotent: when everything is present it only checks and exits (well under a second).
 set -euo pipefail
@@ -30,7 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in exim4-daemon-light pflogsumm patchelf sasl2-bin libsasl2-modules \
            libsasl2-modules-db libicu72 libssl3 libnsl2 libdb5.3 netbase \
-           systemd python3-seccomp logrotate python3-venv man-db groff-base; do
+           systemd python3-seccomp logrotate python3-venv man-db groff-base chromium; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         need_apt+=("$pkg")
     fi
