@@ -20,21 +20,25 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
-from tests.daemon_harness import SAMPLES
+from tests.daemon_harness import SAMPLES, Serve, short_dir, write_config
+from tests.mta.sink import free_port
 from tests.test_api import (
     ADMIN_KEY,
     ALICE_KEY,
     DOMAIN_KEY,
+    KEYS,
+    PROVIDERS,
     Api,
-    api,  # noqa: F401  (the module's daemon fixture)
     emailtrack_params,
+    load_truth,
+    sample_days,
     whm,
 )
 
@@ -63,6 +67,33 @@ TOTALS = {  # dashboard total -> EmailTrack field
     "failed": "FAILCOUNT",
     "inprogress": "INPROGRESSCOUNT",
 }
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[Api]:
+    """``logstats serve`` following copies of both samples (as tests/test_api.py's), its
+    Track Delivery rows kept for a century: the recording stays searchable whatever the
+    date of the run (``store.retention_days`` counts back from the wall clock)."""
+    first, last = sample_days()
+    with short_dir("lsweb-") as folder:
+        exim = folder / "exim_mainlog"
+        maillog = folder / "maillog"
+        shutil.copyfile(SAMPLES / "exim.log", exim)
+        shutil.copyfile(SAMPLES / "postfix.log", maillog)
+        pinned = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
+        os.utime(maillog, (pinned.timestamp(), pinned.timestamp()))  # Postfix's year
+        port = free_port()
+        cfg = write_config(
+            folder,
+            [(exim, "exim"), (maillog, "postfix")],
+            api={"tcp": f"127.0.0.1:{port}", "keys": KEYS, "admins": ["root"]},
+            providers=PROVIDERS,
+            store={"path": str(folder / "db.duckdb"), "retention_days": 36500},
+        )
+        with Serve(cfg) as serve:
+            serve.wait_ready(timeout=60)
+            yield Api(port, serve.socket_path, load_truth(), first, last)
+            assert serve.proc.poll() is None, serve.stderr[-20:]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +155,7 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture
 def browser(
     chromium: Any,
-    api: Api,  # noqa: F811
+    api: Api,
     artefacts: Path,
     tmp_path: Path,
 ) -> Iterator[Callable[[], Browser]]:
@@ -159,7 +190,7 @@ def browser(
         assert [] == b.errors
 
 
-def emailtrack(api: Api, account: str, start: str, end: str) -> dict[str, str]:  # noqa: F811
+def emailtrack(api: Api, account: str, start: str, end: str) -> dict[str, str]:
     resp = api.request(
         "GET",
         "/json-api/cpanel",
@@ -211,7 +242,7 @@ def first_queue_id(sender: str) -> str:
 
 
 def test_without_login_pages_show_the_form_and_data_is_401(
-    api: Api,  # noqa: F811
+    api: Api,
     browser: Callable[[], Browser],
 ) -> None:
     """No session: every page is the login form, every JSON endpoint 401; a wrong key
@@ -229,7 +260,7 @@ def test_without_login_pages_show_the_form_and_data_is_401(
     b.shot("login-failed")
 
 
-def test_login_cookie_is_httponly_strict_and_signed(api: Api) -> None:  # noqa: F811
+def test_login_cookie_is_httponly_strict_and_signed(api: Api) -> None:
     """The session cookie: HttpOnly, SameSite=Strict, Path=/ui, with an expiry; a token
     altered in one character, or made for another daemon, is no login."""
     origin = {"Origin": api.base_url, "Host": f"127.0.0.1:{api.port}"}
@@ -259,7 +290,7 @@ def test_login_cookie_is_httponly_strict_and_signed(api: Api) -> None:  # noqa: 
     ],
     ids=["foreign-origin", "foreign-referer", "no-origin", "cross-site"],
 )
-def test_login_from_another_site_is_refused(api: Api, headers: dict[str, str]) -> None:  # noqa: F811
+def test_login_from_another_site_is_refused(api: Api, headers: dict[str, str]) -> None:
     """CSRF: a login posted from another origin (or from nowhere said) sets no cookie."""
     if "Sec-Fetch-Site" in headers:
         headers = {**headers, "Origin": api.base_url}
@@ -268,7 +299,7 @@ def test_login_from_another_site_is_refused(api: Api, headers: dict[str, str]) -
     assert resp.getheader("Set-Cookie") is None
 
 
-def post_login(api: Api, key: str, headers: dict[str, str]) -> Any:  # noqa: F811
+def post_login(api: Api, key: str, headers: dict[str, str]) -> Any:
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
     body = urlencode({"key": key})
     conn.request(
@@ -283,7 +314,7 @@ def post_login(api: Api, key: str, headers: dict[str, str]) -> Any:  # noqa: F81
     return resp
 
 
-def get(api: Api, path: str, token: str) -> tuple[int, Any]:  # noqa: F811
+def get(api: Api, path: str, token: str) -> tuple[int, Any]:
     resp = api.request("GET", path, headers={"Cookie": f"logstats_session={token}"})
     return resp.status, resp.json() if "json" in resp.content_type else resp.text
 
@@ -300,7 +331,7 @@ def get(api: Api, path: str, token: str) -> tuple[int, Any]:  # noqa: F811
     ],
 )
 def test_dashboard_numbers_equal_emailtrack(
-    api: Api,  # noqa: F811
+    api: Api,
     browser: Callable[[], Browser],
     key: str,
     account: str,
@@ -332,7 +363,7 @@ def test_dashboard_numbers_equal_emailtrack(
 
 
 def test_dashboard_window_from_to_narrows_the_numbers(
-    api: Api,  # noqa: F811
+    api: Api,
     browser: Callable[[], Browser],
 ) -> None:
     """A from/to window outside the recording shows zeros, as EmailTrack answers it."""
@@ -351,7 +382,7 @@ def test_dashboard_window_from_to_narrows_the_numbers(
 
 
 def test_track_search_finds_a_message_and_traces_it(
-    api: Api,  # noqa: F811
+    api: Api,
     browser: Callable[[], Browser],
 ) -> None:
     """Searching by Message-ID finds the message's rows; choosing one shows its trace:
@@ -396,7 +427,7 @@ def test_track_search_finds_a_message_and_traces_it(
 
 
 def test_scoped_login_cannot_reach_another_account(
-    api: Api,  # noqa: F811
+    api: Api,
     browser: Callable[[], Browser],
 ) -> None:
     """Logged in with alice's key: bob's dashboard page and data are 403, his message
@@ -433,7 +464,7 @@ def test_scoped_login_cannot_reach_another_account(
 
 
 def test_domain_login_sees_its_domain_only(
-    api: Api,  # noqa: F811
+    api: Api,
     browser: Callable[[], Browser],
 ) -> None:
     """A key limited to bob.test: its dashboard counts bob.test (the scenario's sender

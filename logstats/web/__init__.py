@@ -372,21 +372,30 @@ class WebUI:
             tag=tag,
             domain_patterns=scoped.domain_patterns,
         )
-        start, end = self._window(cur, params, scope)
+        start, end = self._window(cur, params, scoped, scope)
         return View(
             replace(scoped, start=start, end=end),
             replace(scope, start=start, end=end),
         )
 
     def _window(
-        self, cur: Any, params: Mapping[str, list[str]], scope: track.TrackQuery
+        self,
+        cur: Any,
+        params: Mapping[str, list[str]],
+        scoped: SeriesRequest,
+        scope: track.TrackQuery,
     ) -> tuple[datetime, datetime]:
+        """The asked window; its default end is the hour after the newest row in the scope
+        (the Track Delivery rows', or where none is kept, the counters')."""
         start_s, end_s, days_s = (_one(params, n) for n in ("start", "end", "days"))
         if end_s is not None:
             end = _time("end", end_s)
         else:
             newest = track.newest(cur, replace(scope, types=frozenset(_COUNTED)))
-            end = _hour_after(newest) if newest else _hour_after(datetime.now(UTC))
+            if newest is None:  # no row kept (older than the retention): the counters'
+                total = series(cur, replace(scoped, resolution=None))
+                newest = max((r.last for r in total if r.last is not None), default=None)
+            end = _hour_after(newest or datetime.now(UTC))
         if start_s is not None:
             start = _time("start", start_s)
         else:
