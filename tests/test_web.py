@@ -154,22 +154,21 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def browser(
-    chromium: Any,
-    api: Api,
-    artefacts: Path,
-    tmp_path: Path,
-) -> Iterator[Callable[[], Browser]]:
-    """Fresh Chromium profiles; after the test, no page may have asked another origin or
-    logged an error."""
+    chromium: Any, request: pytest.FixtureRequest, artefacts: Path, tmp_path: Path
+) -> Iterator[Callable[..., Browser]]:
+    """Fresh Chromium profiles on a daemon (``base``; default: the ``api`` fixture's);
+    after the test, no page may have asked another origin or logged an error."""
     made: list[tuple[Any, Browser]] = []
 
-    def new() -> Browser:
+    def new(base: str | None = None) -> Browser:
+        if base is None:
+            base = request.getfixturevalue("api").base_url
         profile = tmp_path / f"profile-{len(made)}"
         context = chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS
         )
         page = context.pages[0] if context.pages else context.new_page()
-        b = Browser(page, api.base_url, artefacts)
+        b = Browser(page, base, artefacts)
         page.on("request", lambda r: b.requests.append(r.url))
         page.on(
             "console",
@@ -185,7 +184,7 @@ def browser(
     for context, b in made:
         context.close()
         assert b.requests, "no page was loaded"
-        foreign = [u for u in b.requests if not u.startswith(api.base_url + "/")]
+        foreign = [u for u in b.requests if not u.startswith(b.base + "/")]
         assert [] == foreign
         assert [] == b.errors
 
@@ -243,7 +242,7 @@ def first_queue_id(sender: str) -> str:
 
 def test_without_login_pages_show_the_form_and_data_is_401(
     api: Api,
-    browser: Callable[[], Browser],
+    browser: Callable[..., Browser],
 ) -> None:
     """No session: every page is the login form, every JSON endpoint 401; a wrong key
     leads back to the form saying so."""
@@ -332,7 +331,7 @@ def get(api: Api, path: str, token: str) -> tuple[int, Any]:
 )
 def test_dashboard_numbers_equal_emailtrack(
     api: Api,
-    browser: Callable[[], Browser],
+    browser: Callable[..., Browser],
     key: str,
     account: str,
     window: str,
@@ -364,7 +363,7 @@ def test_dashboard_numbers_equal_emailtrack(
 
 def test_dashboard_window_from_to_narrows_the_numbers(
     api: Api,
-    browser: Callable[[], Browser],
+    browser: Callable[..., Browser],
 ) -> None:
     """A from/to window outside the recording shows zeros, as EmailTrack answers it."""
     start = (api.first_day - timedelta(days=20)).isoformat() + "T00:00:00Z"
@@ -383,7 +382,7 @@ def test_dashboard_window_from_to_narrows_the_numbers(
 
 def test_track_search_finds_a_message_and_traces_it(
     api: Api,
-    browser: Callable[[], Browser],
+    browser: Callable[..., Browser],
 ) -> None:
     """Searching by Message-ID finds the message's rows; choosing one shows its trace:
     every attempt of the Exim log (recipient, outcome, reason) and its bounce."""
@@ -428,7 +427,7 @@ def test_track_search_finds_a_message_and_traces_it(
 
 def test_scoped_login_cannot_reach_another_account(
     api: Api,
-    browser: Callable[[], Browser],
+    browser: Callable[..., Browser],
 ) -> None:
     """Logged in with alice's key: bob's dashboard page and data are 403, his message
     cannot be traced (404, as for no message), and the search shows alice's rows only."""
@@ -465,7 +464,7 @@ def test_scoped_login_cannot_reach_another_account(
 
 def test_domain_login_sees_its_domain_only(
     api: Api,
-    browser: Callable[[], Browser],
+    browser: Callable[..., Browser],
 ) -> None:
     """A key limited to bob.test: its dashboard counts bob.test (the scenario's sender
     domain truth), alice's account or domain is 403."""
@@ -479,3 +478,44 @@ def test_domain_login_sees_its_domain_only(
     assert 403 == b.goto("/ui/?account=alice").status
     assert 403 == b.fetch("/ui/api/overview?sender_domain=alice.test")[0]
     b.shot("dashboard-bob.test-domainkey")
+
+
+# --- on the store of a real MTA's log ----------------------------------------------------
+
+
+@pytest.mark.mta
+@pytest.mark.parametrize("mta", ["exim", "postfix"])
+def test_dashboard_on_a_real_mta_store_equals_emailtrack_and_the_script(
+    mta: str, logstats_on: Any, browser: Callable[..., Browser]
+) -> None:
+    """``logstats serve`` following (from its start) the log a real Exim or Postfix
+    wrote for the scenario (tests/mta): for each account the dashboard's totals (default
+    window: the 30 days up to the newest data) equal EmailTrack's answer for that window
+    and the scenario's truth."""
+    import yaml
+
+    from tests.mta.fixtures import serve_config
+
+    run = logstats_on(mta)
+    with short_dir("lswebmta-") as folder:
+        log = folder / "mta.log"
+        shutil.copyfile(run.result.log, log)
+        cfg = serve_config(folder, log, mta)  # the real-MTA tests' own daemon config
+        port = free_port()
+        data = yaml.safe_load(cfg.read_text())
+        data["api"] = {"tcp": f"127.0.0.1:{port}", "keys": KEYS}
+        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        with Serve(cfg) as serve:
+            serve.wait_ready(timeout=60)
+            served = Api(port, serve.socket_path, load_truth(), *sample_days())
+            b = browser(served.base_url)
+            b.login(ADMIN_KEY)
+            for account in ("alice", "bob"):
+                b.goto(f"/ui/?account={account}&days=30")
+                b.loaded()
+                shown = shown_totals(b)
+                answer = emailtrack(served, account, b.text("#window-start"), b.text("#window-end"))
+                assert {k: int(answer[f]) for k, f in TOTALS.items()} == shown
+                want = run.result.truth[account]
+                assert {k: want[f] for k, f in TOTALS.items()} == shown
+                b.shot(f"dashboard-{mta}-{account}-real")
