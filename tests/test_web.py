@@ -519,3 +519,54 @@ def test_dashboard_on_a_real_mta_store_equals_emailtrack_and_the_script(
                 want = run.result.truth[account]
                 assert {k: want[f] for k, f in TOTALS.items()} == shown
                 b.shot(f"dashboard-{mta}-{account}-real")
+
+
+def session(api: Api, key: str) -> str:
+    """A session token, from a login posted as a browser on this origin posts it."""
+    resp = post_login(api, key, {"Origin": api.base_url, "Host": f"127.0.0.1:{api.port}"})
+    assert 303 == resp.status
+    return str(resp.getheader("Set-Cookie")).split(";")[0].partition("=")[2]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "overview?days=0",
+        "overview?days=abc",
+        "overview?days=99999999999999999999",
+        "series?start=yesterday",
+        "series?start=2026-11-24T00:00:00Z&end=2026-11-23T00:00:00Z",
+        "series?end=99999999999999",
+        "search?limit=-1",
+        "search?offset=1e9",
+        "search?types=bounced",
+        "top?what=password",
+        "trace",
+        "search?limit=abc",
+    ],
+)
+def test_odd_parameters_are_400_never_500(api: Api, query: str) -> None:
+    """An odd value is a 400 in the UI's JSON envelope, never a traceback."""
+    status, body = get(api, f"/ui/api/{query}", session(api, ADMIN_KEY))
+    assert (400, False) == (status, body["ok"]), body
+
+
+def test_root_leads_to_the_ui_and_pages_forbid_other_origins(api: Api) -> None:
+    """``/`` redirects to ``/ui/``; pages carry a Content-Security-Policy of 'self' (no
+    script, style, image or frame from another host); a logout from another site is
+    refused."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    resp.read()
+    assert (303, "/ui/") == (resp.status, resp.getheader("Location"))
+    conn.request("GET", "/ui/")
+    resp = conn.getresponse()
+    resp.read()
+    csp = resp.getheader("Content-Security-Policy") or ""
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    conn.request("POST", "/ui/logout", headers={"Origin": "http://evil.example"})
+    resp = conn.getresponse()
+    resp.read()
+    assert 403 == resp.status
+    conn.close()
