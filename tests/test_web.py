@@ -15,6 +15,7 @@ Screenshots (PNG) are kept under ``$LOGSTATS_TEST_ARTEFACTS`` (default: pytest's
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -570,3 +571,52 @@ def test_root_leads_to_the_ui_and_pages_forbid_other_origins(api: Api) -> None:
     resp.read()
     assert 403 == resp.status
     conn.close()
+
+
+def test_default_window_ends_at_the_counters_when_no_track_row_is_kept(tmp_path: Path) -> None:
+    """With every Track Delivery row past the retention (pruned), the dashboard's default
+    window still ends at the newest data (the hour after the counters' last bucket), not
+    at the wall clock, and its totals are EmailTrack's.  In-process (``api.Router`` on the
+    pruned store), the same code the daemon runs."""
+    import time as wall
+
+    import yaml
+
+    from logstats.api import Router
+    from logstats.config import load
+    from logstats.store import Store
+    from tests.conftest import run_cli
+
+    cfg = tmp_path / "logstats.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "timezone": "UTC",
+                "accounts": {"domains": {"alice.test": "alice", "bob.test": "bob"}},
+                "api": {"keys": KEYS},
+            }
+        )
+    )
+    db = tmp_path / "db.duckdb"
+    log = SAMPLES / "exim.log"
+    run_cli("backfill", "--config", str(cfg), "--db", str(db), "--mta", "exim", str(log))
+    last = datetime.fromisoformat(log.read_text().splitlines()[-1][:19]).replace(tzinfo=UTC)
+    with Store(db) as store:
+        assert store.prune(datetime(9000, 1, 1, tzinfo=UTC)) > 0  # no row kept
+        router = Router(store.con, dict, load(str(cfg)), lambda cur: "")
+        token = router._web().sessions.issue(ADMIN_KEY, wall.time())
+        headers = {"cookie": f"logstats_session={token}"}
+        status, reply, _ = router.route(
+            "GET", "/ui/api/overview", {"account": ["alice"]}, headers, None
+        )
+        assert 200 == status
+        body = json.loads(reply.data)
+        end = last.replace(minute=0, second=0) + timedelta(hours=1)
+        assert end <= datetime.fromisoformat(body["window"]["end"]) <= end + timedelta(hours=1)
+        params = {**emailtrack_params("alice"), **body["window"]}
+        _, answer, _ = router.route(
+            "GET", "/json-api/cpanel", {k: [v] for k, v in params.items()}, whm(ADMIN_KEY), None
+        )
+        row = answer["cpanelresult"]["data"][0]
+        assert {k: int(row[f]) for k, f in TOTALS.items()} == body["totals"]
+        assert body["totals"]["sent"] > 0
