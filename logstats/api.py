@@ -14,6 +14,8 @@ Routes:
       &cpanel_jsonapi_apiversion=2&cpanel_jsonapi_user=USER   (the WHM-style call; also
       under ``/cpsess<digits>/``, the session form of cPanel's own URLs)
   the vendor shapes' routes (logstats/shapes/__init__.py ``SHAPES``)
+  /ui/...  (and / -> /ui/)             the web UI (logstats/web: its pages, its JSON, its
+                                       login and session cookie; the scope rule below)
 POST is accepted on the cPanel and SendGrid routes with the same parameters as a form
 body; HEAD wherever GET is.  ``Router.admit`` decides what can be decided before a body
 is read (the route, the method, the body's size, a key given in the headers or the query
