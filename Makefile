@@ -15,7 +15,11 @@ $(BIN)/logstats: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/logstats
+# the web UI's browser libraries (npm ci from web/package-lock.json; git-ignored copy)
+logstats/web/static/vendor/uPlot.iife.min.js: web/package.json web/package-lock.json
+	$(PYTHON) web/vendor.py --force
+
+setup: $(BIN)/logstats logstats/web/static/vendor/uPlot.iife.min.js
 
 demo: setup
 	rm -f $(DEMO_DB) $(DEMO_DB).wal

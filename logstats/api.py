@@ -19,6 +19,8 @@ Routes:
       key every account, a key limited to accounts those; emailtrack_stats is one record,
       EmailTrack's counters summed over them (``starttime``/``endtime`` Unix times)
   the vendor shapes' routes (logstats/shapes/__init__.py ``SHAPES``)
+  /ui/...  (and / -> /ui/)             the web UI (logstats/web: its pages, its JSON, its
+                                       login and session cookie; the scope rule below)
 POST is accepted on the cPanel and SendGrid routes with the same parameters as a form
 body; HEAD wherever GET is.  ``Router.admit`` decides what can be decided before a body
 is read (the route, the method, the body's size, a key given in the headers or the query
@@ -83,7 +85,15 @@ MAX_BODY = 64 * 1024  # bytes of a request body (a form of parameters); more: 41
 MAX_DAYS = 36_600  # ``days=`` of EmailTrack: at most 100 years
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # later stamps are refused (no 500 near year 9999)
 _CPSESS = re.compile(r"^/cpsess\d{1,32}(?=/)")
-Answer = tuple[int, Any, str]  # (HTTP status, body: JSON-ready value or str, content type)
+Answer = tuple[int, Any, str]  # (HTTP status, body: JSON-ready value, str or Reply, type)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A body sent as it is, with more headers (the web UI's pages, cookies, redirects)."""
+
+    data: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class BadRequest(ValueError):
@@ -247,6 +257,10 @@ class Target:
 
 
 def find(path: str) -> Target | None:
+    if path in {"/", "/ui"} or path.startswith("/ui/"):
+        from logstats import web
+
+        return web.target(path)
     m = _CPSESS.match(path)
     if m and path[m.end() :] in _FIXED and path[m.end() :].startswith("/json-api/"):
         path = path[m.end() :]  # cPanel's own URLs carry the session: /cpsess0123456789/...
@@ -277,6 +291,8 @@ def family_of(path: str) -> str:
         return "sendgrid"
     if path.startswith("/v1/"):
         return "smtpeter"
+    if path in {"/", "/ui"} or path.startswith("/ui/"):
+        return "web"
     return "logstats"
 
 
@@ -343,6 +359,15 @@ class Router:
         self.lock = threading.Lock()
         self.errors = 0  # requests that failed with an internal error
         self._table: tuple[Config, Mapping[str, str]] | None = None
+        self._ui: Any = None  # logstats.web.WebUI, made at the first web request
+
+    def _web(self) -> Any:
+        with self.lock:
+            if self._ui is None:
+                from logstats.web import WebUI
+
+                self._ui = WebUI(self)
+            return self._ui
 
     def allowed(self, path: str) -> tuple[str, ...]:
         """The methods ``path`` answers (for ``Allow``); () when no route names it."""
@@ -371,7 +396,7 @@ class Router:
             return error_answer(
                 target.family, 413, f"the request body is larger than {MAX_BODY} bytes", xml=xml
             )
-        if target.family == "health":
+        if target.family in ("health", "web"):  # the web UI checks its session cookie itself
             return None
         if target.family == "metrics":
             try:
@@ -419,6 +444,9 @@ class Router:
             return self._events(dict(target.path_params), params, headers, peer)
         if target.family == "whm":
             return self._whm(target.name, _single(params), headers, peer)
+        if target.family == "web":
+            answer: Answer = self._web().route(method, target.name, params, headers)
+            return answer
         return self._vendor(target.name, dict(target.path_params), params, headers, peer)
 
     def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:

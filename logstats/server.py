@@ -49,7 +49,7 @@ import duckdb
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from logstats.api import MAX_BODY, Answer, Router, error_answer, family_of
+from logstats.api import MAX_BODY, Answer, Reply, Router, error_answer, family_of
 from logstats.errors import LogstatsError
 
 PEER = "logstats.peer"  # scope["state"] key: the Unix socket peer's uid (None on TCP)
@@ -218,7 +218,8 @@ class _TooLarge(Exception):
     pass
 
 
-Encoded = tuple[int, bytes, str]  # (HTTP status, body bytes, content type)
+Encoded = tuple[int, bytes, str, tuple[tuple[str, str], ...]]
+# (HTTP status, body bytes, content type, more headers: a web page's cookie, Location...)
 
 
 _SLICE = 512  # list items per json.dumps call
@@ -249,11 +250,13 @@ def _dumps(value: Any, out: list[str]) -> None:
 
 def encode(answer: Answer) -> Encoded:
     status, body, content_type = answer
+    if isinstance(body, Reply):
+        return status, body.data, content_type, body.headers
     if isinstance(body, str):
-        return status, body.encode(), content_type
+        return status, body.encode(), content_type, ()
     out: list[str] = []
     _dumps(body, out)
-    return status, "".join(out).encode(), content_type
+    return status, "".join(out).encode(), content_type, ()
 
 
 class _Warnings:
@@ -395,12 +398,13 @@ class App:
         await self._answer(send, path, encode(answer), close=True)
 
     async def _answer(self, send: Send, path: str, answer: Encoded, close: bool = False) -> None:
-        status, data, content_type = answer
+        status, data, content_type, more = answer
         headers = [
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(data)).encode()),
+            *((name.encode(), value.encode("latin-1")) for name, value in more),
         ]
-        if status == 401:
+        if status == 401 and not path.startswith("/ui"):  # a browser would ask for basic auth
             headers.append((b"www-authenticate", b'Basic realm="logstats"'))
         if status == 405:
             headers.append((b"allow", ", ".join(self.router.allowed(path)).encode()))

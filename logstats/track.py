@@ -299,6 +299,19 @@ def top(
     return [(str(v), int(c)) for v, c in rows]
 
 
+def newest(con: duckdb.DuckDBPyConnection, q: TrackQuery) -> datetime | None:
+    """The time of the newest row matching ``q`` (None: none): where a page's default
+    window ends (the data's time, not the wall clock)."""
+    stored = _stored_types(q)
+    if not stored:
+        return None
+    where, params = _where(q, stored)
+    found = con.execute(f"SELECT max(ts) FROM events WHERE {where}", params).fetchone()
+    if found is None or found[0] is None:
+        return None
+    return found[0].replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
 def hourly(con: duckdb.DuckDBPyConnection, q: TrackQuery) -> list[tuple[datetime, str, int]]:
     """(UTC hour, type, rows) over ``q``: the traffic per hour of a report."""
     stored = _stored_types(q)
@@ -514,7 +527,7 @@ def distinct(con: duckdb.DuckDBPyConnection, q: TrackQuery, what: str) -> int:
     return int(row[0]) if row else 0
 
 
-def newest(con: duckdb.DuckDBPyConnection) -> datetime | None:
+def newest_of_store(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """The time of the newest stored row (or message still in the queue), None when there is
     none: where the CLI's default windows end, so they follow the data, not the clock."""
     row = con.execute(

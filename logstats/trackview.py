@@ -374,7 +374,7 @@ def answer(con: duckdb.DuckDBPyConnection, command: str, request: dict[str, Any]
     the newest stored row, never the clock.  ``BadRequest`` for a window that is empty."""
     if command == "trace":
         return {"rows": [r.as_dict() for r in track.trace(con, str(request["id"]))]}
-    newest = track.newest(con)
+    newest = track.newest_of_store(con)
     start, end = _time(request.get("start")), _time(request.get("end"))
     if command == "search":
         end = end or (newest or datetime(1970, 1, 1, tzinfo=UTC)) + timedelta(microseconds=1)

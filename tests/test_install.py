@@ -9,6 +9,7 @@ The man page is held equal to what argparse-manpage makes of the parser now.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ SHIPPED = {
 }
 SKIP = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "var", "*.egg-info", "__pycache__", "*.duckdb*",
-    ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
+    ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis", "node_modules", "vendor",
 )  # fmt: skip
 
 
@@ -134,6 +135,26 @@ def test_the_wheel_carries_the_shipped_files(dist: Dist) -> None:
             assert (ROOT / repo_path).read_bytes() == whl.read(wheel_path), name
         [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
         assert (ROOT / "LICENSE").read_bytes() == whl.read(license_file)
+
+
+def test_the_wheel_carries_the_web_ui_and_its_npm_libraries(dist: Dist) -> None:
+    """The web UI's pages are the repository's; uPlot is in the wheel, installed by the
+    build from web/package-lock.json (``npm ci``), not shipped in the sdist."""
+    with tarfile.open(dist.sdist) as tar:
+        in_sdist = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"web/package.json", "web/package-lock.json", "web/vendor.py", "setup.py"} <= in_sdist
+    assert not any("/vendor/" in n or "node_modules" in n for n in in_sdist)
+    pinned = json.loads((ROOT / "web" / "package-lock.json").read_text())
+    version = pinned["packages"]["node_modules/uplot"]["version"]
+    with zipfile.ZipFile(dist.wheel) as whl:
+        names = set(whl.namelist())
+        for page in (ROOT / "logstats" / "web" / "static").glob("*.*"):
+            wheel_path = f"logstats/web/static/{page.name}"
+            assert page.read_bytes() == whl.read(wheel_path), page.name
+        script = whl.read("logstats/web/static/vendor/uPlot.iife.min.js").decode()
+        assert "logstats/web/static/vendor/uPlot.min.css" in names
+    assert f"uPlot (v{version})" in script.splitlines()[0]  # the pinned release's dist file
+    assert "var uPlot=" in script
 
 
 def test_installed_logstats_answers_version(venv: Path) -> None:

@@ -21,6 +21,7 @@
 #   install steps make it) and man-db with groff-base (`man -l docs/logstats.1`).
 # * For tests/test_events_api.py: nodejs and npm (the test runs `npm ci` in tests/js for
 #   the official mailgun.js SDK, pinned by tests/js/package-lock.json).
+# * For tests/test_web.py: chromium (the web UI is driven in real headless Chromium).
 #
 # Idempotent: when everything is present it only checks and exits (well under a second).
 set -euo pipefail
@@ -32,7 +33,7 @@ export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in exim4-daemon-light pflogsumm patchelf sasl2-bin libsasl2-modules \
            libsasl2-modules-db libicu72 libssl3 libnsl2 libdb5.3 netbase \
-           systemd python3-seccomp logrotate python3-venv man-db groff-base nodejs npm; do
+           systemd python3-seccomp logrotate python3-venv man-db groff-base nodejs npm chromium; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         need_apt+=("$pkg")
     fi
