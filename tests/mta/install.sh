@@ -20,7 +20,9 @@
 # * For tests/test_install.py: python3-venv (a fresh venv from the system Python, as the
 #   install steps make it) and man-db with groff-base (`man -l docs/logstats.1`).
 # * For tests/test_events_api.py: nodejs and npm (the test runs `npm ci` in tests/js for
-#   the official mailgun.js SDK, pinned by tests/js/package-lock.json).
+#   the official mailgun.js SDK, pinned by tests/js/package-lock.json). A nodejs package
+#   that carries its own npm (NodeSource's) conflicts with Debian's npm: that is only
+#   installed when no npm is on the PATH.
 # * For tests/test_web.py: chromium (the web UI is driven in real headless Chromium).
 #
 # Idempotent: when everything is present it only checks and exits (well under a second).
@@ -33,7 +35,7 @@ export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in exim4-daemon-light pflogsumm patchelf sasl2-bin libsasl2-modules \
            libsasl2-modules-db libicu72 libssl3 libnsl2 libdb5.3 netbase \
-           systemd python3-seccomp logrotate python3-venv man-db groff-base nodejs npm chromium; do
+           systemd python3-seccomp logrotate python3-venv man-db groff-base nodejs chromium; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         need_apt+=("$pkg")
     fi
@@ -43,6 +45,10 @@ if ((${#need_apt[@]})); then
         apt-get update -q >/dev/null
         apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
     fi
+fi
+
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get install -y -q --no-install-recommends npm >/dev/null
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then
