@@ -210,14 +210,15 @@ def spans(q: TrackQuery) -> list[tuple[datetime, datetime]]:
     span = FIRST_SPAN
     lo, hi = q.start, q.end
     while lo < hi:
+        if hi - lo <= span:  # the rest in one (no datetime past the window's ends)
+            out.append((lo, hi))
+            break
         if q.newest_first:
-            cut = max(lo, hi - span)
-            out.append((cut, hi))
-            hi = cut
+            out.append((hi - span, hi))
+            hi -= span
         else:
-            cut = min(hi, lo + span)
-            out.append((lo, cut))
-            lo = cut
+            out.append((lo, lo + span))
+            lo += span
         span *= 4
     return out
 

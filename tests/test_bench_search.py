@@ -4,6 +4,7 @@ as one ORDER BY ... LIMIT query over the whole window, on its multi-day generate
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 from datetime import timedelta
@@ -75,3 +76,19 @@ def test_spans_give_the_rows_of_one_query(bench, newest_first: bool) -> None:  #
             ]
             assert one, filters
             assert track.search(con, q) == one, filters
+
+
+def test_spans_of_the_widest_window_stay_within_it() -> None:
+    """A search without a window (cPanel's search without startdate/enddate) spans the
+    whole datetime range: the spans cover it exactly, in order, without leaving it."""
+    from datetime import UTC, datetime
+
+    from logstats import track
+
+    lo, hi = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+    for newest_first in (True, False):
+        got = track.spans(track.TrackQuery(lo, hi, newest_first=newest_first))
+        ordered = sorted(got)
+        assert ordered == (got[::-1] if newest_first else got)
+        assert (lo, hi) == (ordered[0][0], ordered[-1][1])
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ordered))
