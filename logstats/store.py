@@ -862,6 +862,7 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 
 _FEW_ROWS = 200  # up to this many rows go as lists of values (less fixed cost than JSON)
+_JSON_ROWS = 2000  # rows per JSON text
 
 
 def _insert(table: str, *kinds: str) -> Any:
@@ -897,8 +898,12 @@ def _insert(table: str, *kinds: str) -> Any:
     def write(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
         if len(rows) <= _FEW_ROWS:
             con.execute(few, _columns(rows, len(kinds)))
-        else:
-            con.execute(many, [json.dumps(rows, ensure_ascii=False, allow_nan=False)])
+            return
+        # in slices: DuckDB holds a JSON text's parsed rows at once, and the store works
+        # within store.memory_limit (an event row has 26 columns)
+        for at in range(0, len(rows), _JSON_ROWS):
+            part = rows[at : at + _JSON_ROWS]
+            con.execute(many, [json.dumps(part, ensure_ascii=False, allow_nan=False)])
 
     return write
 
