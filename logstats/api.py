@@ -612,17 +612,22 @@ class Router:
         emailtrack_search.py), then API 2's filter, sort and paginate options."""
         search = emailtrack_search.parse(params)
         options = cpanel_api2.parse(params)
+        data, overflowed = self._search_rows(search, (account,))
+        data, page = cpanel_api2.apply(data, options)
+        return emailtrack_search.envelope(data, overflowed, page)
+
+    def _search_rows(
+        self, search: emailtrack_search.Search, accounts: tuple[str, ...] | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """EmailTrack::search's rows and ``overflowed`` for ``accounts`` (None: all): one
+        query per asked flag, as cPanel API 2 and WHM API 1 both answer it."""
         rows: list[track.TrackRow] = []
         matched = 0
         with self._cursor() as cur:
-            for q in search.queries((account,)):
+            for q in search.queries(accounts):
                 rows += track.search(cur, q)
                 matched += sum(track.count(cur, q).values())
-        data, overflowed = emailtrack_search.answer(
-            search, rows, matched, self.config.tz(), self._domains()
-        )
-        data, page = cpanel_api2.apply(data, options)
-        return emailtrack_search.envelope(data, overflowed, page)
+        return emailtrack_search.answer(search, rows, matched, self.config.tz(), self._domains())
 
     def _whm(self, command: str, params: dict[str, str], headers: Any, peer: str | None) -> Answer:
         """WHM API 1 ``emailtrack_search`` and ``emailtrack_stats`` (root or reseller: an
@@ -638,15 +643,7 @@ class Router:
             options = whm_api1.parse(params)
             if command == "emailtrack_search":
                 search = emailtrack_search.parse(params)
-                rows: list[track.TrackRow] = []
-                matched = 0
-                with self._cursor() as cur:
-                    for q in search.queries(caller.accounts):
-                        rows += track.search(cur, q)
-                        matched += sum(track.count(cur, q).values())
-                data, overflowed = emailtrack_search.answer(
-                    search, rows, matched, self.config.tz(), self._domains()
-                )
+                data, overflowed = self._search_rows(search, caller.accounts)
                 records = whm_api1.apply(data, options)
                 return 200, whm_api1.envelope(command, records, overflowed=overflowed), JSON
             stats_params = {"all": "1", **_whm_window(params)}
