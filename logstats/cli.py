@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="count only remote or only local deliveries (SUCCESSCOUNT, TOTALSIZE); "
         "remote_or_faildefer: remote deliveries plus all deferrals and failures",
     )
+    et.add_argument(
+        "--host",
+        metavar="NAME",
+        help="count only the lines this syslog host logged (one MTA of a central log; "
+        "default: every host)",
+    )
     et.add_argument("--nosize", action="store_true", help="leave out TOTALSIZE")
     et.add_argument("--nosuccess", action="store_true", help="leave out SUCCESSCOUNT")
     et.add_argument(
@@ -689,6 +695,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         "deliverytype": args.deliverytype or "",
         "nosize": "1" if args.nosize else "",
         "nosuccess": "1" if args.nosuccess else "",
+        "host": args.host or "",
     }
     params = {k: v for k, v in params.items() if v}
     table = args.format == "table" or (args.all and args.format is None)
@@ -885,6 +892,7 @@ def _track_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
         ("message-id", "the Message-ID header, with or without <>"),
         ("tag", "a tag of the message (X-Mailgun-Tag and the like)"),
+        ("host", "the syslog host that logged it (one MTA of a central log)"),
     ):
         se.add_argument(f"--{name}", metavar="VALUE", help=what)
     se.add_argument(
