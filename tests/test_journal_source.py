@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import duckdb
 import pytest
 import yaml
 
-from logstats.journal import stamp
+from logstats.config import JournalSpec
+from logstats.journal import entry_line, matches, seqnum_of, source_id, stamp
 from logstats.metrics import render
 from tests.daemon_harness import (
     SAMPLES,
@@ -127,6 +129,66 @@ def cursor_row(db: Path | str) -> list[tuple[Any, ...]]:
 
 def postfix_matches(idents: list[str]) -> list[str]:
     return [f"SYSLOG_IDENTIFIER={i}" for i in idents]
+
+
+# -- entries as lines, matches, configuration (no journald needed) ---------------------------
+def test_an_entry_is_the_line_a_syslog_daemon_writes() -> None:
+    """RFC 3339 in UTC with microseconds, the host, identifier[pid]: MESSAGE; the program's
+    own time when journald recorded it; a byte-array MESSAGE decoded; one line per entry."""
+    t = 1_764_700_000_123_456  # 2025-12-02T18:26:40.123456Z
+    entry = {"MESSAGE": "B1C2: removed", "_HOSTNAME": "mx", "SYSLOG_IDENTIFIER": "postfix/qmgr",
+             "SYSLOG_PID": "12", "_PID": "99"}  # fmt: skip
+    assert "2025-12-02T18:26:40.123456+00:00 mx postfix/qmgr[12]: B1C2: removed" == entry_line(
+        entry, t
+    )
+    later = {**entry, "_SOURCE_REALTIME_TIMESTAMP": str(t - 5)}
+    assert entry_line(later, t).startswith("2025-12-02T18:26:40.123451+00:00 ")  # type: ignore[union-attr]
+    raw = {"MESSAGE": list(b"caf\xe9\nx"), "_HOSTNAME": "mx", "_COMM": "smtpd", "_PID": "3"}
+    assert "2025-12-02T18:26:40.123456+00:00 mx smtpd[3]: caf\ufffd x" == entry_line(raw, t)
+    assert entry_line({"_HOSTNAME": "mx"}, t) is None
+    stamp_line = entry_line({"MESSAGE": "x", "SYSLOG_IDENTIFIER": "exim"}, 0)
+    assert "1970-01-01T00:00:00.000000+00:00 localhost exim: x" == stamp_line
+
+
+def test_matches_and_identity() -> None:
+    spec = JournalSpec(units=("postfix@-.service",), identifiers=("postfix/smtp", "postfix/qmgr"))
+    assert ["_SYSTEMD_UNIT=postfix@-.service", "+", "SYSLOG_IDENTIFIER=postfix/smtp",
+            "SYSLOG_IDENTIFIER=postfix/qmgr"] == matches(spec)  # fmt: skip
+    reordered = JournalSpec(units=spec.units, identifiers=("postfix/qmgr", "postfix/smtp"))
+    assert source_id(spec) == source_id(reordered)
+    assert source_id(spec) != source_id(JournalSpec(spec.units, spec.identifiers, "/srv/j"))
+    assert ("ab12", 0x1F) == seqnum_of("s=ab12;i=1f;b=00;m=1;t=2;x=3")
+    assert seqnum_of("garbage") is None
+
+
+def test_check_config_prints_the_journal_keys(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [journal_source(units=[UNIT], identifiers=["postfix/smtp"],
+                                           directory="journal", mta="postfix")])  # fmt: skip
+    proc = cli("check-config", "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("sources = ")]
+    journal = {"units": [UNIT], "identifiers": ["postfix/smtp"],
+               "directory": str(tmp_path / "journal")}  # fmt: skip
+    assert [{"journal": journal, "mta": "postfix"}] == json.loads(line.split(" = ", 1)[1])
+    [derived] = [x for x in proc.stdout.splitlines() if x.startswith("# sources[0]")]
+    assert "journalctl" in derived and "(not there yet)" in derived
+
+
+def test_a_journal_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    """journalctl fails (no such directory): backfill says so in one line and exits 1; the
+    file paths beside it are read."""
+    if shutil.which("journalctl") is None:
+        pytest.skip("journalctl missing")
+    log = tmp_path / "mainlog"
+    log.write_text((SAMPLES / "exim.log").read_text())
+    cfg = config(tmp_path, [journal_source(identifiers=["postfix/smtp"], directory="nowhere",
+                                           mta="postfix")])  # fmt: skip
+    proc = cli("backfill", "--config", str(cfg), "--journal", str(log))
+    assert 1 == proc.returncode
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("logstats: error: ")]
+    assert 1 == len(errors) and "nowhere" in errors[0] and "journalctl failed" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert summed(json.loads((SAMPLES / "exim.truth.json").read_text())["truth"]) == query_all(cfg)
 
 
 # -- (a) backfill of a journal = backfill of the same lines from a file ------------------------
