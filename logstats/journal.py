@@ -42,6 +42,8 @@ JOURNALCTL = "journalctl"
 MAX_ENTRIES = 50_000  # entries one poll reads at most
 PIECE_ENTRIES = 2_000  # entries per piece handed to the pipeline
 JOURNAL_DIRS = ("/run/log/journal", "/var/log/journal")  # where journald keeps its files
+# the fields a line is made of (journalctl adds __CURSOR and __REALTIME_TIMESTAMP)
+FIELDS = "MESSAGE,_HOSTNAME,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_COMM,_SOURCE_REALTIME_TIMESTAMP"
 
 
 def source_id(spec: JournalSpec) -> str:
@@ -203,7 +205,7 @@ class JournalReader:
         return out.pieces
 
     def _argv(self, start: JournalCursor | None) -> list[str]:
-        argv = [self.journalctl, "-o", "json", "--no-pager", "-q"]
+        argv = [self.journalctl, "-o", "json", f"--output-fields={FIELDS}", "--no-pager", "-q"]
         if self.spec.directory:
             argv += ["-D", self.spec.directory]
         if start is not None:
