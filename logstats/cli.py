@@ -171,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         "MTA's files are read oldest first, ordered by their first timestamp.",
     )
     bf.add_argument(
-        "paths", nargs="+", metavar="PATH|GLOB", help="log files; - reads standard input"
+        "paths", nargs="*", metavar="PATH|GLOB", help="log files; - reads standard input"
+    )
+    bf.add_argument(
+        "--journal",
+        action="store_true",
+        help="also read the config's journal sources (sources[].journal), each from its "
+        "stored cursor to what the journal holds now",
     )
     bf.add_argument(
         "--mta", choices=[m.value for m in Mta], help="the files' MTA (default: detected per file)"
@@ -576,6 +582,62 @@ def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progr
     return report.lines
 
 
+def _backfill_journal(ingestor: Ingestor, source: Any, log: Any) -> int:
+    """One journal source, from its stored cursor to the journal's end."""
+    from logstats.journal import JournalReader
+
+    reader = JournalReader(source.journal, source.mta, ingestor.store.journal_cursor)
+    t0 = time.monotonic()
+    report = ingestor.ingest_journal(reader)
+    seconds = time.monotonic() - t0
+    for note in reader.notes:
+        log.warning(note.event, path=note.path, detail=note.detail, **note.fields)
+    errors = [n.detail for n in reader.notes if n.event == "source_error"]
+    log.info(
+        "journal_read" if report.skipped is None else "journal_skipped",
+        path=report.path,
+        source=reader.source,
+        mta=report.mta,
+        lines=report.lines,
+        records=report.records,
+        irrelevant=report.ignored,
+        unknown=sum(report.unparsed.values()),
+        unknown_by_reason=dict(report.unparsed),
+        events=report.events,
+        anomalies=dict(report.anomalies),
+        lines_per_s=lines_per_s(report.lines, seconds),
+        reason=report.skipped,
+    )
+    if errors:
+        raise SourceError(f"{reader.path}: {errors[0]}")
+    return report.lines
+
+
+def _backfill_journals(ingestor: Ingestor, journals: list[Any], log: Any, problem: Any) -> int:
+    lines = 0
+    for source in journals:
+        if ingestor.interrupted:
+            break
+        try:
+            lines += _backfill_journal(ingestor, source, log)
+        except SourceError as exc:
+            problem(exc)
+    return lines
+
+
+def _journal_sources(args: argparse.Namespace, cfg: config_mod.Config) -> list[Any]:
+    """The journal sources ``backfill --journal`` reads (none without it)."""
+    journals = [s for s in cfg.sources if s.journal is not None] if args.journal else []
+    if not args.paths and not args.journal:
+        raise LogstatsError("backfill: give paths to read, or --journal")
+    if args.journal and not journals:
+        raise LogstatsError(
+            f"{cfg.path or 'built-in defaults'}: --journal: no journal source under sources: "
+            "(sources: [{journal: {units: [...]}, mta: postfix}])"
+        )
+    return journals
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Read every path it can; one line on stderr for each it cannot, and exit 1 then."""
     import duckdb
@@ -585,6 +647,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from logstats.store import Store
 
     cfg = _load(args)
+    journals = _journal_sources(args, cfg)
     log = structlog.get_logger()
     failed: list[str] = []
 
@@ -615,6 +678,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                     problem(exc)
                 if ingestor.interrupted:
                     break
+            total_lines += _backfill_journals(ingestor, journals, log, problem)
         finally:
             signal.signal(signal.SIGINT, previous)
             ingestor.close()
@@ -638,6 +702,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         log.info(
             "backfill_done",
             files=len(plan),
+            journals=len(journals),
             failed=len(failed),
             lines=total_lines,
             events_pruned=pruned,
@@ -855,6 +920,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("# sources: none (`logstats serve` needs some; backfill takes paths)")
     for i, source in enumerate(cfg.sources):
         mta = source.mta or "detected from the content"
+        if source.journal is not None:
+            from logstats.journal import describe, source_id
+
+            spec = source.journal
+            where = spec.directory or "the local journal"
+            there = spec.directory is None or os.path.isdir(spec.directory)
+            print(
+                f"# sources[{i}]: {describe(spec)} ({mta}): read with journalctl from {where}"
+                f"{'' if there else ' (not there yet)'}; checkpoint key {source_id(spec)}"
+            )
+            continue
         if glob.has_magic(source.path):
             found = f"{len(glob.glob(source.path))} files match now"
         else:

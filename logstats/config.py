@@ -33,9 +33,21 @@ _LONGEST = 36500 * 86400  # a duration or a retention beyond a century is a typo
 
 
 @dataclass(frozen=True, slots=True)
+class JournalSpec:
+    """Which entries of the systemd journal a source reads (see ``logstats.journal``): those
+    of any of ``units`` (``_SYSTEMD_UNIT``) or any of ``identifiers`` (``SYSLOG_IDENTIFIER``),
+    from the local journal or the journal files under ``directory`` (journalctl ``-D``)."""
+
+    units: tuple[str, ...] = ()
+    identifiers: tuple[str, ...] = ()
+    directory: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
-    path: str  # a path or a glob
-    mta: str | None = None  # None: detected from the content
+    path: str  # a path or a glob ("" for a journal source)
+    mta: str | None = None  # None: detected from the content (a journal source names it)
+    journal: JournalSpec | None = None  # a journal source instead of a file
 
 
 # Recipient domains and MX hosts of the big mailbox providers (extend or override in config).
@@ -303,7 +315,7 @@ def settings(cfg: Config) -> dict[str, Any]:
         "ingest.batch_lines": cfg.batch_lines,
         "ingest.max_line_length": cfg.max_line_length,
         "ingest.workers": cfg.workers,
-        "sources": [{"path": s.path, "mta": s.mta} for s in cfg.sources],
+        "sources": [_source_setting(s) for s in cfg.sources],
         "serve.socket": cfg.socket,
         "serve.batch_seconds": cfg.batch_seconds,
         "serve.poll_seconds": cfg.poll_seconds,
@@ -323,4 +335,19 @@ def settings(cfg: Config) -> dict[str, Any]:
         "api.metrics_per_account": cfg.metrics_per_account,
         "providers": {name: list(p) for name, p in cfg.providers.items()},
         "tags": [{"tag": tag, kind: pattern} for tag, kind, pattern in cfg.tag_rules],
+    }
+
+
+def _source_setting(source: Source) -> dict[str, Any]:
+    """A source as YAML writes it: ``{path, mta}`` or ``{journal: {...}, mta}``."""
+    j = source.journal
+    if j is None:
+        return {"path": source.path, "mta": source.mta}
+    return {
+        "journal": {
+            "units": list(j.units),
+            "identifiers": list(j.identifiers),
+            "directory": j.directory,
+        },
+        "mta": source.mta,
     }

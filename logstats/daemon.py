@@ -34,6 +34,7 @@ from logstats.correlate import Correlator
 from logstats.errors import ConfigError, StoreError, cause_of
 from logstats.follow import Follower
 from logstats.grammar import detect_mta
+from logstats.journal import JournalReader
 from logstats.notify import Notifier
 from logstats.pipeline import Drain, Pipeline, compact_since, stop_resource_tracker
 from logstats.server import ApiService
@@ -59,7 +60,7 @@ class Daemon:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.reload_requested = False
-        self.followers: dict[str, Follower] = {}
+        self.followers: dict[str, Follower | JournalReader] = {}
         self.first_at: float | None = None  # when the open batch took its first line
         self.giving_up = False  # a commit failed too often: exit 1 (systemd restarts us)
         self.unsaved: list[Drain] = []
@@ -191,7 +192,12 @@ class Daemon:
         Only a wake-up is needed, so watchdog's inotify reader is used on its own where it
         is available (one thread, a callback per event); its observer (three threads and
         an event object per write, several % of a core at 100 lines/s) otherwise."""
-        folders = sorted({os.path.dirname(os.path.abspath(p)) for p in self.followers})
+        folders = sorted(
+            {os.path.dirname(os.path.abspath(p)) for p, f in self.followers.items()
+             if isinstance(f, Follower)}
+            | {d for f in self.followers.values() if isinstance(f, JournalReader)
+               for d in f.folders()}
+        )  # fmt: skip
         folders = [f for f in folders if os.path.isdir(f)]
         try:
             return _inotify_waker(folders, self.wake) or _observer_waker(folders, self.wake)
@@ -229,12 +235,19 @@ class Daemon:
 
     def _sync_followers(self) -> None:
         wanted: dict[str, str | None] = {}
+        journals: dict[str, JournalReader] = {}
         for source in self.config.sources:
+            if source.journal is not None:
+                reader = JournalReader(source.journal, source.mta or "", self.store.journal_cursor)
+                journals[reader.path] = reader
+                continue
             for path in _expand(source.path):
                 wanted[path] = source.mta
         for path in list(self.followers):
-            if path not in wanted:
+            if path not in wanted and path not in journals:
                 self.followers.pop(path).close()
+        for path, reader in journals.items():
+            self.followers.setdefault(path, reader)
         for path, mta in wanted.items():
             if path not in self.followers:
                 self.followers[path] = Follower(
@@ -256,7 +269,7 @@ class Daemon:
             pieces = follower.poll()
             self.backlog = self.backlog or follower.more
             for note in follower.notes:
-                self.log.warning(note.event, path=note.path, detail=note.detail)
+                self.log.warning(note.event, path=note.path, detail=note.detail, **note.fields)
             follower.notes.clear()
             if pieces and not follower.mta:
                 follower.mta = self._detect(follower, pieces)
@@ -274,7 +287,7 @@ class Daemon:
                     self.giving_up = True  # a batch is as large as batches get, even mid-poll
                     return
 
-    def _detect(self, follower: Follower, pieces: list[Piece]) -> str:
+    def _detect(self, follower: Follower | JournalReader, pieces: list[Piece]) -> str:
         lines: list[str] = []
         for piece in pieces:
             lines += split_lines(piece.body, self.config.max_line_length)[0][:50]

@@ -70,6 +70,7 @@ class Note:
     event: str  # source_rotated, source_truncated, source_missing, source_error, ...
     path: str
     detail: str = ""
+    fields: dict[str, str] = field(default_factory=dict)  # more to log (journal_gap's times)
 
 
 @dataclass(slots=True)

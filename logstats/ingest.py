@@ -25,6 +25,7 @@ from logstats.config import Config
 from logstats.correlate import Correlator
 from logstats.errors import SourceError, StoreError, cause_of
 from logstats.grammar import Clock, detect_mta
+from logstats.journal import JournalReader
 from logstats.pipeline import Pipeline
 from logstats.sources import (
     CHUNK,
@@ -260,6 +261,32 @@ class Ingestor:
         self._commit(report)
         if known is not None and not report.lines and report.skipped is None:
             report.skipped = f"already read (as {known.path}, up to byte {offset}): nothing new"
+        return report
+
+    def ingest_journal(self, reader: JournalReader) -> FileReport:
+        """Read a journal source from its committed cursor to the journal's end (what it
+        holds now), through the same pipeline, committing as a file is committed."""
+        report = FileReport(reader.path, reader.mta)
+        pipeline = self.pipeline
+        while True:
+            pieces = reader.poll()
+            for parsed in pipeline.take(reader.mta, pieces):
+                chunk = parsed.chunk
+                report.records += len(chunk.records)
+                report.ignored += chunk.ignored
+                report.lines += parsed.lines
+                if pipeline.due:
+                    self._commit(report)
+                if self.interrupted:
+                    break
+            if self.interrupted:
+                report.skipped = "interrupted"
+                break
+            if not reader.more:
+                break
+        self._commit(report)
+        if not report.lines and report.skipped is None:
+            report.skipped = "nothing new in the journal"
         return report
 
     def _size_hint(self, info: FileInfo, offset: int, stream: Stream | None) -> int:

@@ -378,6 +378,16 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalCursor:
+    """Where reading of one journal source stands; stored as its checkpoint."""
+
+    source: str  # the source's identity (``journal.source_id``)
+    cursor: str  # journalctl's __CURSOR of the last entry handed on
+    realtime: int  # that entry's __REALTIME_TIMESTAMP (microseconds since the epoch)
+    entries: int  # entries read from this source so far
+
+
+@dataclass(frozen=True, slots=True)
 class StatsRequest:
     """A time window (UTC, end exclusive) and optional account filter."""
 

@@ -50,7 +50,7 @@ from logstats.correlate import (
     self_contained,
 )
 from logstats.grammar import ChunkParse, parse_chunk
-from logstats.model import Position, Rejected
+from logstats.model import JournalCursor, Position, Rejected
 from logstats.sources import Piece
 from logstats.store import Batch, Isolated, Store
 
@@ -92,6 +92,7 @@ class _Open:
     positions: dict[str, tuple[str, Position]] = field(default_factory=dict)  # head -> mta, pos
     unparsed: dict[str, Counter[str]] = field(default_factory=dict)  # mta -> reason -> lines
     samples: dict[str, dict[str, str]] = field(default_factory=dict)  # mta -> reason -> line
+    cursors: dict[str, tuple[str, JournalCursor]] = field(default_factory=dict)  # source -> ...
 
 
 @dataclass(slots=True)
@@ -250,7 +251,14 @@ class Pipeline:
         pos = piece.position
         year, month = chunk.clock
         op = self.open
-        op.positions[pos.head_hash] = (mta, replace(pos, year=year, month=month))
+        if piece.cursor is not None:  # a journal source: its cursor is its checkpoint
+            op.cursors[piece.cursor.source] = (mta, piece.cursor)
+            if piece.no_message:
+                chunk.unparsed["no-message"] += piece.no_message
+            if piece.gap is not None:
+                correlator.anomaly("journal-gap", piece.gap)
+        else:
+            op.positions[pos.head_hash] = (mta, replace(pos, year=year, month=month))
         if piece.too_long:
             chunk.unparsed["too-long"] += piece.too_long
         if chunk.unparsed:
@@ -282,6 +290,7 @@ class Pipeline:
                     [p for m, p in op.positions.values() if m == mta],
                     dict(op.unparsed.get(mta, {})),
                     op.samples.get(mta, {}),
+                    [c for m, c in op.cursors.values() if m == mta],
                 )
             )
         return drain
@@ -322,8 +331,10 @@ def batch_of(
     positions: list[Position],
     unparsed: dict[str, int],
     samples: dict[str, str],
+    cursors: list[JournalCursor] | None = None,
 ) -> Batch:
-    """One MTA's share of a transaction: the correlator's output and where files stand."""
+    """One MTA's share of a transaction: the correlator's output and where files and
+    journal sources stand."""
     return Batch(
         mta=mta,
         events=drained.events,
@@ -338,6 +349,7 @@ def batch_of(
         anomalies=dict(drained.anomalies),
         anomaly_samples=drained.anomaly_samples,
         histograms=drained.histograms,
+        cursors=cursors or [],
     )
 
 

@@ -35,6 +35,7 @@ from logstats.config import (
     DEFAULT_SOCKET,
     ApiKey,
     Config,
+    JournalSpec,
     Source,
     parse_duration,
 )
@@ -208,16 +209,44 @@ class IngestSection(Section):
     workers: Annotated[int, PlainValidator(_whole(0, 1024))] = 0
 
 
+class JournalSection(Section):
+    """``sources[i].journal``: which entries of the systemd journal are read."""
+
+    expected: ClassVar[str] = "{units: [UNIT...], identifiers: [IDENTIFIER...], directory: DIR}"
+    units: Names = ()
+    identifiers: Names = ()
+    directory: PathText | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> JournalSection:
+        if not self.units and not self.identifiers:
+            raise ValueError(
+                "expected units or identifiers (or both): which entries to read, got neither"
+            )
+        return self
+
+
 class SourceItem(Section):
-    expected: ClassVar[str] = "a path or {path: PATH, mta: exim|postfix}"
+    expected: ClassVar[str] = (
+        "a path, {path: PATH, mta: exim|postfix} or {journal: {units, identifiers}, mta}"
+    )
     item: ClassVar[bool] = True
-    path: PathText
+    path: PathText | None = None
+    journal: JournalSection | None = None
     mta: MtaName = None
 
     @model_validator(mode="before")
     @classmethod
     def _bare_path(cls, data: Any) -> Any:
         return {"path": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceItem:
+        if (self.path is None) == (self.journal is None):
+            raise ValueError("expected exactly one of path or journal")
+        if self.journal is not None and self.mta is None:
+            raise ValueError("expected mta (exim or postfix) beside journal, got none")
+        return self
 
 
 class ServeSection(Section):
@@ -399,7 +428,20 @@ def build(f: File, where: str | None, base: Path) -> Config:
         batch_lines=f.ingest.batch_lines,
         max_line_length=f.ingest.max_line_length,
         workers=f.ingest.workers,
-        sources=tuple(Source(resolve(s.path), s.mta) for s in f.sources),
+        sources=tuple(
+            Source(resolve(str(s.path)), s.mta)
+            if s.journal is None
+            else Source(
+                "",
+                s.mta,
+                JournalSpec(
+                    s.journal.units,
+                    s.journal.identifiers,
+                    resolve(s.journal.directory) if s.journal.directory else None,
+                ),
+            )
+            for s in f.sources
+        ),
         socket=resolve(f.serve.socket),
         batch_seconds=f.serve.batch_seconds,
         poll_seconds=f.serve.poll_seconds,

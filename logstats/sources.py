@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from logstats.errors import SourceError
-from logstats.model import Position
+from logstats.model import JournalCursor, Position
 
 CHUNK = 1 << 20
 HEAD = 256 * 1024  # bytes inspected for the identity, the MTA and the first timestamp
@@ -397,6 +397,11 @@ class Piece:
     body: bytes
     position: Position
     too_long: int = 0  # over-long lines skipped just before ``body``
+    # a journal source's piece: its checkpoint (instead of ``position``), the entries
+    # without a MESSAGE left out of ``body``, and the gap met before it (a sample text)
+    cursor: JournalCursor | None = None
+    no_message: int = 0
+    gap: str | None = None
 
 
 def file_pieces(

@@ -36,6 +36,7 @@ from logstats.model import (
     DimTally,
     Event,
     HistKey,
+    JournalCursor,
     Message,
     Outcome,
     Position,
@@ -233,6 +234,24 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        "0009_journal_cursors",
+        """
+        -- where each journal source stands: the cursor of the last entry committed, written
+        -- in the same transaction as the counters it led to
+        CREATE TABLE journal_cursors (
+            source VARCHAR PRIMARY KEY,         -- journal.source_id: directory, units, identifiers
+            mta VARCHAR NOT NULL,
+            cursor VARCHAR NOT NULL,            -- journalctl's __CURSOR
+            realtime TIMESTAMP NOT NULL,        -- that entry's __REALTIME_TIMESTAMP (UTC)
+            entries BIGINT NOT NULL,            -- entries read so far
+            updated_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+)
+
 # A copy of a table clustered for answers across accounts, and its order on disk.
 COPIES: dict[str, tuple[str, str]] = {
     "counters": ("counters_by_domain", "sender_domain, bucket"),
@@ -283,6 +302,7 @@ class Batch:
     anomaly_samples: dict[str, str] = field(default_factory=dict)
     # histogram deltas: (metric, upper bound) -> [observations, their sum]
     histograms: dict[HistKey, list[int]] = field(default_factory=dict)
+    cursors: list[JournalCursor] = field(default_factory=list)  # journal sources' checkpoints
 
 
 def _naive(ts: datetime) -> datetime:
@@ -699,6 +719,10 @@ class Store:
                          p.done, p.year, p.month),
                     )
                 )  # fmt: skip
+            for c in batch.cursors:
+                rows.append(
+                    (mta, "journal_cursors", (c.source, mta, c.cursor, c.realtime, c.entries))
+                )
             for reason, n in batch.unparsed.items():
                 rows.append((mta, "unparsed", (mta, reason, n, batch.samples.get(reason))))
             for kind, n in batch.anomalies.items():
@@ -823,6 +847,15 @@ class Store:
             [path],
         ).fetchone()
         return Position(*row) if row else None
+
+    def journal_cursor(self, source: str) -> JournalCursor | None:
+        """The committed cursor of a journal source (``journal.source_id``), if any."""
+        row = self.con.execute(
+            "SELECT source, cursor, epoch_us(realtime), entries FROM journal_cursors "
+            "WHERE source = ?",
+            [source],
+        ).fetchone()
+        return JournalCursor(row[0], row[1], int(row[2]), int(row[3])) if row else None
 
     def position(self, head_hash: str) -> Position | None:
         row = self.con.execute(
@@ -969,6 +1002,18 @@ def _checkpoints(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) ->
             )
 
 
+def _journal_cursors(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    now = _naive(_now())
+    for source, mta, cursor, realtime, entries in rows:
+        con.execute(
+            "INSERT INTO journal_cursors VALUES (?, ?, ?, make_timestamp(?), ?, ?) "
+            "ON CONFLICT (source) DO UPDATE SET mta = excluded.mta, cursor = excluded.cursor, "
+            "realtime = excluded.realtime, entries = excluded.entries, "
+            "updated_at = excluded.updated_at",
+            [source, mta, cursor, realtime, entries, now],
+        )
+
+
 def _tally(table: str, key: str, count: str) -> Any:
     sql = (
         f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (mta, {key}) DO UPDATE "
@@ -1003,6 +1048,7 @@ _WRITERS: dict[str, Any] = {
     "unpend": _unpend,
     "pending": _insert("pending", "s", "s", "s", "s", "u", "b", "b", "u", "s", "s"),
     "checkpoints": _checkpoints,
+    "journal_cursors": _journal_cursors,
     "unparsed": _tally("unparsed", "reason", "lines"),
     "anomalies": _tally("anomalies", "kind", "count"),
     "histograms": _histograms,

@@ -56,7 +56,31 @@ def write(tmp_path, text, name="c.yaml"):
         ("serve: {poll_seconds: .inf}\n", "serve.poll_seconds: expected a positive number"),
         ("store: {retention_days: 99999999999}\n", "(at most 36,500), got 99999999999"),
         ("store: {1: x}\n", "unknown key 'store.1'"),
-        ("sources: [~]\n", "sources[0]: expected a path or {path: PATH, mta: exim|postfix}"),
+        (
+            "sources: [~]\n",
+            "sources[0]: expected a path, {path: PATH, mta: exim|postfix} or "
+            "{journal: {units, identifiers}, mta}",
+        ),
+        (
+            "sources:\n  - journal: {units: [postfix@-.service]}\n",
+            "sources[0]: expected mta (exim or postfix) beside journal",
+        ),
+        (
+            "sources:\n  - {journal: {}, mta: postfix}\n",
+            "sources[0].journal: expected units or identifiers (or both)",
+        ),
+        (
+            "sources:\n  - {journal: {units: postfix.service}, mta: postfix}\n",
+            "sources[0].journal.units: expected a list, got 'postfix.service'",
+        ),
+        (
+            "sources:\n  - {journal: {unit: [postfix.service]}, mta: postfix}\n",
+            "unknown key 'sources[0].journal.unit' (did you mean 'sources[0].journal.units'?)",
+        ),
+        (
+            "sources:\n  - {path: /x, journal: {units: [a]}, mta: exim}\n",
+            "sources[0]: expected exactly one of path or journal",
+        ),
         ("api: {keys: [{key: ''}]}\n", "api.keys[0].key: expected the key's secret"),
     ],
 )

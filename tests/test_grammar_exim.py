@@ -80,6 +80,21 @@ def test_syslog_year_from_reference_and_new_year():
     assert (2024, 2025) == (a.ts.year, b.ts.year)
 
 
+def test_rfc3339_syslog_stamp_with_a_host():
+    """RFC 3339 syslog framing (rsyslog's, and a journal entry's line): the outer stamp is
+    the time when Exim left its own out (syslog_timestamp = false); Exim's own wins else."""
+    p = parser()
+    bare = p.parse("2024-07-01T12:00:00.123456+02:00 mx exim[7]: 1avnJx-00039F-Hs Completed")
+    own = p.parse(
+        "2024-07-01T12:00:05.000001+00:00 mx exim[7]: 2024-07-01 11:59:59 1avnJx-00039F-Hs "
+        "=> a@remote.test R=dnslookup T=remote_smtp H=mx.remote.test [192.0.2.1]"
+    )
+    assert isinstance(own, Attempt)
+    assert datetime(2024, 7, 1, 10, 0, 0, 123456, tzinfo=UTC) == bare.ts
+    assert datetime(2024, 7, 1, 11, 59, 59, tzinfo=UTC) == own.ts
+    assert ("mx", "mx") == (bare.scope, own.scope)
+
+
 @pytest.mark.parametrize(
     "line,reason",
     [

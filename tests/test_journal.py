@@ -11,18 +11,16 @@ connects ``logstats backfill`` to it exactly that way, and reads the entries bac
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.journald import journal_missing
 from tests.logmaker import exim_log
 
 ROOT = Path(__file__).resolve().parents[1]
-JOURNALD = Path("/lib/systemd/systemd-journald")
 
 # Run inside `unshare -m`: journald on tmpfs, then `logstats ARGS` with stderr connected
 # to its stdout socket as systemd connects a service (the stream header: identifier,
@@ -63,19 +61,6 @@ finally:
     journald.kill()
     journald.wait()
 """
-
-
-def journal_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (a private mount namespace for journald)"
-    for tool in ("unshare", "journalctl", "mount"):
-        if shutil.which(tool) is None:
-            return f"{tool} missing"
-    if not JOURNALD.exists():
-        return f"{JOURNALD} missing (Debian package systemd; tests/mta/install.sh)"
-    if subprocess.run(["unshare", "-m", "true"], check=False).returncode != 0:
-        return "unshare -m is not permitted here"
-    return None
 
 
 def in_journal(identifier: str, with_env: bool, argv: list[str]) -> tuple[int, list[dict]]:

@@ -4,6 +4,10 @@ Framing, any combination of (``log_selector`` and syslog carriers)::
 
     [Mmm dd hh:mm:ss host exim[pid]: ] [host exim[pid]: ] YYYY-MM-DD hh:mm:ss[.mmm] [±hhmm]
         [host exim[pid]:] [[pid]] [message-id] text
+    YYYY-MM-DDThh:mm:ss[.f](Z|±hh:mm) host exim[pid]: [YYYY-MM-DD hh:mm:ss ...] text
+
+(the last: RFC 3339 syslog, as rsyslog writes it and as a journal entry is turned into a
+line; Exim's own stamp, when ``syslog_timestamp`` left it in, is the one taken)
 
 Message ids come in the classic 16-character form (``1avnJx-00039F-Hs``) and the Exim 4.97+
 23-character form (``1avnJx-00000000039F-Hsab``), mixed in one file.  One ``Regex`` element
@@ -45,8 +49,9 @@ from logstats.model import (
 
 # -- named pieces of the framing ------------------------------------------------------------
 SYSLOG_HEAD = (
-    r"(?:(?P<sys_stamp>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d) (?P<sys_host>\S+) "
-    r"\[?exim\d*\]?(?:\[\d+\])?: )?"
+    r"(?:(?:(?P<sys_stamp>[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d)|"
+    r"(?P<sys_iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[-+]\d\d:?\d\d))) "
+    r"(?P<sys_host>\S+) \[?exim\d*\]?(?:\[\d+\])?: )?"
 )
 JOURNAL_HEAD = r"(?:(?P<j_host>[^\s\[:]+) exim\d*\[\d+\]: )?"
 EXIM_STAMP = (
@@ -138,8 +143,8 @@ class EximParser:
         m = match(exim_line, line)
         if m is None:
             return Unparsed("no-rule", line)
-        stamp, sys_stamp = m.group("stamp", "sys_stamp")
-        if stamp is None and sys_stamp is None:
+        stamp, sys_stamp, sys_iso = m.group("stamp", "sys_stamp", "sys_iso")
+        if stamp is None and sys_stamp is None and sys_iso is None:
             return _frameless(line)
         qid, flag = m.group("id", "flag")
         if flag is None:
@@ -150,6 +155,8 @@ class EximParser:
                 return Ignored(kind)
         if stamp is not None:
             ts = self._clock.iso(stamp, m["offset"])
+        elif sys_iso is not None:  # RFC 3339 syslog (rsyslog, the journal), no Exim stamp
+            ts = self._clock.iso(sys_iso)
         else:
             ts = self._clock.bsd(sys_stamp)
         if ts is None:

@@ -13,7 +13,9 @@
 # * Users/groups: postfix, postdrop (Postfix), lsuser1/lsuser2 (local submitters).
 # * For tests/test_systemd.py: systemd (systemd-analyze verify, systemd-sysusers),
 #   python3-seccomp (runs logstats under the unit's SystemCallFilter=) and logrotate
-#   (checks config/logrotate.sample).  No service is started.
+#   (checks config/logrotate.sample).  No service is started.  The same systemd gives
+#   tests/test_journal.py and tests/test_journal_source.py their private systemd-journald,
+#   and journalctl (util-linux's unshare and mount are in every Debian).
 # * For tests/test_metrics.py: promtool, from the package prometheus (its server is not
 #   wanted: while it is installed a policy-rc.d refuses every service start, and the
 #   unit it ships is left disabled and stopped).
