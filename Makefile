@@ -36,7 +36,7 @@ SHIFTED_TESTS ?= tests/test_backfill.py tests/test_cli.py tests/test_daemon.py \
                  tests/test_api.py tests/test_isolation.py $(wildcard tests/test_rotation.py) \
                  $(wildcard tests/test_failures.py) tests/test_metrics.py tests/test_http.py \
                  tests/test_track_cli.py tests/test_emailtrack_search.py \
-                 tests/test_events_api.py tests/test_web.py
+                 tests/test_events_api.py tests/test_web.py tests/test_central.py
 
 test: setup lint
 	[ ! -f tests/mta/install.sh ] || bash tests/mta/install.sh

@@ -161,7 +161,8 @@ def build(path: Path, accounts: int, days: int, seed: int, end: datetime) -> dic
         """
         con.execute(
             f"""
-            INSERT INTO counters
+            INSERT INTO counters (bucket, mta, account, sender_domain, sends, successes, defers,
+                fails, bytes, rejects, expired, local_successes, local_bytes)
             SELECT * FROM (
                 {counters_sql}
                 UNION ALL
@@ -173,7 +174,8 @@ def build(path: Path, accounts: int, days: int, seed: int, end: datetime) -> dic
         # '-remote-' (mail from outside) every hour, from a few sender domains.
         con.execute(
             f"""
-            INSERT INTO counters
+            INSERT INTO counters (bucket, mta, account, sender_domain, sends, successes, defers,
+                fails, bytes, rejects, expired, local_successes, local_bytes)
             SELECT ?::TIMESTAMP + to_hours(k::BIGINT), 'exim', '-remote-',
                    'sender' || (d % 5)::VARCHAR || '.example', 20 + hash(k, d) % 50,
                    20 + hash(k, d) % 50, 1, 1, 800000, 3, 0, 20, 800000
@@ -188,7 +190,8 @@ def build(path: Path, accounts: int, days: int, seed: int, end: datetime) -> dic
         rdoms = "[" + ", ".join(f"'{d}'" for d in RCPT_DOMAINS) + "]"
         con.execute(
             f"""
-            INSERT INTO dims
+            INSERT INTO dims (bucket, mta, account, sender_domain, kind, value, accepted_out,
+                accepted_in, delivered, deferred, failed, rejected, bytes, first_at, last_at)
             SELECT bucket, 'exim', name, domain, kind, value,
                    1 + r % 9, 0, 1 + r % 9, (r >> 16) % 2, (r >> 20) % 2,
                    CASE WHEN (r >> 28) % 10 = 0 THEN 1 ELSE 0 END,

@@ -110,7 +110,10 @@ def build(path: Path, days: int, per_day: int, accounts: int) -> dict[str, Any]:
     try:
         con = store.con
         for day in range(days):
-            con.execute(f"INSERT INTO events {_day_sql(day, messages, accounts, start)}")
+            con.execute(
+                f"INSERT INTO events ({', '.join(track.COLUMNS)}) "
+                f"{_day_sql(day, messages, accounts, start)}"
+            )
             log(f"day {day + 1}/{days} written ({time.monotonic() - t0:.0f} s)")
         con.execute("CHECKPOINT")
         (rows,) = con.execute("SELECT count(*) FROM events").fetchone() or (0,)

@@ -75,6 +75,8 @@ from logstats.shapes import (
     ApiError,
     cpanel_api2,
     emailtrack_search,
+    host_value,
+    hosted,
     whm_api1,
 )
 from logstats.shapes.cpanel_api2 import Api2Error
@@ -174,7 +176,11 @@ def emailtrack_of(
     if account is None and not everyone:
         raise BadRequest("account: missing (or all=1)")
     start, end = window(params)
-    rows = stats(StatsRequest(start, end, None if everyone else account))
+    try:
+        host = host_value(params)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    rows = stats(StatsRequest(start, end, None if everyone else account, host))
     if config is not None and account is not None and not everyone:
         from logstats import accounts
 
@@ -683,7 +689,7 @@ class Router:
         try:
             caller = self._caller(family, params, headers, peer)
             q = shape.parse(params, now, path_params)
-            q = self._scope(q, caller)
+            q = self._scope(hosted(q, host_value(params)), caller)
             rows = []
             if q.request is not None:
                 with self._cursor() as cur:

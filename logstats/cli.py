@@ -293,6 +293,12 @@ def _query_parsers(qsub: Any, common: argparse.ArgumentParser) -> None:
         help="count only remote or only local deliveries (SUCCESSCOUNT, TOTALSIZE); "
         "remote_or_faildefer: remote deliveries plus all deferrals and failures",
     )
+    et.add_argument(
+        "--host",
+        metavar="NAME",
+        help="count only the lines this syslog host logged (one MTA of a central log; "
+        "default: every host)",
+    )
     et.add_argument("--nosize", action="store_true", help="leave out TOTALSIZE")
     et.add_argument("--nosuccess", action="store_true", help="leave out SUCCESSCOUNT")
     et.add_argument(
@@ -699,6 +705,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         "deliverytype": args.deliverytype or "",
         "nosize": "1" if args.nosize else "",
         "nosuccess": "1" if args.nosuccess else "",
+        "host": args.host or "",
     }
     params = {k: v for k, v in params.items() if v}
     table = args.format == "table" or (args.all and args.format is None)
@@ -895,6 +902,7 @@ def _track_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
         ("message-id", "the Message-ID header, with or without <>"),
         ("tag", "a tag of the message (X-Mailgun-Tag and the like)"),
+        ("host", "the syslog host that logged it (one MTA of a central log)"),
     ):
         se.add_argument(f"--{name}", metavar="VALUE", help=what)
     se.add_argument(
@@ -1138,11 +1146,11 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     fleet_common.add_argument(
         "--config", metavar="FILE", help="YAML configuration (default: none; built-in defaults)"
     )
-    fleet_common.add_argument("--host", metavar="NAME", help="only this host's rows")
     fq = fsub.add_parser(
         "query",
         help="a shape of `logstats query` (emailtrack, mailgun, sendgrid, smtpeter)",
-        description="As `logstats query`, over every host (or one: --host).",
+        description="As `logstats query`, over every host (or one: emailtrack --host NAME, "
+        "host=NAME among the others' parameters).",
     )
     fqsub = fq.add_subparsers(
         dest="shape", required=True, metavar="SHAPE", help="the API (SHAPE --help)"
@@ -1163,6 +1171,7 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
         ("message-id", "the Message-ID header, with or without <>"),
         ("tag", "a tag of the message"),
+        ("host", "only the rows of this host (its name in the export)"),
     ):
         fs.add_argument(f"--{name}", metavar="VALUE", help=what)
     fs.add_argument(

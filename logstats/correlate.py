@@ -79,6 +79,7 @@ from logstats.model import (
     Tagged,
     Tally,
     bucket_bound,
+    host_of,
 )
 
 Key = tuple[str, str]  # (scope, queue_id)
@@ -243,8 +244,9 @@ class Drained:
 class Counts:
     """Counters as plain rows: what a correlator in another process counted."""
 
-    counters: list[tuple[Any, ...]]  # (hour, account, domain, *Tally.values())
-    dims: list[tuple[Any, ...]]  # (hour, account, domain, kind, value, *counts, first, last)
+    counters: list[tuple[Any, ...]]  # (hour, account, domain, host, *Tally.values())
+    # (hour, account, domain, kind, value, host, *counts, first, last)
+    dims: list[tuple[Any, ...]]
     events: list[Event]
     anomalies: dict[str, int]
     anomaly_samples: dict[str, str]
@@ -398,16 +400,16 @@ class Correlator:
         """Add what another correlator counted for self-contained messages (see
         ``self_contained``): the same counters as if their records had been fed here."""
         counters = self.counters
-        for hour, account, domain, *values in counts.counters:
-            key = (hour, account, domain)
+        for hour, account, domain, host, *values in counts.counters:
+            key = (hour, account, domain, host)
             t = counters.get(key)
             if t is None:
                 counters[key] = Tally(*values)
             else:
                 t.add(values)
         dims = self.dims
-        for hour, account, domain, kind, value, *counted in counts.dims:
-            dkey = (hour, account, domain, kind, value)
+        for hour, account, domain, kind, value, host, *counted in counts.dims:
+            dkey = (hour, account, domain, kind, value, host)
             d = dims.get(dkey)
             if d is None:
                 dims[dkey] = DimTally(*counted)
@@ -766,11 +768,12 @@ class Correlator:
         delay = entry[12] if len(entry) > 12 else None  # not in entries of older versions
         kept = entry[_L_DETAIL] if len(entry) > _L_DETAIL else None
         detail = Detail(*kept)._replace(tags=",".join(tags) or None) if kept else None
-        self._count(ts, account, domain, outcome, size, local, sign)
+        host = host_of(entry[10])
+        self._count(ts, account, domain, host, outcome, size, local, sign)
         self._observe(outcome, size, delay, sign)
         if outcome is not Outcome.EXPIRED:
             self._count_dims(
-                ts, account, domain, outcome, size, tags, interface, recipient, relay, sign
+                ts, account, domain, host, outcome, size, tags, interface, recipient, relay, sign
             )
         if ledger is not None:
             ledger.append(list(entry))
@@ -849,10 +852,11 @@ class Correlator:
         elif msg is not None and (msg.auth_id or msg.uid is not None or msg.local_user):
             account = self._resolve(msg)
         domain = _domain(r.sender)
-        self._count(r.ts, account, domain, Outcome.REJECTED, 0, False)
+        host = host_of(r.scope)
+        self._count(r.ts, account, domain, host, Outcome.REJECTED, 0, False)
         tags = msg.tags if msg is not None else []
         self._count_dims(
-            r.ts, account, domain, Outcome.REJECTED, 0, tags, None, r.recipient or "", None
+            r.ts, account, domain, host, Outcome.REJECTED, 0, tags, None, r.recipient or "", None
         )
         if self.events_since is None or r.ts >= self.events_since:
             self.events.append(
@@ -896,12 +900,14 @@ class Correlator:
         domain = msg.domain
         if domain is None:
             domain = msg.domain = _domain(msg.sender)
-        self._count(ts, account, domain, outcome, msg.size, local)
+        host = host_of(msg.scope)
+        self._count(ts, account, domain, host, outcome, msg.size, local)
         self._observe(outcome, msg.size, delay)
         if outcome is not Outcome.EXPIRED:
             self._count_dims(
-                ts, account, domain, outcome, msg.size, msg.tags, msg.interface, recipient, relay
-            )
+                ts, account, domain, host, outcome, msg.size, msg.tags, msg.interface, recipient,
+                relay,
+            )  # fmt: skip
         detail = _detail(msg, attempt, reason)
         if detail.orig_recipient is not None and detail.orig_recipient == recipient:
             detail = detail._replace(orig_recipient=None)
@@ -955,6 +961,7 @@ class Correlator:
         ts: datetime,
         account: str,
         domain: str,
+        host: str,
         outcome: Outcome,
         size: int,
         tags: list[str],
@@ -986,7 +993,7 @@ class Correlator:
         incoming = account == REMOTE
         dims = self.dims
         for kind, value in values:
-            key = (hour, account, domain, kind, value)
+            key = (hour, account, domain, kind, value, host)
             row = dims.get(key)
             if row is None:
                 row = dims[key] = DimTally(first_at=epoch, last_at=epoch)
@@ -1038,13 +1045,14 @@ class Correlator:
         ts: datetime,
         account: str,
         domain: str,
+        host: str,
         outcome: Outcome,
         size: int,
         local: bool,
         sign: int = 1,
     ) -> None:
-        """Add one outcome to the hourly counters of this batch."""
-        key = (self._clock_of(ts)[0], account, domain)
+        """Add one outcome to the hourly counters of this batch (per syslog host)."""
+        key = (self._clock_of(ts)[0], account, domain, host)
         row = self.counters.get(key)
         if row is None:
             row = self.counters[key] = Tally()

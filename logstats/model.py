@@ -239,10 +239,16 @@ def bucket_bound(metric: str, value: int) -> int:
     return bounds[i] if i < len(bounds) else INF_BOUND
 
 
-# hourly counters: (epoch hour, account, sender domain)
-CounterKey = tuple[int, str, str]
-# hourly per-dimension counters: (epoch hour, account, sender domain, dimension, value)
-DimKey = tuple[int, str, str, str, str]
+# hourly counters: (epoch hour, account, sender domain, host)
+CounterKey = tuple[int, str, str, str]
+# hourly per-dimension counters: (epoch hour, account, sender domain, dimension, value, host)
+DimKey = tuple[int, str, str, str, str, str]
+
+
+def host_of(scope: str) -> str:
+    """The syslog host of a record's scope (Postfix ``host/syslog_name``, Exim ``host``): a
+    dimension of every counter, ``""`` where the log names no host (a plain Exim mainlog)."""
+    return scope.partition("/")[0]
 
 
 @dataclass(slots=True)
@@ -378,6 +384,7 @@ class StatsRequest:
     start: datetime
     end: datetime
     account: str | None = None
+    host: str | None = None  # the syslog host (``host_of``); None: every host
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +438,7 @@ class SeriesRequest:
     # sender domains matching one of these patterns (``*``, ``?``, ``[...]``; lower case):
     # a key's domain scope; empty: any
     domain_patterns: tuple[str, ...] = ()
+    host: str | None = None  # the syslog host (``host_of``); None: every host
 
 
 @dataclass(frozen=True, slots=True)

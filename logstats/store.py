@@ -43,6 +43,7 @@ from logstats.model import (
     SeriesRow,
     StatsRequest,
     Tally,
+    host_of,
 )
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -216,6 +217,22 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        "0008_host",
+        """
+        -- the syslog host of the lines counted (model.host_of): a central syslog file holds
+        -- many MTAs, and every counter can be asked per host.  '' where the log names none
+        -- (a plain Exim mainlog); rows stored before this migration have ''.
+        ALTER TABLE counters ADD COLUMN host VARCHAR DEFAULT '';
+        ALTER TABLE counters_by_domain ADD COLUMN host VARCHAR DEFAULT '';
+        ALTER TABLE dims ADD COLUMN host VARCHAR DEFAULT '';
+        ALTER TABLE dims_by_value ADD COLUMN host VARCHAR DEFAULT '';
+        ALTER TABLE events ADD COLUMN host VARCHAR DEFAULT '';
+        """,
+    ),
+)
+
 # A copy of a table clustered for answers across accounts, and its order on disk.
 COPIES: dict[str, tuple[str, str]] = {
     "counters": ("counters_by_domain", "sender_domain, bucket"),
@@ -276,11 +293,11 @@ def _aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC)
 
 
-def aggregate(events: Iterable[Event]) -> dict[tuple[int, str, str, str], Tally]:
-    """Hourly counter deltas per (bucket, mta, account, sender domain)."""
-    by_hour: dict[tuple[int, str, str, str], Tally] = {}
+def aggregate(events: Iterable[Event]) -> dict[tuple[int, str, str, str, str], Tally]:
+    """Hourly counter deltas per (bucket, mta, account, sender domain, host)."""
+    by_hour: dict[tuple[int, str, str, str, str], Tally] = {}
     for e in events:
-        key = (int(e.ts.timestamp()) // 3600, e.mta, e.account, e.sender_domain)
+        key = (int(e.ts.timestamp()) // 3600, e.mta, e.account, e.sender_domain, host_of(e.scope))
         row = by_hour.get(key)
         if row is None:
             row = by_hour[key] = Tally()
@@ -630,12 +647,20 @@ class Store:
             if batch.counters is None:
                 counters = aggregate(batch.events)
             else:
-                counters = {(h, mta, a, d): row for (h, a, d), row in batch.counters.items()}
+                counters = {
+                    (h, mta, a, d, host): row for (h, a, d, host), row in batch.counters.items()
+                }
             # timestamps as numbers (hours, seconds, microseconds since the epoch): the
-            # store turns them into TIMESTAMPs (see _WRITERS)
-            rows += [(mta, "counters", (*key, *t.values())) for key, t in counters.items()]
-            for (hour, account, domain, kind, value), d in batch.dims.items():
-                row = (hour, mta, account, domain, kind, value, *d.counts(), d.first_at, d.last_at)
+            # store turns them into TIMESTAMPs (see _WRITERS); the host is the last column
+            rows += [
+                (mta, "counters", (h, m, a, d, *t.values(), host))
+                for (h, m, a, d, host), t in counters.items()
+            ]
+            for (hour, account, domain, kind, value, host), d in batch.dims.items():
+                row = (
+                    hour, mta, account, domain, kind, value, *d.counts(), d.first_at, d.last_at,
+                    host,
+                )  # fmt: skip
                 rows.append((mta, "dims", row))
             for e in batch.events:
                 if since is None or e.ts >= since:
@@ -711,14 +736,14 @@ class Store:
         dim_sums = ", ".join(f"sum({c})::BIGINT" for c in DIM_COLUMNS)
         folds = {
             "counters": (
-                f"SELECT bucket, mta, account, sender_domain, {sums} FROM counters {where} "
-                "GROUP BY ALL ORDER BY account, bucket"
+                f"SELECT bucket, mta, account, sender_domain, {sums}, host FROM counters {where} "
+                "GROUP BY ALL ORDER BY account, bucket, host"
             ),
             "dims": (
                 "SELECT bucket, mta, account, sender_domain, kind, value, "
-                f"{dim_sums}, min(first_at), max(last_at) FROM dims {where} "
-                "GROUP BY bucket, mta, account, sender_domain, kind, value "
-                "ORDER BY account, kind, value, bucket"
+                f"{dim_sums}, min(first_at), max(last_at), host FROM dims {where} "
+                "GROUP BY bucket, mta, account, sender_domain, kind, value, host "
+                "ORDER BY account, kind, value, bucket, host"
             ),
         }
         con.execute("BEGIN TRANSACTION")
@@ -849,7 +874,7 @@ def _event_row(e: Event) -> tuple[Any, ...]:
         d.client_host, d.client_ip, d.auth,
         None if d.sent_at is None else int(d.sent_at * 1_000_000),
         d.reason, d.router, d.transport, d.remote_host, d.remote_ip, d.dsn, d.tags, d.origin,
-        d.parent,
+        d.parent, host_of(e.scope),
     )  # fmt: skip
 
 
@@ -969,10 +994,10 @@ def _histograms(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> 
 
 
 _WRITERS: dict[str, Any] = {
-    "counters": _insert("counters", "h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS)),
-    "dims": _insert("dims", "h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t"),
+    "counters": _insert("counters", "h", "s", "s", "s", *"n" * len(COUNTER_COLUMNS), "s"),
+    "dims": _insert("dims", "h", "s", "s", "s", "s", "s", *"n" * 7, "t", "t", "s"),
     "events": _insert(
-        "events", "u", "s", "s", "s", "s", "s", "s", "s", "n", "b", *"s" * 6, "u", *"s" * 9
+        "events", "u", "s", "s", "s", "s", "s", "s", "s", "n", "b", *"s" * 6, "u", *"s" * 10
     ),
     "retract": _retract,
     "unpend": _unpend,
@@ -998,6 +1023,11 @@ def account_stats(con: duckdb.DuckDBPyConnection, req: StatsRequest) -> list[Acc
         params.append(req.account)
         pwhere += " AND account = ?"
         pparams.append(req.account)
+    if req.host is not None:
+        where += " AND host = ?"
+        params.append(req.host)
+        pwhere += " AND split_part(scope, '/', 1) = ?"  # model.host_of
+        pparams.append(req.host)
     counts = con.execute(
         "SELECT account, sum(sends + rejects), sum(successes), sum(defers), "
         "sum(fails + rejects), sum(bytes), sum(local_successes), sum(local_bytes) "
@@ -1125,6 +1155,9 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         else:
             where.append("value = ?")
         params.append(value)
+    if req.host is not None:
+        where.append("host = ?")
+        params.append(req.host)
     if req.domain_patterns:  # GLOB reads * ? [...] [!...] as fnmatch does
         where.append(f"({' OR '.join(['sender_domain GLOB ?'] * len(req.domain_patterns))})")
         params.extend(req.domain_patterns)

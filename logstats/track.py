@@ -113,6 +113,7 @@ class TrackQuery:
     # keyset paging: only rows after this (ts, queue_id, recipient, outcome) in the order
     after: tuple[datetime, str, str, str] | None = None
     exclude_accounts: tuple[str, ...] = ()  # e.g. ``-system-`` for the vendor shapes
+    host: str | None = None  # the syslog host (``model.host_of`` of the scope); None: any
 
 
 def _naive(ts: datetime) -> datetime:
@@ -137,6 +138,9 @@ def _where(q: TrackQuery, types: Sequence[str]) -> tuple[str, list[Any]]:
     if q.account is not None:
         clauses.append("account = ?")
         params.append(q.account)
+    if q.host is not None:
+        clauses.append("split_part(scope, '/', 1) = ?")  # model.host_of, as for pending
+        params.append(q.host)
     if q.domain_patterns:
         clauses.append("(" + " OR ".join("sender_domain GLOB ?" for _ in q.domain_patterns) + ")")
         params += list(q.domain_patterns)
@@ -340,6 +344,9 @@ def in_progress(con: duckdb.DuckDBPyConnection, q: TrackQuery) -> list[TrackRow]
     if q.account is not None:
         clauses.append("account = ?")
         params.append(q.account)
+    if q.host is not None:
+        clauses.append("split_part(scope, '/', 1) = ?")
+        params.append(q.host)
     if q.queue_id is not None:
         clauses.append("(queue_id = ? OR root LIKE ?)")
         params += [q.queue_id, "% " + q.queue_id]

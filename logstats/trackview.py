@@ -334,7 +334,9 @@ def report_text(r: Report, host: str = "") -> str:
 # -- one answer for the CLI, from the file or from the daemon ---------------------------
 
 COMMANDS = ("search", "trace", "report")
-SEARCH_FILTERS = ("account", "sender", "recipient", "domain", "queue_id", "message_id", "tag")
+SEARCH_FILTERS = (
+    "account", "sender", "recipient", "domain", "queue_id", "message_id", "tag", "host",
+)  # fmt: skip
 
 
 class BadRequest(ValueError):

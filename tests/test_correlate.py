@@ -33,7 +33,7 @@ def at(seconds: int) -> datetime:
 def totals(c: Correlator) -> dict[str, list[int]]:
     """Per account: sends, successes, defers, fails, bytes, rejects, expired."""
     out: dict[str, list[int]] = {}
-    for (_, account, _), tally in c.drain().counters.items():
+    for (_, account, _, _), tally in c.drain().counters.items():
         acc = out.setdefault(account, [0] * 7)
         for i, n in enumerate(tally.values()[:7]):
             acc[i] += n

@@ -289,7 +289,8 @@ def test_track_keyset_cursor_walks_ties_once() -> None:
             "sender_domain": "x.test", "recipient": rcpt, "outcome": outcome, "size": 1,
         }  # fmt: skip
         con.execute(
-            f"INSERT INTO events VALUES ({', '.join('?' for _ in track.COLUMNS)})",
+            f"INSERT INTO events ({', '.join(track.COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in track.COLUMNS)})",
             [values[c] for c in track.COLUMNS],
         )
     start, end = datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)

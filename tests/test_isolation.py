@@ -67,8 +67,8 @@ def test_store_keeps_what_it_can_and_quarantines_the_rest(tmp_path: Path) -> Non
         mta="exim",
         events=[Event(ts, "exim", "", "q1", "alice", "alice.test", Outcome.SEND)],
         counters={
-            (hour, "alice", "alice.test"): Tally(sends=1),
-            (hour, "carol", "carol.test"): Tally(sends=1, successes=9000, bytes=9000 * HUGE),
+            (hour, "alice", "alice.test", ""): Tally(sends=1),
+            (hour, "carol", "carol.test", ""): Tally(sends=1, successes=9000, bytes=9000 * HUGE),
         },
         positions=[Position("h1", "/var/log/exim4/mainlog", 1, 100, 3)],
     )

@@ -260,7 +260,7 @@ def test_label_values_from_logs_are_escaped(tmp_path: Path) -> None:
         store.commit(
             Batch(
                 mta="exim",
-                counters={(hour, evil, "x.test"): Tally(sends=3, successes=2, bytes=20)},
+                counters={(hour, evil, "x.test", ""): Tally(sends=3, successes=2, bytes=20)},
                 anomalies={"odd\nkind": 1},
             )
         )

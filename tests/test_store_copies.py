@@ -31,23 +31,25 @@ KINDS = {
     "provider": ("gmail", "other"),
     "recipient_domain": ("gmail.com", "example.org"),
 }
+HOSTS = ("", "mx1", "mx2")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def random_batch(rng: random.Random, hours: range, n: int = 40) -> Batch:
     """Counter and dimension deltas for ``n`` random keys in ``hours`` (epoch hours)."""
-    counters: dict[tuple[int, str, str], Tally] = {}
-    dims: dict[tuple[int, str, str, str, str], DimTally] = {}
+    counters: dict[tuple[int, str, str, str], Tally] = {}
+    dims: dict[tuple[int, str, str, str, str, str], DimTally] = {}
     for _ in range(n):
         hour = rng.choice(hours)
         account = rng.choice(ACCOUNTS)
         domain = rng.choice(DOMAINS[account])
-        counters[(hour, account, domain)] = Tally(*(rng.randrange(1, 50) for _ in range(9)))
+        host = rng.choice(HOSTS)
+        counters[(hour, account, domain, host)] = Tally(*(rng.randrange(1, 50) for _ in range(9)))
         kind = rng.choice(tuple(KINDS))
         value = rng.choice(KINDS[kind])
         first = hour * 3600 + rng.randrange(0, 1800)
-        dims[(hour, account, domain, kind, value)] = DimTally(
+        dims[(hour, account, domain, kind, value, host)] = DimTally(
             *(rng.randrange(0, 20) for _ in range(7)),
             first,
             first + rng.randrange(0, 1800),
@@ -67,6 +69,12 @@ def requests() -> list[SeriesRequest]:
         for res in resolutions:
             for domain in ("alice.test", "shared.test", "sender.example", "nowhere.test"):
                 out.append(SeriesRequest(lo, hi, res, filters=((Dimension.SENDER_DOMAIN, domain),)))
+                for host in HOSTS:  # one syslog host of a central log
+                    out.append(
+                        SeriesRequest(
+                            lo, hi, res, filters=((Dimension.SENDER_DOMAIN, domain),), host=host
+                        )
+                    )
             out.append(
                 SeriesRequest(
                     lo,
@@ -85,6 +93,7 @@ def requests() -> list[SeriesRequest]:
                 (Dimension.RECIPIENT_DOMAIN, "example.org"),
             ):
                 out.append(SeriesRequest(lo, hi, res, filters=((dim, value),)))
+                out.append(SeriesRequest(lo, hi, res, filters=((dim, value),), host="mx2"))
             out.append(
                 SeriesRequest(
                     lo,

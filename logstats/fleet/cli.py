@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.source).is_dir():
         raise LogstatsError(f"{args.source}: no such folder (the export of `logstats export`)")
     cfg = config_mod.load(args.config)
-    fleet = engine(args.engine, args.source, host=args.host)
+    fleet = engine(args.engine, args.source)
     try:
         if args.fleet_command == "search":
             return _search(fleet, args)
@@ -44,6 +44,7 @@ def _emailtrack(fleet: FleetEngine, args: argparse.Namespace, cfg: config_mod.Co
         "deliverytype": args.deliverytype or "",
         "nosize": "1" if args.nosize else "",
         "nosuccess": "1" if args.nosuccess else "",
+        "host": args.host or "",
     }
     params = {k: v for k, v in params.items() if v}
     table = args.format == "table" or (args.all and args.format is None)
@@ -63,7 +64,7 @@ def _emailtrack(fleet: FleetEngine, args: argparse.Namespace, cfg: config_mod.Co
 def vendor_answer(fleet: FleetEngine, path: str, params: dict[str, list[str]]) -> tuple[int, Any]:
     """(status, body) of a vendor shape's path and parameters over the fleet."""
     from logstats import api
-    from logstats.shapes import SHAPES, ApiError
+    from logstats.shapes import SHAPES, ApiError, host_value, hosted
 
     target = api.find(path)
     if target is None or target.name not in SHAPES or target.name == "mailgun.events":
@@ -72,7 +73,7 @@ def vendor_answer(fleet: FleetEngine, path: str, params: dict[str, list[str]]) -
     shape = SHAPES[target.name]
     now = datetime.now(UTC)
     try:
-        q = shape.parse(params, now, dict(target.path_params))
+        q = hosted(shape.parse(params, now, dict(target.path_params)), host_value(params))
         rows = fleet.series(q.request) if q.request is not None else []
         return 200, shape.render(q, rows, now)
     except ApiError as exc:

@@ -23,7 +23,9 @@ The parse functions leave ``SeriesRequest.accounts`` as the API's own parameters
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -66,6 +68,33 @@ def value(params: Params, name: str) -> str | None:
     """The first value given for ``name``, or None."""
     given = values(params, name)
     return given[0] if given else None
+
+
+HOST_PARAM = "host"  # every shape's answer can be limited to one syslog host
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}")
+
+
+def host_value(params: Params) -> str | None:
+    """The ``host=`` parameter (one syslog host of a central log, see ``model.host_of``), or
+    None (every host).  ``ValueError`` when it is no host name."""
+    given = value(params, HOST_PARAM)
+    if given is None:
+        return None
+    if not _HOST_NAME.fullmatch(given.strip()):
+        raise ValueError(f"{HOST_PARAM}: {given[:80]!r} is not a host name")
+    return given.strip()
+
+
+def hosted(q: Any, host: str | None) -> Any:
+    """A parsed query limited to one syslog host (None: as it is): the ``request`` of a
+    stats shape, or the ``track`` query of a Track Delivery shape."""
+    if host is None:
+        return q
+    if getattr(q, "request", None) is not None:
+        return replace(q, request=replace(q.request, host=host))
+    if getattr(q, "track", None) is not None:
+        return replace(q, track=replace(q.track, host=host))
+    return q
 
 
 def path_value(path: Mapping[str, str] | None, name: str) -> str:
@@ -176,6 +205,8 @@ __all__ = [
     "Shape",
     "add_rows",
     "has_activity",
+    "host_value",
+    "hosted",
     "mailgun",
     "path_value",
     "sendgrid",

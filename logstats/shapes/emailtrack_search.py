@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from logstats import track
-from logstats.shapes import EPOCH, FAR_FUTURE
+from logstats.shapes import EPOCH, FAR_FUTURE, host_value
 
 MAX_RESULTS_DEFAULT = 250
 MAX_RESULTS_MAXIMUM = 5000
@@ -78,6 +78,7 @@ class Search:
     start: datetime
     end: datetime
     local: bool | None
+    host: str | None = None  # one syslog host (``host=``), None: every host
 
     def queries(self, accounts: tuple[str, ...] | None) -> list[track.TrackQuery]:
         """One query per asked flag (each limited to ``limit`` rows, newest first)."""
@@ -93,6 +94,7 @@ class Search:
                     types=frozenset(FLAGS[flag]),
                     local=self.local if flag == "success" else None,
                     limit=self.limit,
+                    host=self.host,
                 )
             )
         return out
@@ -132,12 +134,17 @@ def parse(params: Mapping[str, str]) -> Search:
     kind = (params.get("deliverytype") or "all").strip()
     if kind not in ("all", "remote", "local"):
         raise SearchError(f"deliverytype: {kind!r} is not all, remote or local")
+    try:
+        host = host_value(params)
+    except ValueError as exc:
+        raise SearchError(str(exc)) from exc
     return Search(
         flags,
         limit,
         EPOCH if start is None else datetime.fromtimestamp(start, UTC),
         FAR_FUTURE if end is None else datetime.fromtimestamp(end, UTC) + timedelta(seconds=1),
         None if kind == "all" else kind == "local",
+        host,
     )
 
 

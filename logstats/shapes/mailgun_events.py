@@ -34,7 +34,7 @@ from urllib.parse import quote, urlencode
 
 from logstats import track
 from logstats.model import SYSTEM
-from logstats.shapes import Params, values
+from logstats.shapes import Params, host_value, values
 from logstats.shapes.mailgun import error, parse_time
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -59,7 +59,7 @@ _OUTCOMES: dict[str, frozenset[str]] = {
 _SEVERITY = {"temporary": frozenset({track.DEFERRED}),
              "permanent": frozenset({track.FAILED, track.EXPIRED})}  # fmt: skip
 _FILTERS = ("event", "recipient", "from", "message-id", "severity", "tags", "tag", "to")
-_KEPT = (*_FILTERS, "begin", "end", "ascending", "limit")
+_KEPT = (*_FILTERS, "begin", "end", "ascending", "limit", "host")
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9])?")
 _CODE = re.compile(r"(?<![\d.])([245]\d\d)(?![\d.])")
 _ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
@@ -199,6 +199,10 @@ def _query(
     for name, text in (("recipient", recipient), ("from", _one(params, "from")), ("tags", tag)):
         if text is not None and (not text or len(text) > 998 or "\0" in text):
             raise error(name, f"{name}: not a valid value")
+    try:
+        host = host_value(params)
+    except ValueError as exc:
+        raise error("host", str(exc)) from exc
     q = track.TrackQuery(
         low,
         high if high > low else high.replace(microsecond=999999),
@@ -212,6 +216,7 @@ def _query(
         limit=limit,
         after=cursor,
         exclude_accounts=(SYSTEM,),
+        host=host,
     )
     kept = tuple(sorted((k, v[-1] if isinstance(v, list) else str(v))
                         for k, v in dict(params).items() if k in _KEPT and v))  # fmt: skip
