@@ -124,16 +124,14 @@ def build_fleet(
         ):
             time_col = "bucket" if table == "counters" else "ts"
             (directory / table).mkdir(parents=True, exist_ok=True)
-            con.execute(
+            written = con.execute(
                 f"COPY (SELECT * EXCLUDE (host), host, CAST({time_col} AS DATE) AS date "
                 f"FROM ({sql}) ORDER BY {time_col}) TO '{directory / table}' "
                 "(FORMAT parquet, PARTITION_BY (host, date), OVERWRITE_OR_IGNORE, "
                 "FILENAME_PATTERN 'data_{i}')"
-            )
-        row = con.execute(
-            f"SELECT count(*) FROM ({_counters_sql(host_expr, hosts, days, accounts, active)})"
-        ).fetchone()
-        rows += int(row[0]) if row else 0
+            ).fetchone()
+            if table == "counters":
+                rows += int(written[0]) if written else 0
     con.close()
     return rows, time.perf_counter() - started
 

@@ -357,3 +357,71 @@ def test_more_lines_rewrite_only_the_partitions_they_touch(big: dict[str, Path])
     added = set(after) - set(before)
     assert {p.parent.name for p in added} == new_days
     assert {p.parents[2].name for p in added} == set(fleet_export.TABLES)
+
+
+def test_a_central_logs_hosts_are_partitions_of_their_own(tmp_path: Path) -> None:
+    """Rows that name their syslog host are exported under it, not under the exporting
+    host's name: one central Postfix log of three MTAs is three hosts of the fleet."""
+    from tests.conftest import scenario_config
+    from tests.test_central import HOSTS as CENTRAL_HOSTS
+    from tests.test_central import _central_postfix
+
+    cfg = scenario_config(tmp_path)
+    cfg.write_text(cfg.read_text() + "store:\n  retention_days: 36500\n")
+    log = tmp_path / "maillog"
+    _central_postfix(log)
+    db, out = tmp_path / "central.duckdb", tmp_path / "export"
+    args = ["--config", str(cfg), "--db", str(db)]
+    run_cli("backfill", *args, "--no-progress", "--mta", "postfix", str(log))
+    run_cli("export", *args, "--to", str(out), "--host", "collector.example")
+    hosts = {p.name for p in (out / "counters").iterdir()}
+    assert hosts == {f"host={h}" for h in CENTRAL_HOSTS}
+    window = ["--all", "--format", "json", "--start", "19700101"]
+    for host in (*CENTRAL_HOSTS, None):
+        chosen = ["--host", host] if host else []
+        own = json.loads(run_cli("query", "emailtrack", *args, *window, *chosen).stdout)
+        code, text = _fleet(out, "duckdb", "query", "emailtrack", "--config", str(cfg),
+                            *window, *chosen)  # fmt: skip
+        assert code == 0
+        assert json.loads(text) == _no_queue(own)
+        assert any(row["SENDCOUNT"] != "0" for row in own.values())
+
+
+def test_the_daemon_exports_every_export_every(tmp_path: Path) -> None:
+    """`logstats serve` with export.directory exports from its own loop (the function of
+    `logstats export`): after it stops, the CLI finds nothing to write, and a fresh CLI
+    export holds the same rows."""
+    from tests.daemon_harness import Serve, short_dir, write_config
+
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(short_dir())
+        log = work / "mainlog"
+        script = exim_log(seed=31, messages=200)
+        log.write_text("\n".join(script.lines[:300]) + "\n")
+        out = work / "export"
+        cfg = write_config(
+            work, [(log, "exim")], export={"directory": str(out), "host": "mxd.example",
+                                           "every": 1},
+        )  # fmt: skip
+        d = stack.enter_context(Serve(cfg))
+        d.wait_ready()
+        first = d.wait_event("export_done", timeout=30, where=lambda e: e["written"] > 0)
+        assert first["host"] == "mxd.example"
+        seen = len(d.events)
+        with log.open("a") as f:  # more mail: the next export writes what it touched
+            f.write("\n".join(script.lines[300:]) + "\n")
+        d.wait_lines(len(script.lines), timeout=30)
+        d.wait_event("export_done", timeout=30, after=seen, where=lambda e: e["written"] > 0)
+        settled = d.wait_event(
+            "export_done", timeout=30, after=seen, where=lambda e: e["written"] == 0
+        )
+        assert settled["unchanged"] > 0
+        assert d.terminate() == 0
+        db = work / "db.duckdb"
+        again = run_cli("export", "--config", str(cfg), "--db", str(db))
+        assert json.loads(again.stderr.strip().splitlines()[-1])["written"] == 0
+        fresh = work / "fresh"
+        run_cli("export", "--config", str(cfg), "--to", str(fresh))
+        assert _rows(out) == _rows(fresh)
+        assert all(_rows(fresh).values())
+        assert {p.parent.parent.name for p in _files(out)} == {"host=mxd.example"}
