@@ -65,7 +65,7 @@ import duckdb
 from logstats import query, timeparse, track
 from logstats.config import Config
 from logstats.errors import ConfigError
-from logstats.model import Dimension, SeriesRequest, StatsRequest
+from logstats.model import AccountStats, Dimension, SeriesRequest, StatsRequest
 from logstats.shapes import (
     EPOCH,
     FAR_FUTURE,
@@ -157,6 +157,15 @@ def emailtrack(
 ) -> dict[str, Any]:
     """The EmailTrack answer for query parameters (shared by the CLI and HTTP). With
     ``config``, an account that does not exist (logstats.accounts) is cPanel's failure."""
+    return emailtrack_of(lambda req: account_stats(con, req), params, config)
+
+
+def emailtrack_of(
+    stats: Callable[[StatsRequest], list[AccountStats]],
+    params: dict[str, str],
+    config: Config | None = None,
+) -> dict[str, Any]:
+    """``emailtrack`` with the numbers from ``stats`` (a store's, or a fleet's)."""
     deliverytype = params.get("deliverytype") or None
     if deliverytype not in (None, "remote", "local", "remote_or_faildefer"):
         raise BadRequest(
@@ -171,12 +180,12 @@ def emailtrack(
         host = host_value(params)
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
-    rows = account_stats(con, StatsRequest(start, end, None if everyone else account, host))
+    rows = stats(StatsRequest(start, end, None if everyone else account, host))
     if config is not None and account is not None and not everyone:
         from logstats import accounts
 
         if account not in accounts.mapped(config):
-            ever = account_stats(con, StatsRequest(EPOCH, FAR_FUTURE, account))
+            ever = stats(StatsRequest(EPOCH, FAR_FUTURE, account))
             counted = any(any(v != "0" for v in query.emailtrack_row(s).values()) for s in ever)
             if not accounts.exists(config, account, counted):
                 raise BadRequest(accounts.reason(account))

@@ -200,6 +200,69 @@ def build_parser() -> argparse.ArgumentParser:
     qsub = q.add_subparsers(
         dest="shape", required=True, metavar="SHAPE", help="the API (SHAPE --help)"
     )
+    _query_parsers(qsub, common)
+
+    ps = sub.add_parser(
+        "parse",
+        help="run the grammar over files and report what it recognised",
+        description="Report in the style of fail2ban-regex: lines, parsed by kind, irrelevant "
+        "by reason, unknown by reason, and the first unknown lines. Reads nothing into a store.",
+    )
+    ps.add_argument("paths", nargs="+", metavar="FILE", help="log files (plain, .gz, .bz2, .xz)")
+    ps.add_argument("--mta", choices=[m.value for m in Mta], help="default: detected per file")
+    ps.add_argument(
+        "--show",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many unknown lines to print (default 10)",
+    )
+
+    sv = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="follow the configured logs and answer queries (the systemd service)",
+        description="Follow the logs listed under `sources` in the config through appends, "
+        "rotation and truncation, count every line exactly once, and answer queries on "
+        "serve.socket. SIGTERM commits and exits 0; SIGHUP reloads the config.",
+    )
+    sv.set_defaults(shape=None)
+
+    cc = sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate a configuration and print the effective settings",
+        description="Validate the configuration and report every mistake at once, one line "
+        "each naming the file and the dotted key (exit 1). A valid one: the effective value of "
+        "every setting as `key = JSON` lines (defaults included, API keys masked), then what "
+        "follows from them as `#` lines; warnings (a missing accounts.userdomains) on stderr.",
+    )
+    cc.set_defaults(shape=None)
+
+    _track_parsers(sub, common)
+    _fleet_parsers(sub, common)
+
+    ex = sub.add_parser(
+        "example",
+        help="print a file that ships with logstats: config, unit, sysusers, report-service, "
+        "report-timer or manpage",
+        description="Print one of the files installed with logstats to stdout, to lay it "
+        "down where it belongs (see docs/systemd.md): config (the example configuration, "
+        "config/logstats.example.yaml), unit (the systemd unit, systemd/logstats.service), "
+        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf), "
+        "report-service and report-timer (the daily mailed report, "
+        "systemd/logstats-report.service and .timer) or "
+        "manpage (this manual page, docs/logstats.1).",
+    )
+    ex.add_argument(
+        "file", choices=sorted(SHIPPED), metavar="NAME", help="which: " + ", ".join(sorted(SHIPPED))
+    )
+    ex.set_defaults(shape=None)
+    return parser
+
+
+def _query_parsers(qsub: Any, common: argparse.ArgumentParser) -> None:
+    """The shapes of `logstats query` (and of `logstats fleet query`)."""
     et = qsub.add_parser(
         "emailtrack",
         parents=[common],
@@ -276,63 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
             help="the API's query parameters (a name repeated: several values)",
         )
 
-    ps = sub.add_parser(
-        "parse",
-        help="run the grammar over files and report what it recognised",
-        description="Report in the style of fail2ban-regex: lines, parsed by kind, irrelevant "
-        "by reason, unknown by reason, and the first unknown lines. Reads nothing into a store.",
-    )
-    ps.add_argument("paths", nargs="+", metavar="FILE", help="log files (plain, .gz, .bz2, .xz)")
-    ps.add_argument("--mta", choices=[m.value for m in Mta], help="default: detected per file")
-    ps.add_argument(
-        "--show",
-        type=int,
-        default=10,
-        metavar="N",
-        help="how many unknown lines to print (default 10)",
-    )
-
-    sv = sub.add_parser(
-        "serve",
-        parents=[common],
-        help="follow the configured logs and answer queries (the systemd service)",
-        description="Follow the logs listed under `sources` in the config through appends, "
-        "rotation and truncation, count every line exactly once, and answer queries on "
-        "serve.socket. SIGTERM commits and exits 0; SIGHUP reloads the config.",
-    )
-    sv.set_defaults(shape=None)
-
-    cc = sub.add_parser(
-        "check-config",
-        parents=[common],
-        help="validate a configuration and print the effective settings",
-        description="Validate the configuration and report every mistake at once, one line "
-        "each naming the file and the dotted key (exit 1). A valid one: the effective value of "
-        "every setting as `key = JSON` lines (defaults included, API keys masked), then what "
-        "follows from them as `#` lines; warnings (a missing accounts.userdomains) on stderr.",
-    )
-    cc.set_defaults(shape=None)
-
-    _track_parsers(sub, common)
-
-    ex = sub.add_parser(
-        "example",
-        help="print a file that ships with logstats: config, unit, sysusers, report-service, "
-        "report-timer or manpage",
-        description="Print one of the files installed with logstats to stdout, to lay it "
-        "down where it belongs (see docs/systemd.md): config (the example configuration, "
-        "config/logstats.example.yaml), unit (the systemd unit, systemd/logstats.service), "
-        "sysusers (the sysusers.d file of the logstats user, systemd/logstats.conf), "
-        "report-service and report-timer (the daily mailed report, "
-        "systemd/logstats-report.service and .timer) or "
-        "manpage (this manual page, docs/logstats.1).",
-    )
-    ex.add_argument(
-        "file", choices=sorted(SHIPPED), metavar="NAME", help="which: " + ", ".join(sorted(SHIPPED))
-    )
-    ex.set_defaults(shape=None)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
@@ -350,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_example(args)
         if args.command in TRACK_COMMANDS:
             return TRACK_COMMANDS[args.command](args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "fleet":
+            return cmd_fleet(args)
         return cmd_check_config(args)
     except LogstatsError as exc:
         error_line(str(exc))
@@ -1167,3 +1177,114 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 TRACK_COMMANDS = {"search": cmd_search, "trace": cmd_trace, "report": cmd_report}
+
+
+# -- the fleet: export to Parquet, and queries over every host's export -----------------
+
+
+def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    ex = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export counters, dimensions and Track Delivery rows as Parquet for the fleet",
+        description="Write this store's hourly counters and dimensions (one row per key) and "
+        "its Track Delivery rows as hive-partitioned Parquet, "
+        "DIR/{counters,dims,events}/host=H/date=YYYY-MM-DD/data.parquet, rewriting only the "
+        "partitions whose content changed (each file is replaced whole). Idempotent: a "
+        "repeated export writes nothing; an interrupted one is finished by the next run. "
+        "`logstats serve` does the same every export.every when export.directory is set.",
+    )
+    ex.add_argument(
+        "--to", metavar="DIR", help="the export folder (default: export.directory of the config)"
+    )
+    ex.add_argument(
+        "--host",
+        metavar="NAME",
+        help="this host's name, for rows whose log names no host (default: export.host of "
+        "the config, else the machine's hostname)",
+    )
+    fl = sub.add_parser(
+        "fleet",
+        help="answer the API shapes and Track Delivery searches over every host's export",
+        description="Answer as `logstats query` and `logstats search` do, over the Parquet "
+        "export of every host in DIR (`logstats export`), with DuckDB or Apache Spark. "
+        "INPROGRESSCOUNT is 0: messages in the queue are not exported.",
+    )
+    fl.add_argument("--from", dest="source", required=True, metavar="DIR", help="the export")
+    fl.add_argument(
+        "--engine",
+        choices=["duckdb", "spark"],
+        default="duckdb",
+        help="duckdb (in-process, default) or spark (pyspark in local mode, local[2])",
+    )
+    fsub = fl.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    fleet_common = argparse.ArgumentParser(add_help=False)
+    fleet_common.add_argument(
+        "--config", metavar="FILE", help="YAML configuration (default: none; built-in defaults)"
+    )
+    fq = fsub.add_parser(
+        "query",
+        help="a shape of `logstats query` (emailtrack, mailgun, sendgrid, smtpeter)",
+        description="As `logstats query`, over every host (or one: emailtrack --host NAME, "
+        "host=NAME among the others' parameters).",
+    )
+    fqsub = fq.add_subparsers(
+        dest="shape", required=True, metavar="SHAPE", help="the API (SHAPE --help)"
+    )
+    _query_parsers(fqsub, fleet_common)
+    fs = fsub.add_parser(
+        "search",
+        parents=[fleet_common],
+        help="a Track Delivery search (as `logstats search`) over every host",
+        description="As `logstats search`, over every host's exported rows (messages still in "
+        "the queue are not exported). JSON rows carry the host.",
+    )
+    for name, what in (
+        ("account", "the account (cPanel user)"),
+        ("sender", "the sender address (* and ? are wildcards; case-insensitive)"),
+        ("recipient", "the recipient address (* and ? are wildcards; case-insensitive)"),
+        ("domain", "the sender's or the recipient's domain"),
+        ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
+        ("message-id", "the Message-ID header, with or without <>"),
+        ("tag", "a tag of the message"),
+        ("host", "only the rows of this host (its name in the export)"),
+    ):
+        fs.add_argument(f"--{name}", metavar="VALUE", help=what)
+    fs.add_argument(
+        "--type",
+        action="append",
+        choices=TYPES[:-1],
+        help="only rows of this type; repeat for several (default: all of them)",
+    )
+    _window_args(fs, "default: 24 hours before --end")
+    fs.add_argument(
+        "--limit", type=positive_int, default=250, metavar="N", help="at most N rows (default 250)"
+    )
+    fs.add_argument("--oldest-first", action="store_true", help="oldest rows first")
+    _format_arg(fs, "table: aligned columns; json: one object per line, every column and host")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from logstats.fleet import export
+    from logstats.store import Store
+
+    cfg = _load(args)
+    db = _db(args, cfg)
+    directory = args.to or cfg.export_directory
+    if not directory:
+        raise LogstatsError("no export folder: give --to DIR (or set export.directory)")
+    host = args.host or cfg.export_host or export.default_host()
+    with _opened(Store(db, read_only=True)) as store:
+        try:
+            result = export.export(store.con, directory, host)
+        except OSError as exc:
+            raise LogstatsError(f"export to {directory}: {cause_of(exc)}") from exc
+    log = structlog.get_logger()
+    log.info("export_done", to=str(directory), host=host, **export.summary(result))
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from logstats.fleet import cli as fleet_cli
+
+    return fleet_cli.run(args)

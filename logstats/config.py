@@ -111,6 +111,9 @@ class Config:
     admins: tuple[str, ...] = ("root",)  # Unix users who see every account over the socket
     api_keys: tuple[ApiKey, ...] = ()
     metrics_per_account: bool = False
+    export_directory: str | None = None  # the fleet's Parquet export (None: no export)
+    export_host: str | None = None  # this host's name there (None: the machine's name)
+    export_every: timedelta = timedelta(hours=1)
     providers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_PROVIDERS)
     tag_rules: tuple[tuple[str, str, str], ...] = ()  # (tag, sender|recipient, pattern)
 
@@ -333,6 +336,9 @@ def settings(cfg: Config) -> dict[str, Any]:
             for k in cfg.api_keys
         ],
         "api.metrics_per_account": cfg.metrics_per_account,
+        "export.directory": cfg.export_directory,
+        "export.host": cfg.export_host,
+        "export.every": format_duration(cfg.export_every),
         "providers": {name: list(p) for name, p in cfg.providers.items()},
         "tags": [{"tag": tag, kind: pattern} for tag, kind, pattern in cfg.tag_rules],
     }

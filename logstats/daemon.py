@@ -70,6 +70,7 @@ class Daemon:
         self.rate_window: list[tuple[float, int]] = []
         self.last_sample: dict[str, float] = {}
         self.last_prune = 0.0
+        self.last_export: float | None = None  # when the fleet export last ran (monotonic)
         self.backlog = False
         self.commit_s = 0.0
         self.compacted_month: str | None = None
@@ -157,6 +158,12 @@ class Daemon:
                 self.last_prune = now
                 self._prune()
                 self._compact()
+            every = self.config.export_every.total_seconds()
+            if self.config.export_directory and (
+                self.last_export is None or now - self.last_export >= every
+            ):
+                self.last_export = now
+                self._export()
         if self.giving_up:
             return 1
         self._poll_all()
@@ -428,6 +435,21 @@ class Daemon:
             since_hour=since,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _export(self) -> None:
+        """Every ``export.every``: the fleet export (``logstats export``'s own function),
+        from this process (DuckDB lets no other open the store while it runs)."""
+        from logstats.fleet import export
+
+        directory = str(self.config.export_directory)
+        host = self.config.export_host or export.default_host()
+        try:
+            result = export.export(self.store.con, directory, host)
+        except (OSError, duckdb.Error) as exc:
+            self.log.error("export_failed", to=directory, error=cause_of(exc))
+            return
+        self.notifier.watchdog()
+        self.log.info("export_done", to=directory, host=host, **export.summary(result))
 
     def _prune(self) -> None:
         horizon = datetime.now(UTC) - timedelta(days=self.config.retention_days)

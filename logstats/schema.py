@@ -286,6 +286,12 @@ class ApiSection(Section):
     metrics_per_account: Boolean = False
 
 
+class ExportSection(Section):
+    directory: PathText | None = None
+    host: Name | None = None
+    every: Duration = timedelta(hours=1)
+
+
 class TagRule(Section):
     expected: ClassVar[str] = "{tag: NAME, sender|recipient: PATTERN}"
     item: ClassVar[bool] = True
@@ -311,6 +317,7 @@ class File(Section):
     sources: Annotated[tuple[SourceItem, ...], BeforeValidator(_a_list)] = ()
     serve: ServeSection = Field(default_factory=ServeSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    export: ExportSection = Field(default_factory=ExportSection)
     providers: Annotated[dict[Name, Patterns], BeforeValidator(_a_mapping)] = {}
     tags: Annotated[tuple[TagRule, ...], BeforeValidator(_a_list)] = ()
 
@@ -455,6 +462,9 @@ def build(f: File, where: str | None, base: Path) -> Config:
             for k in f.api.keys
         ),
         metrics_per_account=f.api.metrics_per_account,
+        export_directory=resolve(f.export.directory) if f.export.directory else None,
+        export_host=f.export.host,
+        export_every=f.export.every,
         providers={**DEFAULT_PROVIDERS, **f.providers},
         tag_rules=tuple(
             (t.tag, "sender", t.sender)

@@ -259,6 +259,7 @@ api:
   keys:
     - {key: s3cret-admin, name: admin}
     - {key: s3cret-alice, accounts: [alice], domains: [alice.test], tags: [news]}
+export: {directory: fleet, host: mx7.example, every: 15m}
 providers: {google: [gmail.com], examplemail: ["*.mx.example.net"]}
 tags: [{tag: news, sender: "*@news.alice.test"}, {tag: bills, recipient: "*@Billing.Example"}]
 """

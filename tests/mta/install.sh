@@ -26,6 +26,8 @@
 #   that carries its own npm (NodeSource's) conflicts with Debian's npm: that is only
 #   installed when no npm is on the PATH.
 # * For tests/test_web.py: chromium (the web UI is driven in real headless Chromium).
+# * For tests/test_fleet.py: a Java 17 runtime (openjdk-17-jre-headless) for pyspark's
+#   local Spark, unless a java is on the PATH already.
 #
 # Idempotent: when everything is present it only checks and exits (well under a second).
 set -euo pipefail
@@ -51,6 +53,10 @@ fi
 
 if ! command -v npm >/dev/null 2>&1; then
     apt-get install -y -q --no-install-recommends npm >/dev/null
+fi
+
+if ! command -v java >/dev/null 2>&1; then
+    apt-get install -y -q --no-install-recommends openjdk-17-jre-headless >/dev/null
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then

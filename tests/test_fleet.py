@@ -1,0 +1,427 @@
+"""The fleet: three hosts' stores, built from generated logs by `logstats backfill`, exported
+by `logstats export` into one folder; `logstats fleet` over it (DuckDB and Spark) answers
+what the hosts' own `logstats query` answers add up to.  The export is exactly once:
+killed at random points it ends as one clean export, and repeated it writes nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from logstats import cli
+from logstats.fleet import export as fleet_export
+from tests.conftest import ROOT, run_cli
+from tests.logmaker import exim_log
+
+HOSTS = ("mx1.example", "mx2.example", "mx3.example")
+TYPES = ("--type", "delivered", "--type", "deferred", "--type", "failed", "--type", "rejected")
+
+# (shape, arguments): the same for `logstats query` and `logstats fleet query`; fixed
+# windows (the logs are of 2024-12-31 to 2025-01-02)
+QUERIES: list[tuple[str, list[str]]] = [
+    ("emailtrack", ["--all", "--format", "json", "--start", "20241231", "--end", "20250104"]),
+    ("emailtrack", ["--account", "alice.test", "--start", "20241231", "--end", "20250104"]),
+    (
+        "mailgun",
+        [
+            "/v3/stats/total",
+            "event=accepted",
+            "event=delivered",
+            "event=failed",
+            "start=1735603200",  # 2024-12-31
+            "end=1735948800",  # 2025-01-04
+            "resolution=day",
+        ],
+    ),
+    (
+        "sendgrid",
+        [
+            "/api/distributor.manage.json",
+            "method=stats",
+            "user=bob.test",
+            "start_date=2024-12-31",
+            "end_date=2025-01-03",
+        ],
+    ),
+    ("smtpeter", ["/v1/stats/alice"]),
+]
+
+
+def _config(folder: Path) -> Path:
+    cfg = folder / "logstats.yaml"
+    cfg.write_text(
+        "timezone: UTC\n"
+        "store:\n  retention_days: 36500\n"  # the 2024 logs' Track rows are kept
+        f"serve:\n  socket: {folder / 'none.sock'}\n"
+        "tags:\n"
+        "  - {tag: alice, sender: '*@alice.test'}\n"
+        "  - {tag: bob, sender: '*@bob.test'}\n"
+    )
+    return cfg
+
+
+def _shifted(lines: list[str], days: int) -> list[str]:
+    """Exim lines moved ``days`` later (the stamp is the first 19 characters)."""
+    out = []
+    for line in lines:
+        ts = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S") + timedelta(days=days)
+        out.append(f"{ts:%Y-%m-%d %H:%M:%S}{line[19:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("fleet")
+    cfg = _config(folder)
+    out = folder / "export"
+    dbs = {}
+    for i, host in enumerate(HOSTS):
+        log = folder / f"{host}.log"
+        log.write_text("\n".join(exim_log(seed=100 + i, messages=300).lines) + "\n")
+        db = folder / f"{host}.duckdb"
+        run_cli("backfill", "--config", str(cfg), "--db", str(db), "--no-progress", str(log))
+        run_cli("export", "--config", str(cfg), "--db", str(db), "--to", str(out), "--host", host)
+        dbs[host] = db
+    return {"cfg": cfg, "out": out, "dbs": dbs, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    from logstats.fleet.engine import spark_session
+
+    session = spark_session()
+    yield session
+    session.stop()
+
+
+def _fleet(out: Path, engine: str, *args: str) -> tuple[int, str]:
+    """``logstats fleet`` in this process (one Spark session for the module)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = cli.main(["fleet", "--from", str(out), "--engine", engine, *args])
+    return code, buffer.getvalue()
+
+
+def _host_answer(fleet: dict[str, Any], host: str, shape: str, args: list[str]) -> Any:
+    proc = run_cli(
+        "query", shape, "--config", str(fleet["cfg"]), "--db", str(fleet["dbs"][host]), *args
+    )
+    return json.loads(proc.stdout)
+
+
+ENVELOPE = frozenset({"apiversion", "result"})  # numbers of the envelope, not counts
+
+
+def _add(a: Any, b: Any, key: str = "") -> Any:
+    """Two hosts' answers as one: counts add up (cPanel's are strings of digits), first
+    and last times are the earlier and the later, everything else must be the same."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _add(a.get(k), b.get(k), k) for k in {**a, **b}}
+    if isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), (key, a, b)
+        return [_add(x, y, key) for x, y in zip(a, b, strict=True)]
+    if a is None or b is None:
+        return b if a is None else a
+    if isinstance(a, bool) or key in ENVELOPE:
+        assert a == b, key
+        return a
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a + b
+    if isinstance(a, str) and a.isdigit() and isinstance(b, str) and b.isdigit():
+        return str(int(a) + int(b))
+    if key == "first":
+        return min(a, b)
+    if key == "last":
+        return max(a, b)
+    assert a == b, (key, a, b)
+    return a
+
+
+def _no_queue(answer: Any) -> Any:
+    """INPROGRESSCOUNT is 0 over the fleet: the queue is not exported."""
+    if isinstance(answer, dict):
+        return {k: "0" if k == "INPROGRESSCOUNT" else _no_queue(v) for k, v in answer.items()}
+    if isinstance(answer, list):
+        return [_no_queue(v) for v in answer]
+    return answer
+
+
+def _expected(fleet: dict[str, Any], shape: str, args: list[str], hosts: tuple[str, ...]) -> Any:
+    total: Any = None
+    for host in hosts:
+        answer = _host_answer(fleet, host, shape, args)
+        total = answer if total is None else _add(total, answer)
+    return _no_queue(total)
+
+
+@pytest.mark.parametrize(
+    ("shape", "args"), QUERIES, ids=[f"{s}-{i}" for i, (s, _) in enumerate(QUERIES)]
+)
+def test_duckdb_answers_are_the_sum_of_the_hosts(
+    fleet: dict[str, Any], shape: str, args: list[str]
+) -> None:
+    code, text = _fleet(fleet["out"], "duckdb", "query", shape, *args)
+    assert code == 0, text
+    answer = json.loads(text)
+    assert answer == _expected(fleet, shape, args, HOSTS)
+    # the numbers are not all zero: the comparison holds something
+    assert any(ch in "123456789" for ch in json.dumps(answer))
+
+
+def test_one_host_is_that_hosts_answer(fleet: dict[str, Any]) -> None:
+    shape, args = QUERIES[0]
+    code, text = _fleet(fleet["out"], "duckdb", "query", shape, "--host", HOSTS[1], *args)
+    assert code == 0
+    assert json.loads(text) == _expected(fleet, shape, args, (HOSTS[1],))
+    assert json.loads(text) != _expected(fleet, shape, args, HOSTS)
+
+
+def _search_rows(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_search_finds_every_hosts_rows(fleet: dict[str, Any]) -> None:
+    window = ["--start", "20241231", "--end", "20250104", "--limit", "100000"]
+    code, text = _fleet(
+        fleet["out"], "duckdb", "search", *window, *TYPES, "--format", "json", "--domain",
+        "dest2.test",
+    )  # fmt: skip
+    assert code == 0
+    found = _search_rows(text)
+    expected = []
+    for host in HOSTS:
+        proc = run_cli(
+            "search", "--config", str(fleet["cfg"]), "--db", str(fleet["dbs"][host]), *window,
+            *TYPES, "--format", "json", "--domain", "dest2.test",
+        )  # fmt: skip
+        expected += [{**row, "host": host} for row in _search_rows(proc.stdout)]
+    key = json.dumps
+    assert sorted(map(key, found)) == sorted(map(key, expected))
+    assert {r["host"] for r in found} == set(HOSTS)
+    assert [r["ts"] for r in found] == sorted((r["ts"] for r in found), reverse=True)
+
+
+def test_spark_answers_as_duckdb(fleet: dict[str, Any], spark: Any) -> None:
+    """The same SQL on Spark: every shape, the sum of the hosts, and a search."""
+    for shape, args in QUERIES:
+        code, spark_text = _fleet(fleet["out"], "spark", "query", shape, *args)
+        assert code == 0, spark_text
+        _, duck_text = _fleet(fleet["out"], "duckdb", "query", shape, *args)
+        assert json.loads(spark_text) == json.loads(duck_text)
+        assert json.loads(spark_text) == _expected(fleet, shape, args, HOSTS)
+    search = ["search", "--start", "20241231", "--end", "20250104", "--sender", "alice@*",
+              "--format", "json", "--limit", "40"]  # fmt: skip
+    _, spark_text = _fleet(fleet["out"], "spark", *search)
+    _, duck_text = _fleet(fleet["out"], "duckdb", *search)
+    assert len(_search_rows(duck_text)) == 40
+    assert _search_rows(spark_text) == _search_rows(duck_text)
+    shape, args = QUERIES[0]
+    code, text = _fleet(fleet["out"], "spark", "query", shape, "--host", HOSTS[2], *args)
+    assert code == 0
+    assert json.loads(text) == _expected(fleet, shape, args, (HOSTS[2],))
+
+
+# -- the export: exactly once, incremental, idempotent ----------------------------------
+
+
+def _rows(out: Path) -> dict[str, list[tuple[Any, ...]]]:
+    con = duckdb.connect()
+    rows = {}
+    for table in fleet_export.TABLES:
+        files = sorted(str(p) for p in fleet_export.exported_files(out, table))
+        rows[table] = (
+            con.execute(
+                "SELECT * FROM read_parquet($f, hive_partitioning = true) ORDER BY ALL",
+                {"f": files},
+            ).fetchall()
+            if files
+            else []
+        )
+    return rows
+
+
+def _files(out: Path) -> dict[Path, tuple[int, bytes]]:
+    return {
+        p: (p.stat().st_mtime_ns, p.read_bytes())
+        for t in fleet_export.TABLES
+        for p in fleet_export.exported_files(out, t)
+    }
+
+
+def _temps(out: Path) -> list[Path]:
+    return list(out.glob(f"*/host=*/date=*/{fleet_export.TEMP_PREFIX}*"))
+
+
+def _export_cmd(cfg: Path, db: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "logstats", "export", "--config", str(cfg), "--db", str(db),
+            "--to", str(out), "--host", "mx9.example"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One host with a few days of mail (more partitions for a kill to land between)."""
+    folder = tmp_path_factory.mktemp("big")
+    cfg = _config(folder)
+    log = folder / "mainlog"
+    lines = exim_log(seed=7, messages=4000).lines
+    log.write_text("\n".join(lines) + "\n")
+    db = folder / "mx9.duckdb"
+    run_cli("backfill", "--config", str(cfg), "--db", str(db), "--no-progress", str(log))
+    return {"cfg": cfg, "db": db, "log": log, "folder": folder}
+
+
+def test_killed_exports_end_as_one_clean_export(big: dict[str, Path]) -> None:
+    fresh = big["folder"] / "fresh"
+    started = time.monotonic()
+    subprocess.run(_export_cmd(big["cfg"], big["db"], fresh), cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    whole = time.monotonic() - started  # one clean run, from the process's start
+    complete = len(_files(fresh))
+    out = big["folder"] / "killed"
+    rng = random.Random(11)
+    cut = []  # complete partitions after each run that was killed while it ran
+    for _ in range(8):
+        proc = subprocess.Popen(
+            _export_cmd(big["cfg"], big["db"], out),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.1, whole))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            cut.append(len(_files(out)))
+        proc.wait()
+    assert any(n < complete for n in cut)  # some runs were cut short of a whole export
+    subprocess.run(_export_cmd(big["cfg"], big["db"], out), cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    assert _temps(out) == []
+    killed_rows, fresh_rows = _rows(out), _rows(fresh)
+    assert killed_rows == fresh_rows
+    assert all(fresh_rows.values())
+    assert sorted(p.relative_to(out) for p in _files(out)) == sorted(
+        p.relative_to(fresh) for p in _files(fresh)
+    )
+
+
+def test_a_repeated_export_rewrites_nothing(big: dict[str, Path]) -> None:
+    out = big["folder"] / "repeated"
+    run_cli("export", "--config", str(big["cfg"]), "--db", str(big["db"]), "--to", str(out),
+            "--host", "mx9.example")  # fmt: skip
+    before = _files(out)
+    assert len(before) > 6
+    proc = run_cli("export", "--config", str(big["cfg"]), "--db", str(big["db"]), "--to",
+                   str(out), "--host", "mx9.example")  # fmt: skip
+    assert _files(out) == before
+    done = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert done["written"] == 0 and done["unchanged"] == len(before)
+
+
+def test_more_lines_rewrite_only_the_partitions_they_touch(big: dict[str, Path]) -> None:
+    out = big["folder"] / "incremental"
+    folder = big["folder"] / "incremental-store"
+    folder.mkdir()
+    log, db = folder / "mainlog", folder / "mx9.duckdb"
+    first = exim_log(seed=21, messages=300).lines
+    log.write_text("\n".join(first) + "\n")
+    args = ["--config", str(big["cfg"]), "--db", str(db)]
+    run_cli("backfill", *args, "--no-progress", str(log))
+    run_cli("export", *args, "--to", str(out), "--host", "mx9.example")
+    before = _files(out)
+    old_days = {p.parent.name for p in before}
+    # the same file grows by a later day's mail (other queue ids, four days on)
+    later = _shifted(exim_log(seed=22, messages=300).lines, 4)
+    new_days = {f"date={line[:10]}" for line in later}
+    assert not new_days & old_days
+    with log.open("a") as f:
+        f.write("\n".join(later) + "\n")
+    run_cli("backfill", *args, "--no-progress", str(log))
+    run_cli("export", *args, "--to", str(out), "--host", "mx9.example")
+    after = _files(out)
+    unchanged = {p for p in before if after.get(p) == before[p]}
+    assert unchanged == set(before)  # no partition of the earlier days was rewritten
+    added = set(after) - set(before)
+    assert {p.parent.name for p in added} == new_days
+    assert {p.parents[2].name for p in added} == set(fleet_export.TABLES)
+
+
+def test_a_central_logs_hosts_are_partitions_of_their_own(tmp_path: Path) -> None:
+    """Rows that name their syslog host are exported under it, not under the exporting
+    host's name: one central Postfix log of three MTAs is three hosts of the fleet."""
+    from tests.conftest import scenario_config
+    from tests.test_central import HOSTS as CENTRAL_HOSTS
+    from tests.test_central import _central_postfix
+
+    cfg = scenario_config(tmp_path)
+    cfg.write_text(cfg.read_text() + "store:\n  retention_days: 36500\n")
+    log = tmp_path / "maillog"
+    _central_postfix(log)
+    db, out = tmp_path / "central.duckdb", tmp_path / "export"
+    args = ["--config", str(cfg), "--db", str(db)]
+    run_cli("backfill", *args, "--no-progress", "--mta", "postfix", str(log))
+    run_cli("export", *args, "--to", str(out), "--host", "collector.example")
+    hosts = {p.name for p in (out / "counters").iterdir()}
+    assert hosts == {f"host={h}" for h in CENTRAL_HOSTS}
+    window = ["--all", "--format", "json", "--start", "19700101"]
+    for host in (*CENTRAL_HOSTS, None):
+        chosen = ["--host", host] if host else []
+        own = json.loads(run_cli("query", "emailtrack", *args, *window, *chosen).stdout)
+        code, text = _fleet(out, "duckdb", "query", "emailtrack", "--config", str(cfg),
+                            *window, *chosen)  # fmt: skip
+        assert code == 0
+        assert json.loads(text) == _no_queue(own)
+        assert any(row["SENDCOUNT"] != "0" for row in own.values())
+
+
+def test_the_daemon_exports_every_export_every(tmp_path: Path) -> None:
+    """`logstats serve` with export.directory exports from its own loop (the function of
+    `logstats export`): after it stops, the CLI finds nothing to write, and a fresh CLI
+    export holds the same rows."""
+    from tests.daemon_harness import Serve, short_dir, write_config
+
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(short_dir())
+        log = work / "mainlog"
+        script = exim_log(seed=31, messages=200)
+        log.write_text("\n".join(script.lines[:300]) + "\n")
+        out = work / "export"
+        cfg = write_config(
+            work, [(log, "exim")], export={"directory": str(out), "host": "mxd.example",
+                                           "every": 1},
+        )  # fmt: skip
+        d = stack.enter_context(Serve(cfg))
+        d.wait_ready()
+        first = d.wait_event("export_done", timeout=30, where=lambda e: e["written"] > 0)
+        assert first["host"] == "mxd.example"
+        seen = len(d.events)
+        with log.open("a") as f:  # more mail: the next export writes what it touched
+            f.write("\n".join(script.lines[300:]) + "\n")
+        d.wait_lines(len(script.lines), timeout=30)
+        d.wait_event("export_done", timeout=30, after=seen, where=lambda e: e["written"] > 0)
+        settled = d.wait_event(
+            "export_done", timeout=30, after=seen, where=lambda e: e["written"] == 0
+        )
+        assert settled["unchanged"] > 0
+        assert d.terminate() == 0
+        db = work / "db.duckdb"
+        again = run_cli("export", "--config", str(cfg), "--db", str(db))
+        assert json.loads(again.stderr.strip().splitlines()[-1])["written"] == 0
+        fresh = work / "fresh"
+        run_cli("export", "--config", str(cfg), "--to", str(fresh))
+        assert _rows(out) == _rows(fresh)
+        assert all(_rows(fresh).values())
+        assert {p.parent.parent.name for p in _files(out)} == {"host=mxd.example"}
