@@ -1217,7 +1217,9 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default="duckdb",
         help="duckdb (in-process, default) or spark (pyspark in local mode, local[2])",
     )
-    fsub = fl.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    fsub = fl.add_subparsers(
+        dest="fleet_command", required=True, metavar="COMMAND", help="query or search"
+    )
     fleet_common = argparse.ArgumentParser(add_help=False)
     fleet_common.add_argument(
         "--config", metavar="FILE", help="YAML configuration (default: none; built-in defaults)"

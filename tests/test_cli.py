@@ -23,6 +23,8 @@ COMMANDS = [
     "trace",
     "report",
     "example",
+    "export",
+    "fleet",
 ]
 
 
@@ -39,7 +41,7 @@ def test_parser_lists_the_documented_commands():
     sub = build_parser()._subparsers._group_actions[0]
     assert {
         "backfill", "query", "search", "trace", "report", "parse", "serve", "check-config",
-        "example",
+        "example", "export", "fleet",
     } == set(sub.choices)  # fmt: skip
 
 
