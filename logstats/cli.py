@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
@@ -757,10 +757,17 @@ def cmd_query_api(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     if args.shape != "emailtrack":
         return cmd_query_api(args)
-    from logstats import api, query
 
     cfg = _load(args)
     db = _db(args, cfg)
+    return print_emailtrack(args, lambda params: _emailtrack(cfg, db, params))
+
+
+def print_emailtrack(args: argparse.Namespace, ask: Callable[[dict[str, str]], Any]) -> int:
+    """Print ``logstats query emailtrack``'s answer (``ask``: parameters -> the EmailTrack
+    answer, from this host's store or daemon, or from the fleet); the exit status."""
+    from logstats import api, query
+
     params = {
         "account": args.account or "",
         "all": "1" if args.all else "",
@@ -775,7 +782,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     params = {k: v for k, v in params.items() if v}
     table = args.format == "table" or (args.all and args.format is None)
     try:
-        answer = _emailtrack(cfg, db, params)
+        answer = ask(params)
     except (LogstatsError, api.BadRequest) as exc:
         if args.all or table:
             raise LogstatsError(str(exc)) from exc
@@ -959,6 +966,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 TYPES = ("delivered", "deferred", "failed", "rejected", "inprogress")
 
 
+# the filters of ``logstats search`` and ``logstats fleet search`` (trackview.SEARCH_FILTERS)
+SEARCH_FILTER_HELP = (
+    ("account", "the account (cPanel user)"),
+    ("sender", "the sender address (* and ? are wildcards; case-insensitive)"),
+    ("recipient", "the recipient address (* and ? are wildcards; case-insensitive)"),
+    ("domain", "the sender's or the recipient's domain"),
+    ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
+    ("message-id", "the Message-ID header, with or without <>"),
+    ("tag", "a tag of the message (X-Mailgun-Tag and the like)"),
+    ("host", "the syslog host that logged it (one MTA of a central log)"),
+)
+
+
 def _track_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """``logstats search``, ``trace`` and ``report``: the stored rows of every recipient."""
     se = sub.add_parser(
@@ -970,16 +990,7 @@ def _track_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "newest stored row (not the clock, so an idle or copied store still answers). "
         "Exit status 0 when rows were found, 1 when none (as grep).",
     )
-    for name, what in (
-        ("account", "the account (cPanel user)"),
-        ("sender", "the sender address (* and ? are wildcards; case-insensitive)"),
-        ("recipient", "the recipient address (* and ? are wildcards; case-insensitive)"),
-        ("domain", "the sender's or the recipient's domain"),
-        ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
-        ("message-id", "the Message-ID header, with or without <>"),
-        ("tag", "a tag of the message (X-Mailgun-Tag and the like)"),
-        ("host", "the syslog host that logged it (one MTA of a central log)"),
-    ):
+    for name, what in SEARCH_FILTER_HELP:
         se.add_argument(f"--{name}", metavar="VALUE", help=what)
     se.add_argument(
         "--type",
@@ -1241,16 +1252,7 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description="As `logstats search`, over every host's exported rows (messages still in "
         "the queue are not exported). JSON rows carry the host.",
     )
-    for name, what in (
-        ("account", "the account (cPanel user)"),
-        ("sender", "the sender address (* and ? are wildcards; case-insensitive)"),
-        ("recipient", "the recipient address (* and ? are wildcards; case-insensitive)"),
-        ("domain", "the sender's or the recipient's domain"),
-        ("queue-id", "the MTA's queue id (also the ids continuing it after a content filter)"),
-        ("message-id", "the Message-ID header, with or without <>"),
-        ("tag", "a tag of the message"),
-        ("host", "only the rows of this host (its name in the export)"),
-    ):
+    for name, what in SEARCH_FILTER_HELP:
         fs.add_argument(f"--{name}", metavar="VALUE", help=what)
     fs.add_argument(
         "--type",

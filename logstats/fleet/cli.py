@@ -33,32 +33,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emailtrack(fleet: FleetEngine, args: argparse.Namespace, cfg: config_mod.Config) -> int:
-    from logstats import api, query
+    from logstats import api
+    from logstats.cli import print_emailtrack
 
-    params = {
-        "account": args.account or "",
-        "all": "1" if args.all else "",
-        "start": args.start.isoformat() if args.start else "",
-        "end": args.end.isoformat() if args.end else "",
-        "days": str(args.days or ""),
-        "deliverytype": args.deliverytype or "",
-        "nosize": "1" if args.nosize else "",
-        "nosuccess": "1" if args.nosuccess else "",
-        "host": args.host or "",
-    }
-    params = {k: v for k, v in params.items() if v}
-    table = args.format == "table" or (args.all and args.format is None)
-    try:
-        answer = api.emailtrack_of(fleet.account_stats, params, cfg)
-    except (LogstatsError, api.BadRequest) as exc:
-        if args.all or table:
-            raise LogstatsError(str(exc)) from exc
-        print(json.dumps(query.emailtrack_error(str(exc)), indent=2))
-        return 1
-    if not args.all and table:
-        answer = {args.account: answer["cpanelresult"]["data"][0]}
-    print(query.emailtrack_table(answer) if table else json.dumps(answer, indent=2))
-    return 0
+    return print_emailtrack(
+        args, lambda params: api.emailtrack_of(fleet.account_stats, params, cfg)
+    )
 
 
 def vendor_answer(fleet: FleetEngine, path: str, params: dict[str, list[str]]) -> tuple[int, Any]:
