@@ -31,7 +31,7 @@ from logstats.errors import LogstatsError, SourceError, StoreError, cause_of
 from logstats.model import Ignored, Mta, Unparsed
 
 if TYPE_CHECKING:
-    from logstats.ingest import Ingestor
+    from logstats.ingest import FileReport, Ingestor
     from logstats.sources import FileInfo
     from logstats.store import Store
 
@@ -570,15 +570,7 @@ def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progr
         "file_read" if report.skipped is None else "file_skipped",
         path=report.path,
         mta=mta,
-        lines=report.lines,
-        records=report.records,
-        irrelevant=report.ignored,
-        unknown=sum(report.unparsed.values()),
-        unknown_by_reason=dict(report.unparsed),
-        events=report.events,
-        anomalies=dict(report.anomalies),
-        lines_per_s=lines_per_s(report.lines, seconds),
-        reason=report.skipped,
+        **_read_fields(report, seconds),
     )
     if report.isolated:
         log.error(
@@ -590,6 +582,21 @@ def _backfill_file(ingestor: Ingestor, info: FileInfo, mta: str, log: Any, progr
             hint="the rest was committed",
         )
     return report.lines
+
+
+def _read_fields(report: FileReport, seconds: float) -> dict[str, Any]:
+    """What a ``file_read`` or ``journal_read`` line says of one source's report."""
+    return {
+        "lines": report.lines,
+        "records": report.records,
+        "irrelevant": report.ignored,
+        "unknown": sum(report.unparsed.values()),
+        "unknown_by_reason": dict(report.unparsed),
+        "events": report.events,
+        "anomalies": dict(report.anomalies),
+        "lines_per_s": lines_per_s(report.lines, seconds),
+        "reason": report.skipped,
+    }
 
 
 def _backfill_journal(ingestor: Ingestor, source: Any, log: Any) -> int:
@@ -608,15 +615,7 @@ def _backfill_journal(ingestor: Ingestor, source: Any, log: Any) -> int:
         path=report.path,
         source=reader.source,
         mta=report.mta,
-        lines=report.lines,
-        records=report.records,
-        irrelevant=report.ignored,
-        unknown=sum(report.unparsed.values()),
-        unknown_by_reason=dict(report.unparsed),
-        events=report.events,
-        anomalies=dict(report.anomalies),
-        lines_per_s=lines_per_s(report.lines, seconds),
-        reason=report.skipped,
+        **_read_fields(report, seconds),
     )
     if errors:
         raise SourceError(f"{reader.path}: {errors[0]}")
@@ -723,6 +722,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def api_request(args: argparse.Namespace) -> tuple[str, dict[str, list[str]]]:
+    """The path and the NAME=VALUE parameters of ``logstats [fleet] query VENDOR PATH ...``."""
+    params: dict[str, list[str]] = {}
+    for item in args.params:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise LogstatsError(f"{item!r}: parameters are NAME=VALUE")
+        params.setdefault(name, []).append(value)
+    return (args.path if args.path.startswith("/") else "/" + args.path), params
+
+
 def cmd_query_api(args: argparse.Namespace) -> int:
     """``logstats query mailgun|sendgrid|smtpeter PATH NAME=VALUE...``."""
     from logstats import api
@@ -730,13 +740,7 @@ def cmd_query_api(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     db = _db(args, cfg)
-    params: dict[str, list[str]] = {}
-    for item in args.params:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise LogstatsError(f"{item!r}: parameters are NAME=VALUE")
-        params.setdefault(name, []).append(value)
-    path = args.path if args.path.startswith("/") else "/" + args.path
+    path, params = api_request(args)
     answer = _ask_daemon(cfg.socket, db, params, route=path)
     if answer is not None:
         status, body = answer

@@ -64,13 +64,9 @@ def vendor_answer(fleet: FleetEngine, path: str, params: dict[str, list[str]]) -
 
 
 def _vendor(fleet: FleetEngine, args: argparse.Namespace) -> int:
-    params: dict[str, list[str]] = {}
-    for item in args.params:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise LogstatsError(f"{item!r}: parameters are NAME=VALUE")
-        params.setdefault(name, []).append(value)
-    path = args.path if args.path.startswith("/") else "/" + args.path
+    from logstats.cli import api_request
+
+    path, params = api_request(args)
     status, body = vendor_answer(fleet, path, params)
     print(body if isinstance(body, str) else json.dumps(body, indent=2))
     return 0 if status < 400 else 1
