@@ -26,7 +26,7 @@ from logstats.correlate import Correlator
 from logstats.errors import SourceError, StoreError, cause_of
 from logstats.grammar import Clock, detect_mta
 from logstats.journal import JournalReader
-from logstats.pipeline import Pipeline
+from logstats.pipeline import Parsed, Pipeline
 from logstats.sources import (
     CHUNK,
     STDIN,
@@ -236,12 +236,7 @@ class Ingestor:
         pipeline = self.pipeline
         try:
             for parsed in pipeline.take(mta, pieces, self._size_hint(info, offset, stream)):
-                chunk = parsed.chunk
-                report.records += len(chunk.records)
-                report.ignored += chunk.ignored
-                report.lines += parsed.lines
-                if pipeline.due:
-                    self._commit(report)
+                self._took(report, parsed)
                 if progress is not None:
                     progress(info.path, report.lines, parsed.piece.position.byte_offset)
                 if self.interrupted:
@@ -263,6 +258,15 @@ class Ingestor:
             report.skipped = f"already read (as {known.path}, up to byte {offset}): nothing new"
         return report
 
+    def _took(self, report: FileReport, parsed: Parsed) -> None:
+        """Count one parsed piece into its source's report; commit when a batch is due."""
+        chunk = parsed.chunk
+        report.records += len(chunk.records)
+        report.ignored += chunk.ignored
+        report.lines += parsed.lines
+        if self.pipeline.due:
+            self._commit(report)
+
     def ingest_journal(self, reader: JournalReader) -> FileReport:
         """Read a journal source from its committed cursor to the journal's end (what it
         holds now), through the same pipeline, committing as a file is committed."""
@@ -271,12 +275,7 @@ class Ingestor:
         while True:
             pieces = reader.poll()
             for parsed in pipeline.take(reader.mta, pieces):
-                chunk = parsed.chunk
-                report.records += len(chunk.records)
-                report.ignored += chunk.ignored
-                report.lines += parsed.lines
-                if pipeline.due:
-                    self._commit(report)
+                self._took(report, parsed)
                 if self.interrupted:
                     break
             if self.interrupted:
