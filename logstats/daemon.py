@@ -16,6 +16,7 @@ back and retried with back-off; after ``serve.commit_retries`` failures the daem
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -75,6 +76,7 @@ class Daemon:
         self.commit_s = 0.0
         self.compacted_month: str | None = None
         self.lines_by_source: dict[str, int] = {}
+        self._signal_fd: int | None = None  # the write end of the signals' wakeup pipe
 
     # -- life cycle --------------------------------------------------------------------------
     def run(self) -> int:
@@ -90,6 +92,7 @@ class Daemon:
             except duckdb.Error as exc:
                 self.log.error("store_close_failed", error=cause_of(exc))
             stop_resource_tracker()  # the parser pool is shut down by now
+            self._unsignal()
 
     def _run(self) -> int:
         self.pipeline = Pipeline(
@@ -181,17 +184,50 @@ class Daemon:
         return timeout
 
     def _signals(self) -> None:
-        def stop(signum: int, frame: FrameType | None) -> None:
-            self.stop.set()
+        """SIGTERM/SIGINT stop, SIGHUP reloads.
+
+        A Python signal handler runs in this thread between two bytecodes, possibly while
+        the loop holds the lock inside ``wake`` or ``stop`` (in ``wait`` or ``clear``):
+        setting an Event there waits for that lock forever.  So the handlers do nothing;
+        ``signal.set_wakeup_fd`` writes each signal's number to a pipe, and a thread of
+        its own reads the pipe and sets the events (a plain lock wait, never a deadlock)."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _no_handler)
+        self._signal_fd = write
+        relay = threading.Thread(target=self._relay_signals, args=(read,), name="signals")
+        relay.daemon = True
+        relay.start()
+
+    def _relay_signals(self, read: int) -> None:
+        while True:
+            try:
+                data = os.read(read, 512)
+            except OSError:
+                return
+            if not data or 0 in data:  # 0: _unsignal's end of the relay
+                os.close(read)
+                return
+            if signal.SIGHUP in data:
+                self.reload_requested = True
+            if signal.SIGTERM in data or signal.SIGINT in data:
+                self.stop.set()
             self.wake.set()
 
-        def reload(signum: int, frame: FrameType | None) -> None:
-            self.reload_requested = True
-            self.wake.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
+    def _unsignal(self) -> None:
+        """The default actions again, and the relay thread ended."""
+        write = self._signal_fd
+        if write is None:
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        with contextlib.suppress(OSError):
+            os.write(write, b"\0")
+        os.close(write)
+        self._signal_fd = None  # the read end is the relay thread's: it closes it
 
     def _observe(self) -> Any:
         """inotify (watchdog) on the sources' folders; polling covers what it misses.
@@ -570,6 +606,11 @@ def _observer_waker(folders: list[str], wake: threading.Event) -> _Stoppable | N
         observer.schedule(Waker(), folder, recursive=False)
     observer.start()
     return observer
+
+
+def _no_handler(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler of the daemon's signals: their work is done by the relay
+    thread (Daemon._signals), which the wakeup fd tells."""
 
 
 def _expand(pattern: str) -> list[str]:

@@ -240,7 +240,12 @@ class Serve:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
-            env={**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify_path},
+            env={
+                **os.environ,
+                "PYTHONFAULTHANDLER": "1",  # a daemon that hangs shows where (_stacks)
+                **(env or {}),
+                "NOTIFY_SOCKET": self.notify_path,
+            },
         )
         self.pid = self.proc.pid
         self._threads = [
@@ -405,12 +410,29 @@ class Serve:
     def wait(self, timeout: float = 20.0) -> int:
         try:
             rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the daemon did not exit within {timeout}s; where its threads were:\n"
+                + self._stacks()
+            ) from None
         finally:
             if self.proc.poll() is None:
                 self.kill()
         for t in self._threads[:2]:
             t.join(5)
         return rc
+
+    def _stacks(self) -> str:
+        """SIGABRT: faulthandler (PYTHONFAULTHANDLER, set for every daemon started here)
+        writes every thread's stack to stderr; the end of stderr, with them."""
+        seen = len(self.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        for t in self._threads[:2]:
+            t.join(2)
+        return "\n".join(self.stderr[max(seen - 20, 0) :])
 
     def kill(self) -> None:
         """SIGKILL (no chance to commit) and reap."""

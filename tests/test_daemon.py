@@ -479,6 +479,40 @@ def test_sighup_reloads_the_account_map(work: Path, serve: list[Serve]) -> None:
     assert 0 == d.terminate()
 
 
+def test_a_storm_of_signals_while_lines_arrive(work: Path, serve: list[Serve]) -> None:
+    """Thousands of SIGHUPs, sent while lines arrive and the loop waits, wakes and sleeps:
+    a signal that lands while the loop holds one of its locks (in a wait or a clear) must
+    neither hang the daemon nor lose a line; the SIGTERM after them stops it within the
+    harness's bound, exit 0, every message counted once."""
+    log, cfg = exim_setup(work)
+    d = start(serve, cfg)
+    gen = Messages(11)
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            for _ in range(200):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(d.pid, signal.SIGHUP)
+            time.sleep(0.001)
+
+    stormer = threading.Thread(target=storm, daemon=True)
+    stormer.start()
+    try:
+        for _ in range(40):
+            append(log, gen.send("alice", "alice.test", 100))
+            time.sleep(0.05)
+        expected = {
+            "alice": summed({"a": {"SENDCOUNT": 40, "SUCCESSCOUNT": 40, "TOTALSIZE": 4000}})["a"]
+        }
+        assert expected == d.wait_stats(expected)
+    finally:
+        stop.set()
+        stormer.join(5)
+    assert "config_reloaded" in d.names()
+    assert 0 == d.terminate()
+
+
 def test_sighup_reads_a_userdomains_that_appeared(work: Path, serve: list[Serve]) -> None:
     """accounts.userdomains configured but not there (yet): the daemon starts with a
     `config_warning` naming the config file and the key, and counts carol.test as its own
