@@ -3,7 +3,9 @@
 A journal source (``sources: [{journal: {units, identifiers, directory}, mta}]``) takes
 the entries of any of its units (``_SYSTEMD_UNIT``, which journald sets from the sender's
 cgroup) or any of its syslog identifiers (``SYSLOG_IDENTIFIER``), from the local journal or
-from the journal files under ``directory`` (journalctl ``-D``).  Each entry becomes the
+from the journal files under ``directory`` (journalctl ``-D``).  A unit may be a shell
+pattern (``postfix@*.service``): each poll matches it against the units the journal holds
+(``JournalReader.units``).  Each entry becomes the
 line a syslog daemon would have written, with an RFC 3339 stamp (UTC, microseconds, so no
 year is guessed) of when the program logged it (``_SOURCE_REALTIME_TIMESTAMP``, else
 journald's ``__REALTIME_TIMESTAMP``), as journalctl shows it::
@@ -31,6 +33,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from logstats.config import JournalSpec
@@ -64,13 +67,23 @@ def describe(spec: JournalSpec) -> str:
     return f"journal ({', '.join(parts)}){where}"
 
 
-def matches(spec: JournalSpec) -> list[str]:
-    """journalctl's matches: any of the units, or (``+``) any of the identifiers."""
-    units = [f"_SYSTEMD_UNIT={u}" for u in spec.units]
+def matches(spec: JournalSpec, units: tuple[str, ...] | None = None) -> list[str]:
+    """journalctl's matches: any of the units (``units``: the spec's with its patterns
+    expanded, see ``JournalReader.units``), or (``+``) any of the identifiers."""
+    names = [f"_SYSTEMD_UNIT={u}" for u in (spec.units if units is None else units)]
     identifiers = [f"SYSLOG_IDENTIFIER={i}" for i in spec.identifiers]
-    if units and identifiers:
-        return [*units, "+", *identifiers]
-    return units or identifiers
+    if names and identifiers:
+        return [*names, "+", *identifiers]
+    return names or identifiers
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+
+
+def is_pattern(unit: str) -> bool:
+    """A unit given as a shell pattern (``postfix@*.service``), as ``journalctl -u`` takes."""
+    return any(c in unit for c in "*?[")
 
 
 def seqnum_of(cursor: str) -> tuple[str, int] | None:
@@ -167,17 +180,73 @@ class JournalReader:
         if not self._loaded:
             self._cursor = self.stored(self.source)
             self._loaded = True
+        units = self.units()
+        read: tuple[_Pieces, bool] | None = None
+        noted = len(self.notes)
+        for _ in range(3):
+            del self.notes[noted:]  # a read done again notes its gap again
+            if units is None:
+                return []  # journalctl cannot list the units (reported)
+            if not units and not self.spec.identifiers:
+                return []  # no unit that a pattern matches has logged yet
+            read = self._read(units)
+            if read is None:
+                return []
+            if not any(map(is_pattern, self.spec.units)):
+                break
+            # a unit that a pattern matches and that began to log during the read: read
+            # again from the same cursor with it, so that none of its entries is passed over
+            again = self.units()
+            if again is None or set(again) <= set(units):
+                break
+            units = again
+        if read is None:
+            return []
+        out, stopped = read
+        self.more = stopped
+        self._cursor = out.cursor
+        return out.pieces
+
+    def units(self) -> tuple[str, ...] | None:
+        """The units matched: the names given, and the journal's units that a pattern of
+        them matches (``journalctl -F _SYSTEMD_UNIT``, fnmatch as ``journalctl -u``; read
+        on every poll, so a new instance is taken as soon as it logs); None when journalctl
+        cannot list them (reported)."""
+        if not any(map(is_pattern, self.spec.units)):
+            return self.spec.units
+        argv = [self.journalctl, *self._where(), "-F", "_SYSTEMD_UNIT"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, check=False, env=_env(), timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._report(f"cannot run {self.journalctl}: {getattr(exc, 'strerror', None) or exc}")
+            return None
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip()
+            why = err.splitlines()[0] if err else "no message"
+            self._report(
+                f"{self.journalctl} -F _SYSTEMD_UNIT failed (exit {proc.returncode}): {why}"
+            )
+            return None
+        present = proc.stdout.decode("utf-8", "replace").splitlines()
+        patterns = [u for u in self.spec.units if is_pattern(u)]
+        found = sorted({u for u in present if u and any(fnmatchcase(u, p) for p in patterns)})
+        names = [u for u in self.spec.units if not is_pattern(u)]
+        return tuple(dict.fromkeys([*names, *found]))
+
+    def _read(self, units: tuple[str, ...]) -> tuple[_Pieces, bool] | None:
+        """One ``journalctl --cursor`` run from where reading stands: its entries as pieces,
+        and whether it stopped at ``max_entries``; None when journalctl cannot be run."""
         try:
             proc = subprocess.Popen(
-                self._argv(self._cursor),
+                self._argv(self._cursor, units),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""},
+                env=_env(),
             )
         except OSError as exc:
             self._report(f"cannot run {self.journalctl}: {exc.strerror or exc}")
-            return []
+            return None
         assert proc.stdout is not None and proc.stderr is not None
         out = _Pieces(self.source, self.path, self._cursor, self.piece_entries)
         stopped = False
@@ -194,23 +263,22 @@ class JournalReader:
             err = proc.stderr.read().decode("utf-8", "replace").strip()
             proc.stderr.close()
             code = proc.wait()
-        if stopped:
-            self.more = True
-        elif code != 0:
+        if not stopped and code != 0:
             why = err.splitlines()[0] if err else "no message"
             self._report(f"{self.journalctl} failed (exit {code}): {why}")
-        else:
+        elif not stopped:
             self._error = ""
-        self._cursor = out.cursor
-        return out.pieces
+        return out, stopped
 
-    def _argv(self, start: JournalCursor | None) -> list[str]:
+    def _where(self) -> list[str]:
+        return ["-D", self.spec.directory] if self.spec.directory else []
+
+    def _argv(self, start: JournalCursor | None, units: tuple[str, ...] | None = None) -> list[str]:
         argv = [self.journalctl, "-o", "json", f"--output-fields={FIELDS}", "--no-pager", "-q"]
-        if self.spec.directory:
-            argv += ["-D", self.spec.directory]
+        argv += self._where()
         if start is not None:
             argv.append(f"--cursor={start.cursor}")  # from the stored entry itself
-        return argv + matches(self.spec)
+        return argv + matches(self.spec, units)
 
     def _take(self, out: _Pieces, raw: bytes) -> bool:
         """One JSON line of journalctl: False when it is left out."""

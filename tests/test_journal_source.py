@@ -450,3 +450,38 @@ def _unit_beside_file(work: Path) -> None:
         proc = cli("backfill", "--config", str(cfg), "--db", str(truth), str(mainlog))
         assert proc.returncode == 0, proc.stderr
         same_store(work / "db.duckdb", truth)
+
+
+# -- (f) units given as patterns: every instance, also one that begins to log later -------------
+def test_a_unit_pattern_takes_every_instance(tmp_path: Path) -> None:
+    inside("_unit_pattern", tmp_path)
+
+
+def _unit_pattern(work: Path) -> None:
+    genlog("postfix", 3000, work / "gen.log", seed=5)
+    lines = lines_of(work / "gen.log")
+    postfix = [x for x in lines if identifiers([x], "postfix")]
+    third = len(postfix) // 3
+    sections = {"accounts": {"domains": domains_of(work / "gen.log.userdomains")}}
+    units = ["postfix@-.service", "postfix@out.service", "postfix@late.service"]
+    with Journald(work) as jd:
+        cfg = config(work, [journal_source(units=["postfix@*.service"], mta="postfix")],
+                     **sections)  # fmt: skip
+        # before any instance logged: nothing to read, and no error
+        events = backfill(cfg, "--journal")
+        assert not [e for e in events if e["event"] in ("source_error", "journal_read")], events
+        jd.syslog(postfix[:third], unit=units[0])
+        jd.syslog(lines_of(SAMPLES / "postfix.log"), unit="postfix-other.service")  # no match
+        jd.syslog(postfix[third : 2 * third], unit=units[1])
+        if not jd.entries([f"_SYSTEMD_UNIT={units[0]}"]):
+            pytest.skip("journald did not set _SYSTEMD_UNIT from the writer's cgroup here")
+        [read] = [e for e in backfill(cfg, "--journal") if e["event"] == "journal_read"]
+        assert 2 * third == read["lines"]
+        # an instance that begins to log later is read from its first entry
+        jd.syslog(postfix[2 * third :], unit=units[2])
+        [read] = [e for e in backfill(cfg, "--journal") if e["event"] == "journal_read"]
+        assert len(postfix) - 2 * third == read["lines"]
+        text = jd.text([f"_SYSTEMD_UNIT={u}" for u in units])
+        assert len(postfix) == len(text.splitlines())
+        truth = file_truth(work, cfg, {"postfix": text}, "truth")
+        same_store(work / "db.duckdb", truth)
