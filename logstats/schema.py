@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -256,6 +257,33 @@ class ServeSection(Section):
     commit_retries: Annotated[int, PlainValidator(_whole(1, 1000))] = 5
 
 
+def _journals_apart(sources: tuple[SourceItem, ...]) -> tuple[SourceItem, ...]:
+    """Two journal sources of one journal that name the same unit or identifier (or a unit
+    that a pattern of the other matches) would count its entries twice."""
+    seen: list[tuple[int, str | None, str, str]] = []  # index, directory, kind, name
+    for i, item in enumerate(sources):
+        journal = item.journal
+        if journal is None:
+            continue
+        mine = [("unit", u) for u in journal.units]
+        mine += [("identifier", x) for x in journal.identifiers]
+        for j, directory, kind, name in seen:
+            for my_kind, my_name in mine:
+                same = _same(my_name, name) if kind == "unit" else my_name == name
+                if directory == journal.directory and my_kind == kind and same:
+                    raise ValueError(
+                        f"expected each journal entry in one source, got {kind} {my_name} in "
+                        f"[{i}] and {kind} {name} in [{j}] (their entries would count twice)"
+                    )
+        seen += [(i, journal.directory, kind, name) for kind, name in mine]
+    return sources
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two units take the same entries (either may be a pattern)."""
+    return a == b or fnmatchcase(a, b) or fnmatchcase(b, a)
+
+
 def _distinct_keys(keys: tuple[KeyItem, ...]) -> tuple[KeyItem, ...]:
     first: dict[str, int] = {}
     for i, item in enumerate(keys):
@@ -314,7 +342,9 @@ class File(Section):
     accounts: AccountsSection = Field(default_factory=AccountsSection)
     correlation: CorrelationSection = Field(default_factory=CorrelationSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
-    sources: Annotated[tuple[SourceItem, ...], BeforeValidator(_a_list)] = ()
+    sources: Annotated[
+        tuple[SourceItem, ...], BeforeValidator(_a_list), AfterValidator(_journals_apart)
+    ] = ()
     serve: ServeSection = Field(default_factory=ServeSection)
     api: ApiSection = Field(default_factory=ApiSection)
     export: ExportSection = Field(default_factory=ExportSection)

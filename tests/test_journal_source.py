@@ -174,6 +174,33 @@ def test_check_config_prints_the_journal_keys(tmp_path: Path) -> None:
     assert "journalctl" in derived and "(not there yet)" in derived
 
 
+@pytest.mark.parametrize(
+    "first,second,clash",
+    [
+        ({"units": ["postfix@*.service"]}, {"units": [UNIT]},
+         f"unit {UNIT} in [1] and unit postfix@*.service in [0]"),
+        ({"identifiers": ["postfix/smtp"]}, {"identifiers": ["postfix/qmgr", "postfix/smtp"]},
+         "identifier postfix/smtp in [1] and identifier postfix/smtp in [0]"),
+        ({"units": [UNIT]}, {"units": [UNIT], "directory": "other"}, None),  # another journal
+        ({"units": [UNIT]}, {"identifiers": [UNIT]}, None),  # a unit is no identifier
+    ],
+)  # fmt: skip
+def test_two_journal_sources_that_take_the_same_entries_are_refused(
+    tmp_path: Path, first: dict[str, Any], second: dict[str, Any], clash: str | None
+) -> None:
+    """Entries two journal sources both take would be counted twice: check-config names
+    the key and both sources, and exits 1; sources of different journals may overlap."""
+    cfg = config(tmp_path, [journal_source(**first, mta="postfix"),
+                            journal_source(**second, mta="postfix")])  # fmt: skip
+    proc = cli("check-config", "--config", str(cfg))
+    if clash is None:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{cfg}: sources: expected each journal entry in one source, got {clash}" in proc.stderr
+
+
 def test_a_journal_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     """journalctl fails (no such directory): backfill says so in one line and exits 1; the
     file paths beside it are read."""
