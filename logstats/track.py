@@ -282,7 +282,8 @@ def top(
     con: duckdb.DuckDBPyConnection, q: TrackQuery, what: str, n: int = 10
 ) -> list[tuple[str, int]]:
     """The ``n`` most frequent values of ``what`` over the rows of ``q``: ``reason``,
-    ``sender``, ``sender_domain``, ``recipient_domain``, ``account``, ``remote_host``."""
+    ``sender``, ``sender_domain``, ``recipient_domain``, ``account``, ``remote_host``,
+    ``host`` (the syslog host)."""
     expressions = {
         "reason": "coalesce(reason, '')",
         "sender": "coalesce(sender, '')",
@@ -290,6 +291,7 @@ def top(
         "recipient_domain": "lower(split_part(recipient, '@', 2))",
         "account": "account",
         "remote_host": "coalesce(remote_host, '')",
+        "host": "split_part(scope, '/', 1)",  # model.host_of, as the host filter
     }
     expr = expressions[what]
     stored = _stored_types(q)

@@ -549,6 +549,8 @@ def session(api: Api, key: str) -> str:
         "top?what=password",
         "trace",
         "search?limit=abc",
+        "overview?host=not%20a%20host",
+        "search?host=mx1;drop",
     ],
 )
 def test_odd_parameters_are_400_never_500(api: Api, query: str) -> None:
@@ -631,3 +633,66 @@ def test_default_window_ends_at_the_counters_when_no_track_row_is_kept(tmp_path:
         row = answer["cpanelresult"]["data"][0]
         assert {k: int(row[f]) for k, f in TOTALS.items()} == body["totals"]
         assert body["totals"]["sent"] > 0
+
+
+def test_dashboard_per_host_of_a_central_log(
+    browser: Callable[..., Browser], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A daemon following one central syslog file of three Exim hosts whose message ids
+    collide (tests/test_central.py's): the dashboard offers the hosts, and its totals for
+    one host are EmailTrack's answer with the same ``host=`` (and that host's scripted
+    truth); over every host they are the sum of the three."""
+    from tests.test_central import HOSTS, _central_exim
+
+    with short_dir("lswebh-") as folder:
+        log = folder / "central-exim.log"
+        truths = _central_exim(log)
+        port = free_port()
+        cfg = write_config(
+            folder,
+            [(log, "exim")],
+            api={"tcp": f"127.0.0.1:{port}", "keys": KEYS, "admins": ["root"]},
+            store={"path": str(folder / "db.duckdb"), "retention_days": 36500},
+        )
+        stamps = [
+            datetime.strptime(line[:15], "%b %d %H:%M:%S")
+            for line in log.read_text().splitlines()
+        ]
+        with Serve(cfg) as serve:
+            serve.wait_ready(timeout=60)
+            serve.wait_lines(len(stamps), timeout=60)
+            api = Api(port, serve.socket_path, load_truth(), *sample_days())
+            # the scripts run over New Year (2024 to 2025): a window around all of it
+            window = "start=2024-12-01T00:00:00Z&end=2025-02-01T00:00:00Z"
+            account = "alice"
+            b = browser(api.base_url)
+            b.login(ADMIN_KEY)
+            b.goto(f"/ui/?account={account}&{window}")
+            b.loaded()
+            assert not b.page.is_hidden("#host-field")
+            options = b.page.eval_on_selector_all("#hosts option", "os => os.map(o => o.value)")
+            assert list(HOSTS) == options
+            every = shown_totals(b)
+            per_host = {}
+            for host in HOSTS:
+                b.goto(f"/ui/?account={account}&host={host}&{window}")
+                b.loaded()
+                assert host == b.page.input_value("#host")
+                shown = per_host[host] = shown_totals(b)
+                start, end = b.text("#window-start"), b.text("#window-end")
+                resp = api.request(
+                    "GET",
+                    "/json-api/cpanel",
+                    {**emailtrack_params(account), "start": start, "end": end, "host": host},
+                    headers=whm(ADMIN_KEY),
+                )
+                assert 200 == resp.status, resp.text
+                row = resp.json()["cpanelresult"]["data"][0]
+                assert {k: int(row[f]) for k, f in TOTALS.items()} == shown, host
+                truth = truths[host][account]
+                assert {k: int(truth[f]) for k, f in TOTALS.items() if f in truth} == {
+                    k: shown[k] for k, f in TOTALS.items() if f in truth
+                }, host
+            assert len({tuple(t.values()) for t in per_host.values()}) > 1  # the hosts differ
+            assert every == {k: sum(t[k] for t in per_host.values()) for k in TOTALS}
+            b.shot("dashboard-central-host")

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from logstats import track
 from logstats.api import BadRequest, Denied, Reply, Target, parse_time
 from logstats.model import AccountStats, Dimension, Resolution, SeriesRequest, StatsRequest
+from logstats.shapes import host_value
 from logstats.store import account_stats, series
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ _TOPS = {  # ``what`` of /ui/api/top -> the track.top column
     "sender_domain": "sender_domain",
     "remote_host": "remote_host",
     "account": "account",
+    "host": "host",
 }
 
 
@@ -351,6 +353,10 @@ class WebUI:
         """The scoped request of ``params`` (Denied 403 for a name outside the scope)."""
         account = _one(params, "account")
         domain = _one(params, "sender_domain")
+        try:
+            host = host_value({k: v for k, v in params.items() if k == "host"})
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         filters: tuple[tuple[Dimension, str], ...] = ()
         if domain is not None:
             filters = ((Dimension.SENDER_DOMAIN, domain.lower()),)
@@ -360,6 +366,7 @@ class WebUI:
             None,
             (account,) if account else None,
             filters,
+            host=host,
         )
         scoped = self.router._scope(_Asked(far), caller).request
         sender_domain = next((v for d, v in scoped.filters if d is Dimension.SENDER_DOMAIN), None)
@@ -371,6 +378,7 @@ class WebUI:
             sender_domain=sender_domain,
             tag=tag,
             domain_patterns=scoped.domain_patterns,
+            host=scoped.host,
         )
         start, end = self._window(cur, params, scoped, scope)
         return View(
@@ -416,6 +424,7 @@ class WebUI:
             "accounts": list(caller.accounts) if caller.accounts is not None else None,
             "domains": list(caller.domains) if caller.domains is not None else None,
             "choices": [a for a, _ in track.top(cur, v.track, "account", 200)],
+            "hosts": sorted(h for h, _ in track.top(cur, v.track, "host", 200) if h),
             "window": {"start": v.request.start.isoformat(), "end": v.request.end.isoformat()},
         }
 
@@ -456,7 +465,7 @@ class WebUI:
         whole = not req.filters and not req.domain_patterns
         if whole and req.accounts is not None and len(req.accounts) == 1:
             account = req.accounts[0]
-            found = account_stats(cur, StatsRequest(req.start, req.end, account))
+            found = account_stats(cur, StatsRequest(req.start, req.end, account, host=req.host))
             s = next((x for x in found if x.account == account), AccountStats(account))
             return {
                 "sent": s.sendcount,

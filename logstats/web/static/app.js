@@ -90,6 +90,17 @@ const LS = (function () {
       select.value = me.accounts[0];
       select.options[0].remove();
     }
+    // the syslog hosts of a central log: the field shows where there are several
+    const hosts = document.getElementById("hosts");
+    if (hosts) {
+      for (const h of me.hosts || []) {
+        const o = document.createElement("option");
+        o.value = h;
+        hosts.appendChild(o);
+      }
+      const shown = (me.hosts || []).length > 1 || new URLSearchParams(location.search).has("host");
+      document.getElementById("host-field").hidden = !shown;
+    }
     return me;
   }
 
