@@ -1202,10 +1202,11 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "export",
         parents=[common],
         help="export counters, dimensions and Track Delivery rows as Parquet for the fleet",
-        description="Write this store's hourly counters and dimensions (one row per key) and "
-        "its Track Delivery rows as hive-partitioned Parquet, "
-        "DIR/{counters,dims,events}/host=H/date=YYYY-MM-DD/data.parquet, rewriting only the "
-        "partitions whose content changed (each file is replaced whole). Idempotent: a "
+        description="Write this store's hourly counters and dimensions (one row per key), "
+        "its Track Delivery rows and the messages now in its queue as hive-partitioned "
+        "Parquet, DIR/{counters,dims,events,pending}/host=H/date=YYYY-MM-DD/data.parquet, "
+        "rewriting only the partitions whose content changed (each file is replaced whole; "
+        "a day with no message left in the queue loses its pending file). Idempotent: a "
         "repeated export writes nothing; an interrupted one is finished by the next run. "
         "`logstats serve` does the same every export.every when export.directory is set.",
     )

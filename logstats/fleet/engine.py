@@ -9,8 +9,8 @@ date, so that a window prunes partitions).  Values are bound as named parameters
 read back as text, so neither engine's time zone handling touches them (Spark's session
 zone is UTC).
 
-Messages still in the queue are not exported: ``inprogresscount`` is 0, and searches have no
-``inprogress`` rows.
+The messages in each host's queue at its last export (``pending``, a snapshot) give
+``inprogresscount``; searches have no ``inprogress`` rows (their recipients are not exported).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
         )
         for c in EVENT_COLUMNS
     ),
+    "pending": (("account", _TEXT), ("accepted_at", "TIMESTAMP"), ("message", _TEXT)),
 }
 VIEWS = tuple(SCHEMAS)
 
@@ -128,8 +129,25 @@ def _domain_patterns(sql: Sql, patterns: Sequence[str]) -> str:
     )
 
 
+def progress_sql(req: StatsRequest, host: str | None) -> Sql:
+    """``store.account_stats``' INPROGRESSCOUNT over the fleet: per account, the messages
+    accepted in the window that were in a host's queue at its last export (a message is
+    one per host: the same queue id on two hosts is two messages)."""
+    sql = Sql()
+    where = _window(sql, "accepted_at", _hour(req.start), req.end)
+    if req.account is not None:
+        where.append(f"account = {sql.bind(req.account)}")
+    if host is not None:
+        where.append(f"host = {sql.bind(host)}")
+    sql.text = (
+        "SELECT account, count(*) FROM (SELECT DISTINCT host, account, message FROM pending "
+        f"WHERE {' AND '.join(where)}) queued GROUP BY account ORDER BY account"
+    )
+    return sql
+
+
 def stats_sql(req: StatsRequest, host: str | None) -> Sql:
-    """``store.account_stats`` over the fleet (without the queue: no in-progress count)."""
+    """``store.account_stats`` over the fleet, but INPROGRESSCOUNT (``progress_sql``)."""
     sql = Sql()
     where = _window(sql, "bucket", _hour(req.start), req.end)
     if req.account is not None:
@@ -322,22 +340,27 @@ class SqlEngine:
         return asked if asked is not None else self.host
 
     def account_stats(self, req: StatsRequest) -> list[AccountStats]:
-        return [
-            AccountStats(
+        host = self._host(req)
+        progress = {str(a): int(n) for a, n in self._run(progress_sql(req, host))}
+        out = {
+            str(acct): AccountStats(
                 account=str(acct),
                 sendcount=int(sends),
                 successcount=int(succ),
                 defercount=int(defers),
                 failcount=int(fails),
                 totalsize=int(size),
-                inprogresscount=0,  # the queue is not exported
+                inprogresscount=progress.pop(str(acct), 0),
                 local_successcount=int(lsucc),
                 local_totalsize=int(lsize),
             )
             for acct, sends, succ, defers, fails, size, lsucc, lsize in self._run(
-                stats_sql(req, self._host(req))
+                stats_sql(req, host)
             )
-        ]
+        }
+        for acct, n in progress.items():  # in the queue, nothing else in the window
+            out[acct] = AccountStats(account=acct, inprogresscount=n)
+        return [out[k] for k in sorted(out)]
 
     def series(self, req: SeriesRequest) -> list[SeriesRow]:
         rows = [r for r in self._run(series_sql(req, self._host(req))) if r[2] is not None]

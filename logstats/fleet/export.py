@@ -1,7 +1,8 @@
-"""Export of a store's counters, dimensions and Track Delivery rows as Parquet files that
-a fleet shares (``DIR`` may be shared storage; each host writes only its own partitions)::
+"""Export of a store's counters, dimensions, Track Delivery rows and queue as Parquet files
+that a fleet shares (``DIR`` may be shared storage; each host writes only its own
+partitions)::
 
-    DIR/{counters,dims,events}/host=H/date=YYYY-MM-DD/data.parquet
+    DIR/{counters,dims,events,pending}/host=H/date=YYYY-MM-DD/data.parquet
 
 ``H`` is the row's ``host`` (the syslog host of its line), or this host's name
 (``export.host``, default the machine's name) when the line named none; percent-encoded
@@ -20,7 +21,9 @@ onto ``data.parquet`` (and the folder fsynced): a reader sees the old or the new
 never half of one.  A run killed at any point leaves at most temp files, which the next
 run removes, and partitions it then rewrites.
 
-Dates with no rows left in the store (events pruned by retention) leave their partition
+``pending`` (the accepted messages not completed, by the day they were accepted) is a
+snapshot: its partitions of a day with no message left in the queue are removed.  Other
+dates with no rows left in the store (events pruned by retention) leave their partition
 alone; so does the oldest date of events still stored when the store holds fewer of its
 rows than the file (retention pruned the start of that day).
 """
@@ -47,7 +50,7 @@ LAYOUT = "1"  # the layout's version: part of every fingerprint (a change rewrit
 FINGERPRINT_KEY = "logstats.fingerprint"
 DATA = "data.parquet"
 TEMP_PREFIX = ".data.parquet.tmp-"
-TABLES = ("counters", "dims", "events")
+TABLES = ("counters", "dims", "events", "pending")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class Table:
     rows: str
     time: str
     columns: tuple[str, ...]
+    snapshot: bool = False  # the rows as they are now: a partition with none left is removed
 
 
 def _tables(has_host: dict[str, bool]) -> dict[str, Table]:
@@ -91,6 +95,18 @@ def _tables(has_host: dict[str, bool]) -> dict[str, Table]:
             "ts",
             EVENT_COLUMNS,
         ),
+        # the messages in the queue now (store.account_stats' INPROGRESSCOUNT): the
+        # accepted ones, each once (the first message of a filter's chain names it)
+        "pending": Table(
+            "pending",
+            "SELECT CASE WHEN split_part(scope, '/', 1) = '' THEN $host "
+            "ELSE split_part(scope, '/', 1) END AS fleet_host, "  # model.host_of
+            "account, accepted_at, coalesce(root, scope || ' ' || queue_id) AS message "
+            "FROM pending WHERE received AND accepted_at IS NOT NULL",
+            "accepted_at",
+            ("account", "accepted_at", "message"),
+            snapshot=True,
+        ),
     }
 
 
@@ -99,6 +115,7 @@ class Exported:
     """What one run did: partitions written and left as they were, temp files removed."""
 
     written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # snapshot partitions now empty
     unchanged: int = 0
     kept: int = 0  # partitions the store no longer holds all rows of, left as they are
     temps_removed: int = 0
@@ -131,8 +148,9 @@ def export(con: duckdb.DuckDBPyConnection, directory: str | Path, host: str) -> 
     cur = con.cursor()
     try:
         has_host = {t: _has_column(cur, t, "host") for t in TABLES}
+        hosts: set[str] = set()  # every host this store holds rows of
         for table in _tables(has_host).values():
-            _export_table(cur, root, host, table, out)
+            hosts |= _export_table(cur, root, host, table, out, hosts)
     finally:
         cur.close()
     out.seconds = time.perf_counter() - started
@@ -152,8 +170,16 @@ def _hash(columns: tuple[str, ...]) -> str:
 
 
 def _export_table(
-    cur: duckdb.DuckDBPyConnection, root: Path, host: str, table: Table, out: Exported
-) -> None:
+    cur: duckdb.DuckDBPyConnection,
+    root: Path,
+    host: str,
+    table: Table,
+    out: Exported,
+    known: set[str],
+) -> set[str]:
+    """Write the partitions of ``table`` that changed; the hosts it holds rows of.  A
+    snapshot table's partitions of this store's hosts (``known``, those of the tables
+    before) that no row is left in are removed."""
     day = f"CAST({table.time} AS DATE)"
     prints = cur.execute(
         f"SELECT fleet_host, {day} AS d, count(*), CAST(sum({_hash(table.columns)}) AS VARCHAR) "
@@ -161,9 +187,16 @@ def _export_table(
         {"host": host},
     ).fetchall()
     hosts = {h for h, *_ in prints} | {host}
-    for h in sorted(hosts):
+    for h in sorted(hosts | known if table.snapshot else hosts):
         out.temps_removed += _remove_temps(root / table.name / f"host={encode(h)}")
-    existing = _existing(cur, root / table.name, hosts)
+    existing = _existing(cur, root / table.name, hosts | known if table.snapshot else hosts)
+    if table.snapshot:
+        now = {partition(root, table.name, h, d) / DATA for h, d, _, _ in prints}
+        for gone in sorted(set(existing) - now):
+            with contextlib.suppress(FileNotFoundError):
+                gone.unlink()
+                _fsync(gone.parent)
+                out.removed.append(gone)
     oldest = min((d for _, d, _, _ in prints), default=None)
     todo: list[tuple[str, date, str]] = []
     for h, d, n, digest in prints:
@@ -176,7 +209,7 @@ def _export_table(
         else:
             todo.append((h, d, fingerprint))
     if not todo:
-        return
+        return hosts
     # the rows of the days to write, once, in time order: each partition then reads only
     # its own blocks (the store's tables are clustered by account)
     cur.execute(
@@ -191,6 +224,7 @@ def _export_table(
             out.written.append(folder / DATA)
     finally:
         cur.execute("DROP TABLE IF EXISTS fleet_rows")
+    return hosts
 
 
 def _existing(
@@ -262,6 +296,7 @@ def exported_files(directory: str | Path, table: str) -> Iterator[Path]:
 def summary(result: Exported) -> dict[str, Any]:
     return {
         "written": len(result.written),
+        "removed": len(result.removed),
         "unchanged": result.unchanged,
         "kept": result.kept,
         "temps_removed": result.temps_removed,
