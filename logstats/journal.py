@@ -44,6 +44,7 @@ from logstats.sources import Piece
 JOURNALCTL = "journalctl"
 MAX_ENTRIES = 50_000  # entries one poll reads at most
 PIECE_ENTRIES = 2_000  # entries per piece handed to the pipeline
+MAX_REALTIME = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, in microseconds
 JOURNAL_DIRS = ("/run/log/journal", "/var/log/journal")  # where journald keeps its files
 # the fields a line is made of (journalctl adds __CURSOR and __REALTIME_TIMESTAMP)
 FIELDS = "MESSAGE,_HOSTNAME,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_COMM,_SOURCE_REALTIME_TIMESTAMP"
@@ -125,8 +126,9 @@ def entry_line(entry: dict[str, Any], realtime: int) -> str | None:
     if message is None:
         return None
     source = _text(entry.get("_SOURCE_REALTIME_TIMESTAMP"))
-    if source is not None and source.isdigit():
+    if source is not None and source.isascii() and source.isdigit() and len(source) < 19:
         realtime = int(source)
+    realtime = min(max(realtime, 0), MAX_REALTIME)
     host = _text(entry.get("_HOSTNAME")) or "localhost"
     ident = _text(entry.get("SYSLOG_IDENTIFIER")) or _text(entry.get("_COMM")) or "unknown"
     pid = _text(entry.get("SYSLOG_PID")) or _text(entry.get("_PID"))
@@ -286,8 +288,10 @@ class JournalReader:
             entry = json.loads(raw)
             text = entry["__CURSOR"]
             realtime = int(entry["__REALTIME_TIMESTAMP"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, IndexError):
             return False  # not an entry journalctl would write: nothing to place it by
+        if not isinstance(text, str) or not 0 <= realtime <= MAX_REALTIME:
+            return False
         seq = seqnum_of(text)
         if out.first:
             out.first = False

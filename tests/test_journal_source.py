@@ -24,9 +24,19 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logstats.config import JournalSpec
-from logstats.journal import entry_line, matches, seqnum_of, source_id, stamp
+from logstats.journal import (
+    JournalReader,
+    _Pieces,
+    entry_line,
+    matches,
+    seqnum_of,
+    source_id,
+    stamp,
+)
 from logstats.metrics import render
 from tests.daemon_harness import (
     SAMPLES,
@@ -148,6 +158,44 @@ def test_an_entry_is_the_line_a_syslog_daemon_writes() -> None:
     assert entry_line({"_HOSTNAME": "mx"}, t) is None
     stamp_line = entry_line({"MESSAGE": "x", "SYSLOG_IDENTIFIER": "exim"}, 0)
     assert "1970-01-01T00:00:00.000000+00:00 localhost exim: x" == stamp_line
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_FIELDS = ("__CURSOR", "__REALTIME_TIMESTAMP", "MESSAGE", "_HOSTNAME", "SYSLOG_IDENTIFIER",
+           "SYSLOG_PID", "_PID", "_COMM", "_SOURCE_REALTIME_TIMESTAMP")  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _JSON,
+        st.fixed_dictionaries({}, optional=dict.fromkeys(_FIELDS, _JSON)),
+        st.fixed_dictionaries(
+            {
+                "__CURSOR": st.just("s=ab;i=1f;b=cd;m=1;t=2;x=3"),
+                "__REALTIME_TIMESTAMP": st.integers(-(10**20), 10**20).map(str),
+            },
+            optional={f: _JSON | st.integers(-(10**25), 10**25).map(str) for f in _FIELDS[2:]},
+        ),
+    )
+)
+def test_no_journalctl_line_raises(entry: Any) -> None:
+    """Whatever JSON a line of journalctl holds (other types, huge or negative times, byte
+    arrays, nested values), reading it raises nothing: it is an entry (with a line, or
+    without MESSAGE) or it is left out."""
+    reader = JournalReader(JournalSpec(identifiers=("x",)), "postfix", lambda source: None)
+    out = _Pieces(reader.source, reader.path, None, 10)
+    raw = json.dumps(entry).encode()
+    taken = reader._take(out, raw)
+    out.flush()
+    assert taken == (out.taken == 1)
+    for piece in out.pieces:
+        assert piece.body.count(b"\n") <= 1
 
 
 def test_matches_and_identity() -> None:
