@@ -129,19 +129,25 @@ def _domain_patterns(sql: Sql, patterns: Sequence[str]) -> str:
     )
 
 
+def _account_window(sql: Sql, column: str, req: StatsRequest, host: str | None) -> str:
+    """The conditions of a StatsRequest: its window on ``column``, its account, the host."""
+    where = _window(sql, column, _hour(req.start), req.end)
+    if req.account is not None:
+        where.append(f"account = {sql.bind(req.account)}")
+    if host is not None:
+        where.append(f"host = {sql.bind(host)}")
+    return " AND ".join(where)
+
+
 def progress_sql(req: StatsRequest, host: str | None) -> Sql:
     """``store.account_stats``' INPROGRESSCOUNT over the fleet: per account, the messages
     accepted in the window that were in a host's queue at its last export (a message is
     one per host: the same queue id on two hosts is two messages)."""
     sql = Sql()
-    where = _window(sql, "accepted_at", _hour(req.start), req.end)
-    if req.account is not None:
-        where.append(f"account = {sql.bind(req.account)}")
-    if host is not None:
-        where.append(f"host = {sql.bind(host)}")
+    where = _account_window(sql, "accepted_at", req, host)
     sql.text = (
         "SELECT account, count(*) FROM (SELECT DISTINCT host, account, message FROM pending "
-        f"WHERE {' AND '.join(where)}) queued GROUP BY account ORDER BY account"
+        f"WHERE {where}) queued GROUP BY account ORDER BY account"
     )
     return sql
 
@@ -149,15 +155,11 @@ def progress_sql(req: StatsRequest, host: str | None) -> Sql:
 def stats_sql(req: StatsRequest, host: str | None) -> Sql:
     """``store.account_stats`` over the fleet, but INPROGRESSCOUNT (``progress_sql``)."""
     sql = Sql()
-    where = _window(sql, "bucket", _hour(req.start), req.end)
-    if req.account is not None:
-        where.append(f"account = {sql.bind(req.account)}")
-    if host is not None:
-        where.append(f"host = {sql.bind(host)}")
+    where = _account_window(sql, "bucket", req, host)
     sql.text = (
         "SELECT account, sum(sends + rejects), sum(successes), sum(defers), "
         "sum(fails + rejects), sum(bytes), sum(local_successes), sum(local_bytes) "
-        f"FROM counters WHERE {' AND '.join(where)} GROUP BY account ORDER BY account"
+        f"FROM counters WHERE {where} GROUP BY account ORDER BY account"
     )
     return sql
 
