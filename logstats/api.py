@@ -64,8 +64,8 @@ import duckdb
 
 from logstats import query, timeparse, track
 from logstats.config import Config
-from logstats.errors import ConfigError
-from logstats.model import AccountStats, Dimension, SeriesRequest, StatsRequest
+from logstats.errors import ConfigError, LogstatsError
+from logstats.model import AccountStats, Dimension, SeriesRequest, SeriesRow, StatsRequest
 from logstats.shapes import (
     EPOCH,
     FAR_FUTURE,
@@ -362,7 +362,7 @@ class Router:
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: duckdb.DuckDBPyConnection | None,
         status: Callable[[], dict[str, Any]],
         config: Config,
         metrics: Callable[[duckdb.DuckDBPyConnection], str],
@@ -440,6 +440,9 @@ class Router:
         target = find(path)
         if target is None or method not in target.methods:
             return self._unrouted(method, path, target)
+        refused = self.refuse(target, path, params)
+        if refused is not None:
+            return refused
         if target.family == "health":
             return self._health(params, headers, peer)
         if target.family == "metrics":
@@ -464,6 +467,10 @@ class Router:
             return answer
         return self._vendor(target.name, dict(target.path_params), params, headers, peer)
 
+    def refuse(self, target: Target, path: str, params: Mapping[str, list[str]]) -> Answer | None:
+        """A route this router does not answer (a fleet's: logstats.fleet.serve), or None."""
+        return None
+
     def _unrouted(self, method: str, path: str, target: Target | None) -> Answer:
         if target is None:
             return error_answer(family_of(path), 404, f"no such endpoint: {path}")
@@ -474,8 +481,19 @@ class Router:
             xml=path.endswith(".xml"),
         )
 
+    # -- the numbers (a store's; a fleet's in logstats.fleet.serve) ---------------------------
+    def stats(self, req: StatsRequest) -> list[AccountStats]:
+        with self._cursor() as cur:
+            return account_stats(cur, req)
+
+    def series(self, req: SeriesRequest) -> list[SeriesRow]:
+        with self._cursor() as cur:
+            return series(cur, req)
+
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.con is None:  # a fleet's router: every route that reads a store is refused
+            raise LogstatsError("no store behind this router")
         with self.lock:
             cursor = self.con.cursor()
         try:
@@ -587,8 +605,7 @@ class Router:
                     raise Denied(403, f"account {params.get('account')!r}: not allowed")
             if func == "search":
                 return 200, self._search(params, params["account"]), JSON
-            with self._cursor() as cur:
-                return 200, emailtrack(cur, params, self.config), JSON
+            return 200, emailtrack_of(self.stats, params, self.config), JSON
         except (BadRequest, Denied, SearchError, Api2Error) as exc:
             # cPanel answers failures with HTTP 200 and event.result 0
             status = exc.status if isinstance(exc, Denied) else 200
@@ -665,8 +682,7 @@ class Router:
             for name in ("deliverytype", "nosize", "nosuccess"):
                 if params.get(name):
                     stats_params[name] = params[name]
-            with self._cursor() as cur:
-                per_account = emailtrack(cur, stats_params)
+            per_account = emailtrack_of(self.stats, stats_params)
             records = [_summed(per_account, caller.accounts)]
             return 200, whm_api1.envelope(command, whm_api1.apply(records, options)), JSON
         except (BadRequest, SearchError, Api2Error) as exc:
@@ -692,8 +708,7 @@ class Router:
             q = self._scope(hosted(q, host_value(params)), caller)
             rows = []
             if q.request is not None:
-                with self._cursor() as cur:
-                    rows = series(cur, q.request)
+                rows = self.series(q.request)
             body = shape.render(q, rows, now)
             return 200, body, getattr(q, "content_type", shape.content_type)
         except ApiError as exc:

@@ -1223,8 +1223,9 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "fleet",
         help="answer the API shapes and Track Delivery searches over every host's export",
         description="Answer as `logstats query` and `logstats search` do, over the Parquet "
-        "export of every host in DIR (`logstats export`), with DuckDB or Apache Spark. "
-        "INPROGRESSCOUNT is 0: messages in the queue are not exported.",
+        "export of every host in DIR (`logstats export`), with DuckDB or Apache Spark, or "
+        "serve the stats shapes on HTTP (serve). INPROGRESSCOUNT is what each host's queue "
+        "held at its last export.",
     )
     fl.add_argument("--from", dest="source", required=True, metavar="DIR", help="the export")
     fl.add_argument(
@@ -1234,7 +1235,7 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="duckdb (in-process, default) or spark (pyspark in local mode, local[2])",
     )
     fsub = fl.add_subparsers(
-        dest="fleet_command", required=True, metavar="COMMAND", help="query or search"
+        dest="fleet_command", required=True, metavar="COMMAND", help="query, search or serve"
     )
     fleet_common = argparse.ArgumentParser(add_help=False)
     fleet_common.add_argument(
@@ -1271,6 +1272,22 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     fs.add_argument("--oldest-first", action="store_true", help="oldest rows first")
     _format_arg(fs, "table: aligned columns; json: one object per line, every column and host")
+    fv = fsub.add_parser(
+        "serve",
+        parents=[fleet_common],
+        help="serve EmailTrack::stats, Mailgun, SendGrid and SMTPeter stats on HTTP",
+        description="Answer the stats APIs of `logstats serve` (cPanel EmailTrack::stats and "
+        "WHM emailtrack_stats, Mailgun stats, SendGrid customer stats, SMTPeter tag stats) "
+        "over every host, with the keys of api.keys (fleet-wide: a key's accounts, domains "
+        "and tags on every host). Routes that read Track Delivery rows or a daemon's state "
+        "answer 404. SIGTERM or SIGINT stops it (exit 0); READY=1 is sent to systemd.",
+    )
+    fv.add_argument(
+        "--tcp", metavar="HOST:PORT", help="listen on this address (default: api.tcp of the config)"
+    )
+    fv.add_argument(
+        "--socket", metavar="PATH", help="also (or only) listen on this Unix socket"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:

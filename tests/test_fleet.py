@@ -454,3 +454,123 @@ def test_the_daemon_exports_every_export_every(tmp_path: Path) -> None:
         assert _rows(out) == _rows(fresh)
         assert all(_rows(fresh).values())
         assert {p.parent.parent.name for p in _files(out)} == {"host=mxd.example"}
+
+
+# -- the fleet on HTTP: the daemon's API code over every host --------------------------------
+
+
+def _http(port: int, path: str, params: dict[str, Any], headers: dict[str, str]) -> Any:
+    """(status, JSON body) of a GET on the fleet server."""
+    import http.client
+    from urllib.parse import urlencode
+
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        con.request("GET", f"{path}?{urlencode(params, doseq=True)}", headers=headers)
+        resp = con.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        con.close()
+
+
+def _params(args: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for arg in args:
+        name, _, value = arg.partition("=")
+        out.setdefault(name, []).append(value)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:DEPRECATED API CALL:DeprecationWarning")  # v3 stats
+def test_fleet_serve_answers_the_stats_apis_over_http(fleet: dict[str, Any]) -> None:
+    """`logstats fleet serve`: the daemon's router and listener over the fleet. Each vendor
+    shape's HTTP answer is `logstats fleet query`'s (itself the sum of the hosts, above);
+    cPanel EmailTrack::stats and WHM emailtrack_stats are the sum of the hosts' own rows;
+    the official Mailgun SDK reads it; the keys are fleet-wide (scope rule, 401 without a
+    key); routes of Track Delivery rows are 404 in their API's envelope; SIGTERM exits 0."""
+    import yaml
+
+    from tests.daemon_harness import Serve
+    from tests.mta.sink import free_port
+    from tests.test_api import ADMIN_KEY, emailtrack_params, whm
+
+    alice_key = "fleet-alice-key-0123456"
+
+    cfg = fleet["folder"] / "fleet-serve.yaml"
+    settings = yaml.safe_load(fleet["cfg"].read_text())
+    keys = [{"key": ADMIN_KEY, "name": "admin"},
+            {"key": alice_key, "name": "alice.test", "accounts": ["alice.test"]}]  # fmt: skip
+    settings["api"] = {"keys": keys, "admins": ["root"]}
+    cfg.write_text(yaml.safe_dump(settings, sort_keys=False))
+    port = free_port()
+    argv = [sys.executable, "-m", "logstats", "fleet", "--from", str(fleet["out"]), "serve",
+            "--config", str(cfg), "--tcp", f"127.0.0.1:{port}"]  # fmt: skip
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with Serve(cfg, argv=argv) as d:
+        d.wait_ready(timeout=60)
+        # the vendor shapes: what `logstats fleet query` prints
+        for shape, args in QUERIES[2:]:
+            path, params = args[0], _params(args[1:])
+            _, cli_text = _fleet(fleet["out"], "duckdb", "query", shape, *args)
+            auth = {
+                "mailgun": {"Authorization": "Basic " + _basic("api", ADMIN_KEY)},
+                "sendgrid": {},
+                "smtpeter": {},
+            }[shape]
+            if shape == "sendgrid":
+                params = {**params, "api_user": ["admin"], "api_key": [ADMIN_KEY]}
+            if shape == "smtpeter":
+                params = {**params, "access_token": [ADMIN_KEY]}
+            status, body = _http(port, path, params, auth)
+            assert 200 == status, body
+            assert json.loads(cli_text) == body, shape
+        # cPanel API 2 EmailTrack::stats for one account: the hosts' rows added up
+        window = {"starttime": "1735603200", "endtime": "1735948800"}  # 2024-12-31 .. 01-04
+        asked = {**emailtrack_params("alice.test"), **window}
+        status, body = _http(port, "/json-api/cpanel", asked, whm(ADMIN_KEY))
+        assert 200 == status, body
+        [row] = body["cpanelresult"]["data"]
+        span = ["--all", "--format", "json", "--start", "20241231", "--end", "20250104"]
+        own = [_host_answer(fleet, h, "emailtrack", span).get("alice.test") for h in HOSTS]
+        expected = {k: str(sum(int(r[k]) for r in own if r)) for k in own[0]}
+        assert {k: row[k] for k in expected} == expected
+        assert int(row["SENDCOUNT"]) > 0 and int(row["INPROGRESSCOUNT"]) >= 0
+        # WHM API 1 emailtrack_stats: every account, every host
+        status, body = _http(port, "/json-api/emailtrack_stats", {"api.version": "1", **window},
+                             whm(ADMIN_KEY))  # fmt: skip
+        assert 200 == status and 1 == body["metadata"]["result"], body
+        # the official Mailgun SDK, unpatched, reads the fleet's totals
+        client_mod = pytest.importorskip("mailgun.client")
+        with client_mod.Client(auth=("api", ADMIN_KEY), api_url=f"http://127.0.0.1:{port}") as c:
+            total = c.stats_total.get(filters={"event": ["accepted", "delivered"],
+                                               "start": "1735603200", "end": "1735948800"})
+            assert 200 == total.status_code, total.text
+            _, cli_text = _fleet(fleet["out"], "duckdb", "query", "mailgun", "/v3/stats/total",
+                                 "event=accepted", "event=delivered", "start=1735603200",
+                                 "end=1735948800")  # fmt: skip
+            assert json.loads(cli_text)["stats"] == total.json()["stats"]
+        # keys are fleet-wide: alice's key sees alice, not bob; no key on TCP is 401
+        mine = {"Authorization": f"cpanel alice.test:{alice_key}"}
+        status, body = _http(port, "/json-api/cpanel", asked, mine)
+        assert 200 == status and [row] == body["cpanelresult"]["data"]
+        status, _ = _http(port, "/json-api/cpanel",
+                          {**emailtrack_params("bob.test"), **window}, mine)  # fmt: skip
+        assert 403 == status
+        status, _ = _http(port, "/v3/stats/total", {"event": "accepted"}, {})
+        assert 401 == status
+        # what reads Track Delivery rows is not answered over the fleet
+        status, body = _http(port, "/v3/alice.test/events", {}, admin)
+        assert (404, "not answered over the fleet: /v3/alice.test/events") == (
+            status, body.get("message"))  # fmt: skip
+        status, body = _http(port, "/json-api/cpanel",
+                             {**emailtrack_params("alice.test"), "cpanel_jsonapi_func": "search"},
+                             whm(ADMIN_KEY))  # fmt: skip
+        assert 404 == status
+        assert 0 == d.terminate()
+        assert "fleet_serve_stopped" in d.names()
+
+
+def _basic(user: str, secret: str) -> str:
+    import base64
+
+    return base64.b64encode(f"{user}:{secret}".encode()).decode()

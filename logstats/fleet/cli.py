@@ -21,8 +21,16 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.source).is_dir():
         raise LogstatsError(f"{args.source}: no such folder (the export of `logstats export`)")
     cfg = config_mod.load(args.config)
+    if args.fleet_command == "serve":
+        from logstats.fleet import serve
+
+        serve.block_signals()  # before the engine starts a thread: sigwait takes them
     fleet = engine(args.engine, args.source)
     try:
+        if args.fleet_command == "serve":
+            import structlog
+
+            return serve.run(fleet, cfg, args, structlog.get_logger())
         if args.fleet_command == "search":
             return _search(fleet, args)
         if args.shape == "emailtrack":

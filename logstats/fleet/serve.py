@@ -1,0 +1,104 @@
+"""``logstats fleet --from DIR serve``: the stats shapes over every host's export, on HTTP.
+
+The daemon's own ``api.Router`` (each API's authentication, the one scope rule, each
+vendor's envelope and errors) and its listener (``server.ApiService``: uvicorn on TCP and
+a Unix socket), with the numbers from a ``FleetEngine`` instead of a store: cPanel
+``EmailTrack::stats`` (API 2 and WHM API 1 ``emailtrack_stats``), Mailgun stats, SendGrid
+customer stats and SMTPeter tag stats.  The keys are the config's ``api.keys``, fleet-wide:
+a key limited to accounts, domains or tags sees them on every host.  What reads Track
+Delivery rows or a daemon's own state (EmailTrack::search, WHM ``emailtrack_search``,
+Mailgun events, ``/v1/track``, the web UI, ``/metrics``) answers 404 in its API's envelope.
+
+SIGTERM and SIGINT stop it (exit 0): they are blocked in every thread from the start
+(``block_signals``, before the engine starts any) and taken by ``signal.sigwait``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from logstats.api import Answer, Router, Target, error_answer
+from logstats.config import Config
+from logstats.errors import LogstatsError
+from logstats.fleet.engine import FleetEngine
+from logstats.model import AccountStats, SeriesRequest, SeriesRow, StatsRequest
+from logstats.notify import Notifier
+from logstats.shapes import SHAPES
+
+SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_CPANEL_FUNCS = ("stats",)  # EmailTrack's functions answered over the fleet
+
+
+def block_signals() -> None:
+    """Block SIGTERM and SIGINT in this thread and so in every thread it starts."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
+class FleetRouter(Router):
+    """``api.Router`` answering from a fleet: the stats shapes, over every host."""
+
+    def __init__(
+        self, fleet: FleetEngine, config: Config, status: Callable[[], dict[str, Any]]
+    ) -> None:
+        super().__init__(None, status, config, lambda cur: "")
+        self.fleet = fleet
+        self.engine_lock = threading.Lock()  # one question at a time per engine
+
+    def stats(self, req: StatsRequest) -> list[AccountStats]:
+        with self.engine_lock:
+            return self.fleet.account_stats(req)
+
+    def series(self, req: SeriesRequest) -> list[SeriesRow]:
+        with self.engine_lock:
+            return self.fleet.series(req)
+
+    def refuse(self, target: Target, path: str, params: Mapping[str, list[str]]) -> Answer | None:
+        if answered(target.family, target.name, params):
+            return None
+        return error_answer(
+            target.family, 404, f"not answered over the fleet: {path}", xml=path.endswith(".xml")
+        )
+
+
+def answered(family: str, name: str, params: Mapping[str, list[str]]) -> bool:
+    """Whether the fleet answers this route (its numbers come from the counters alone)."""
+    if family == "health":
+        return True
+    if family == "cpanel":
+        funcs = params.get("cpanel_jsonapi_func") or [""]
+        return name != "json-api" or funcs[-1].strip() in (*_CPANEL_FUNCS, "")
+    if family == "whm":
+        return name == "emailtrack_stats"
+    return name in SHAPES and name != "mailgun.events"
+
+
+def run(fleet: FleetEngine, config: Config, args: Any, log: Any) -> int:
+    """Serve until SIGTERM or SIGINT (``block_signals`` must have been called first)."""
+    from logstats.server import ApiService
+
+    tcp = args.tcp or config.tcp
+    if not tcp and not args.socket:
+        raise LogstatsError("fleet serve: no address: give --tcp HOST:PORT or --socket PATH")
+    info = {"fleet": str(args.source), "engine": args.engine}
+    router = FleetRouter(fleet, config, lambda: dict(info))
+    service = ApiService(router, args.socket, tcp, log=log).start()
+    notifier = Notifier.from_env()
+    try:
+        notifier.ready(f"fleet {args.source} ({args.engine})")
+        log.info(
+            "fleet_serve_ready",
+            fleet=str(args.source),
+            engine=args.engine,
+            tcp=tcp,
+            port=service.tcp_port,
+            socket=args.socket,
+        )
+        signum = signal.sigwait(SIGNALS)
+    finally:
+        notifier.stopping()
+        service.stop()
+    log.info("fleet_serve_stopped", signal=signal.Signals(signum).name)
+    return 0
