@@ -16,7 +16,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1245,11 +1245,19 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         )
         table = "counters"
     found = _series_rows(con, table, sql, " AND ".join(where), params, _across(req, table))
-    rows = [r for r in found if r[2] is not None]
+    return series_rows(found, _aware)
+
+
+def series_rows(
+    found: Iterable[Sequence[Any]], time_of: Callable[[Any], datetime | None]
+) -> list[SeriesRow]:
+    """``SeriesRow``s of the series SQL's rows (bucket, key, the seven sums, first, last;
+    a row whose sums are NULL is none), its times read by ``time_of`` (here and over a
+    fleet, logstats.fleet.engine)."""
     return [
         SeriesRow(
-            bucket=_aware(b),
-            key=k,
+            bucket=time_of(b),
+            key=None if k is None else str(k),
             accepted_outgoing=int(ao),
             accepted_incoming=int(ai),
             delivered=int(dl),
@@ -1257,10 +1265,11 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
             failed_permanent=int(fp),
             rejected=int(rj),
             bytes=int(by),
-            first=_aware(first),
-            last=_aware(last),
+            first=time_of(first),
+            last=time_of(last),
         )
-        for b, k, ao, ai, dl, df, fp, rj, by, first, last in rows
+        for b, k, ao, ai, dl, df, fp, rj, by, first, last in found
+        if ao is not None
     ]
 
 

@@ -30,7 +30,7 @@ from logstats.model import (
     SeriesRow,
     StatsRequest,
 )
-from logstats.store import COUNTER_COLUMNS, DIM_COLUMNS
+from logstats.store import COUNTER_COLUMNS, DIM_COLUMNS, series_rows
 from logstats.track import COLUMNS as EVENT_COLUMNS
 from logstats.track import STORED_TYPES, TrackQuery, TrackRow
 
@@ -365,23 +365,7 @@ class SqlEngine:
         return [out[k] for k in sorted(out)]
 
     def series(self, req: SeriesRequest) -> list[SeriesRow]:
-        rows = [r for r in self._run(series_sql(req, self._host(req))) if r[2] is not None]
-        return [
-            SeriesRow(
-                bucket=_time(b),
-                key=None if k is None else str(k),
-                accepted_outgoing=int(ao),
-                accepted_incoming=int(ai),
-                delivered=int(dl),
-                failed_temporary=int(df),
-                failed_permanent=int(fp),
-                rejected=int(rj),
-                bytes=int(by),
-                first=_time(first),
-                last=_time(last),
-            )
-            for b, k, ao, ai, dl, df, fp, rj, by, first, last in rows
-        ]
+        return series_rows(self._run(series_sql(req, self._host(req))), _time)
 
     def search(self, q: TrackQuery) -> list[FleetRow]:
         found = self._run(search_sql(q, self._host(q)))[int(q.offset) :]
