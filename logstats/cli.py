@@ -1255,8 +1255,8 @@ def _fleet_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "search",
         parents=[fleet_common],
         help="a Track Delivery search (as `logstats search`) over every host",
-        description="As `logstats search`, over every host's exported rows (messages still in "
-        "the queue are not exported). JSON rows carry the host.",
+        description="As `logstats search`, over every host's exported rows (no inprogress "
+        "rows: the queued recipients are not exported). JSON rows carry the host.",
     )
     for name, what in SEARCH_FILTER_HELP:
         fs.add_argument(f"--{name}", metavar="VALUE", help=what)
