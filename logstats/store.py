@@ -1155,12 +1155,26 @@ def _snapshot(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         _rollback(con)  # nothing was written: ending the read transaction is enough
 
 
-_DIM_KINDS = {
+DIM_KINDS = {  # the dimensions kept in dims (``kind``), not as columns of counters
     Dimension.TAG: "tag",
     Dimension.IP: "ip",
     Dimension.PROVIDER: "provider",
     Dimension.RECIPIENT_DOMAIN: "recipient_domain",
 }
+
+
+def dim_kind(req: SeriesRequest) -> str | None:
+    """The ``kind`` of dims a series request reads (its filter's or grouping's), None for
+    counters; ``ValueError`` for a filter on one and a grouping by another (not kept)."""
+    kinds = {DIM_KINDS[d] for d, _ in req.filters if d in DIM_KINDS}
+    if req.group in DIM_KINDS:
+        kinds.add(DIM_KINDS[req.group])
+    if len(kinds) > 1:
+        raise ValueError(
+            "filtering by one of tag/ip/provider/recipient domain and grouping "
+            "by another is not supported"
+        )
+    return kinds.pop() if kinds else None
 
 
 def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow]:
@@ -1174,15 +1188,7 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
     ``failed_permanent`` leave out SMTP-time RCPT rejects (those are in ``rejected`` only;
     EmailTrack counts them, see ``account_stats``), and messages the MTA generated itself
     (account ``-system-``: bounces, delay warnings) are no vendor's statistics at all."""
-    dim_filters = [(d, v) for d, v in req.filters if d in _DIM_KINDS]
-    kinds = {_DIM_KINDS[d] for d, _ in dim_filters}
-    if req.group in _DIM_KINDS:
-        kinds.add(_DIM_KINDS[req.group])
-    if len(kinds) > 1:
-        raise ValueError(
-            "filtering by one of tag/ip/provider/recipient domain and grouping "
-            "by another is not supported"
-        )
+    kind = dim_kind(req)
     where = ["bucket >= ?", "bucket < ?"]
     params: list[Any] = [
         _naive(req.start).replace(minute=0, second=0, microsecond=0),
@@ -1212,14 +1218,13 @@ def series(con: duckdb.DuckDBPyConnection, req: SeriesRequest) -> list[SeriesRow
         if req.resolution is None
         else (f"date_trunc('{req.resolution.value}', bucket)")
     )
-    if kinds:
-        kind = kinds.pop()
+    if kind is not None:
         where.append("kind = ?")
         params.append(kind)
         # grouped by the dimension's value, or by a column dims keep (a tag's mail per domain)
         columns = {Dimension.ACCOUNT: "account", Dimension.SENDER_DOMAIN: "sender_domain"}
         key = "NULL"
-        if req.group in _DIM_KINDS:
+        if req.group in DIM_KINDS:
             key = "value"
         elif req.group is not None:
             key = columns.get(req.group, "NULL")
@@ -1280,7 +1285,7 @@ def _across(req: SeriesRequest, table: str) -> bool:
         return False
     if table == "counters":
         return any(d is Dimension.SENDER_DOMAIN for d, _ in req.filters)
-    return any(d in _DIM_KINDS for d, _ in req.filters)
+    return any(d in DIM_KINDS for d, _ in req.filters)
 
 
 def _series_rows(

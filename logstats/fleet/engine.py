@@ -30,7 +30,7 @@ from logstats.model import (
     SeriesRow,
     StatsRequest,
 )
-from logstats.store import COUNTER_COLUMNS, DIM_COLUMNS, series_rows
+from logstats.store import COUNTER_COLUMNS, DIM_COLUMNS, DIM_KINDS, dim_kind, series_rows
 from logstats.track import COLUMNS as EVENT_COLUMNS
 from logstats.track import STORED_TYPES, TrackQuery, TrackRow
 
@@ -164,24 +164,9 @@ def stats_sql(req: StatsRequest, host: str | None) -> Sql:
     return sql
 
 
-_DIM_KINDS = {
-    Dimension.TAG: "tag",
-    Dimension.IP: "ip",
-    Dimension.PROVIDER: "provider",
-    Dimension.RECIPIENT_DOMAIN: "recipient_domain",
-}
-
-
 def series_sql(req: SeriesRequest, host: str | None) -> Sql:
     """``store.series`` over the fleet: the same rows, in SQL both engines accept."""
-    kinds = {_DIM_KINDS[d] for d, _ in req.filters if d in _DIM_KINDS}
-    if req.group in _DIM_KINDS:
-        kinds.add(_DIM_KINDS[req.group])
-    if len(kinds) > 1:
-        raise ValueError(
-            "filtering by one of tag/ip/provider/recipient domain and grouping "
-            "by another is not supported"
-        )
+    kind = dim_kind(req)
     sql = Sql()
     where = _window(sql, "bucket", _hour(req.start), req.end)
     where.append(f"account <> {sql.bind(SYSTEM)}")
@@ -205,11 +190,10 @@ def series_sql(req: SeriesRequest, host: str | None) -> Sql:
         bucket = f"date_trunc('{req.resolution.value}', bucket)"
         groups.append(bucket)
     columns = {Dimension.ACCOUNT: "account", Dimension.SENDER_DOMAIN: "sender_domain"}
-    if kinds:
-        kind = kinds.pop()
+    if kind is not None:
         where.append(f"kind = {sql.bind(kind)}")
         key = ""
-        if req.group in _DIM_KINDS:
+        if req.group in DIM_KINDS:
             key = "value"
         elif req.group is not None:
             key = columns.get(req.group, "")
