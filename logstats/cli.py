@@ -605,7 +605,10 @@ def _backfill_journal(ingestor: Ingestor, source: Any, log: Any) -> int:
 
     reader = JournalReader(source.journal, source.mta, ingestor.store.journal_cursor)
     t0 = time.monotonic()
-    report = ingestor.ingest_journal(reader)
+    try:
+        report = ingestor.ingest_journal(reader)
+    finally:
+        reader.close()  # an interrupted run's read ahead
     seconds = time.monotonic() - t0
     for note in reader.notes:
         log.warning(note.event, path=note.path, detail=note.detail, **note.fields)

@@ -560,3 +560,61 @@ def _unit_pattern(work: Path) -> None:
         assert len(postfix) == len(text.splitlines())
         truth = file_truth(work, cfg, {"postfix": text}, "truth")
         same_store(work / "db.duckdb", truth)
+
+
+# -- the read ahead: the next step is read while this one is counted ---------------------------
+def test_a_read_ahead_hands_on_every_entry_once(tmp_path: Path) -> None:
+    inside("_read_ahead", tmp_path)
+
+
+def _read_ahead(work: Path) -> None:
+    import threading
+
+    genlog("postfix", 3000, work / "gen.log", seed=9)
+    postfix = [x for x in lines_of(work / "gen.log") if identifiers([x], "postfix")]
+    with Journald(work) as jd:
+        jd.syslog(postfix)
+        jd.native({"SYSLOG_IDENTIFIER": "postfix/smtp", "NOTE": "an entry without MESSAGE"})
+        jd.sync()
+        spec = JournalSpec(identifiers=tuple(identifiers(postfix, "postfix")))
+
+        def read(reader: JournalReader) -> tuple[list[str], list[Any], int]:
+            lines: list[str] = []
+            cursors = []
+            polls = 0
+            while True:
+                pieces = reader.poll()
+                polls += 1
+                for piece in pieces:
+                    lines += piece.body.decode().splitlines()
+                    cursors.append(piece.cursor)
+                if polls == 1 and reader.read_ahead:  # stopped at max_entries: read ahead
+                    assert reader.more and reader._ahead is not None
+                if not reader.more:
+                    return lines, cursors, polls
+                assert polls < 100, "the reads do not move on"
+                time.sleep(0.01)  # the caller counting this step
+
+        ahead = JournalReader(spec, "postfix", lambda source: None, max_entries=250,
+                              piece_entries=64)  # fmt: skip
+        once = JournalReader(spec, "postfix", lambda source: None, read_ahead=False)
+        got, got_cursors, polls = read(ahead)
+        want, want_cursors, _ = read(once)
+        assert polls > 10
+        assert len(postfix) == len(want)
+        assert want == got  # every entry once, in the journal's order
+        assert want_cursors[-1] == got_cursors[-1]  # the same last entry, and entries counted
+        entries = [c.entries for c in got_cursors]
+        assert entries == sorted(set(entries)) and entries[-1] == len(postfix) + 1
+        ahead.close()
+        assert not ahead.notes and not once.notes
+
+        # closed while it reads ahead: the read ahead stops, nothing more is handed on
+        stopped = JournalReader(spec, "postfix", lambda source: None, max_entries=250)
+        first = stopped.poll()
+        assert first and stopped.more and stopped._ahead is not None
+        stopped.close()
+        assert stopped._ahead is None and stopped._proc is None
+        alive = [t for t in threading.enumerate() if t.name == "journal-read-ahead"]
+        assert not alive
+        assert [] == stopped.poll() and not stopped.more
