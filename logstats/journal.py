@@ -319,7 +319,7 @@ class JournalReader:
             entry = json.loads(raw)
             text = entry["__CURSOR"]
             realtime = int(entry["__REALTIME_TIMESTAMP"])
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError):
             return False  # not an entry journalctl would write: nothing to place it by
         if not isinstance(text, str) or not 0 <= realtime <= MAX_REALTIME:
             return False

@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from logstats.config import JournalSpec
@@ -184,6 +184,8 @@ _FIELDS = ("__CURSOR", "__REALTIME_TIMESTAMP", "MESSAGE", "_HOSTNAME", "SYSLOG_I
         ),
     )
 )
+@example({"__CURSOR": "s=ab;i=1f", "__REALTIME_TIMESTAMP": float("inf")})  # 1e400 in JSON
+@example({"__CURSOR": "s=ab;i=1f", "__REALTIME_TIMESTAMP": float("nan")})
 def test_no_journalctl_line_raises(entry: Any) -> None:
     """Whatever JSON a line of journalctl holds (other types, huge or negative times, byte
     arrays, nested values), reading it raises nothing: it is an entry (with a line, or
