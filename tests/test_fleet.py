@@ -324,6 +324,28 @@ def test_a_repeated_export_rewrites_nothing(big: dict[str, Path]) -> None:
     assert done["written"] == 0 and done["unchanged"] == len(before)
 
 
+def test_a_damaged_partition_is_written_again(big: dict[str, Path]) -> None:
+    """A partition file cut short or overwritten (a disk or shared-storage fault) has no
+    fingerprint to read: the next export names it and writes it again, and the others are
+    left as they were."""
+    out = big["folder"] / "damaged"
+    args = ["--config", str(big["cfg"]), "--db", str(big["db"]), "--to", str(out),
+            "--host", "mx9.example"]  # fmt: skip
+    run_cli("export", *args)
+    clean = _rows(out)
+    before = _files(out)
+    cut, junk = sorted(before)[0], sorted(before)[-1]
+    cut.write_bytes(cut.read_bytes()[:10])
+    junk.write_bytes(b"not parquet at all")
+    proc = run_cli("export", *args)
+    done = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert sorted(done["damaged"]) == sorted([str(cut), str(junk)])
+    assert done["written"] == 2 and done["unchanged"] == len(before) - 2
+    assert _rows(out) == clean
+    after = _files(out)
+    assert {p for p in before if after[p] == before[p]} == set(before) - {cut, junk}
+
+
 def test_more_lines_rewrite_only_the_partitions_they_touch(big: dict[str, Path]) -> None:
     out = big["folder"] / "incremental"
     folder = big["folder"] / "incremental-store"
@@ -566,6 +588,9 @@ def test_fleet_serve_answers_the_stats_apis_over_http(fleet: dict[str, Any]) -> 
                              {**emailtrack_params("alice.test"), "cpanel_jsonapi_func": "search"},
                              whm(ADMIN_KEY))  # fmt: skip
         assert 404 == status
+        status, body = _http(port, "/v1/emailtrack", {"account": "alice.test",
+                             "cpanel_jsonapi_func": "search"}, admin)  # fmt: skip
+        assert 404 == status, body
         assert 0 == d.terminate()
         assert "fleet_serve_stopped" in d.names()
 
@@ -574,3 +599,95 @@ def _basic(user: str, secret: str) -> str:
     import base64
 
     return base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def _copy_host(out: Path, host: str, to: str) -> None:
+    """Every partition of ``host`` again under the host name ``to`` (a host that exported
+    after the fleet was opened)."""
+    import shutil
+
+    for table in fleet_export.TABLES:
+        source = out / table / f"host={host}"
+        if source.is_dir():
+            shutil.copytree(source, out / table / f"host={to}")
+
+
+def test_the_fleet_reads_exports_made_while_it_serves(
+    fleet: dict[str, Any], spark: Any, tmp_path: Path
+) -> None:
+    """Hosts export while the fleet is read: a day's queue drained (its last ``pending``
+    file removed), a host that exported since the engine started, a partition replaced.
+    Both engines answer from the files as they are at the question, as a new engine would;
+    and `logstats fleet serve` does over HTTP."""
+    import shutil
+    from datetime import UTC
+
+    from logstats.fleet.engine import DuckDBEngine, SparkEngine, engine
+    from logstats.model import StatsRequest
+    from tests.daemon_harness import Serve
+    from tests.mta.sink import free_port
+    from tests.test_api import ADMIN_KEY, emailtrack_params, whm
+
+    out = tmp_path / "export"
+    shutil.copytree(fleet["out"], out)
+    req = StatsRequest(datetime(2024, 12, 31, tzinfo=UTC), datetime(2025, 1, 4, tzinfo=UTC))
+
+    def fresh() -> list[Any]:
+        e = engine("duckdb", out)
+        try:
+            return e.account_stats(req)
+        finally:
+            e.close()
+
+    engines = [DuckDBEngine(out), SparkEngine(out, spark=spark)]
+    cfg = fleet["folder"] / "fleet-serve-live.yaml"
+    cfg.write_text(fleet["cfg"].read_text() + f"api:\n  keys: [{{key: {ADMIN_KEY}, name: admin}}]\n"
+                   "  admins: [root]\n")  # fmt: skip
+    port = free_port()
+    argv = [sys.executable, "-m", "logstats", "fleet", "--from", str(out), "serve",
+            "--config", str(cfg), "--tcp", f"127.0.0.1:{port}"]  # fmt: skip
+    window = {"starttime": "1735603200", "endtime": "1735948800"}
+
+    def served() -> dict[str, str]:
+        """alice.test's EmailTrack::stats row from `logstats fleet serve`."""
+        asked = {**emailtrack_params("alice.test"), **window}
+        status, body = _http(port, "/json-api/cpanel", asked, whm(ADMIN_KEY))
+        assert 200 == status, body
+        [row] = body["cpanelresult"]["data"]
+        return {k: str(v) for k, v in row.items()}
+
+    def alice(stats: list[Any]) -> dict[str, str]:
+        [mine] = [a for a in stats if a.account == "alice.test"]
+        return {"SENDCOUNT": str(mine.sendcount), "SUCCESSCOUNT": str(mine.successcount),
+                "INPROGRESSCOUNT": str(mine.inprogresscount)}  # fmt: skip
+
+    def same(row: dict[str, str], stats: list[Any]) -> None:
+        want = alice(stats)
+        assert {k: row[k] for k in want} == want
+
+    with Serve(cfg, argv=argv) as d:
+        d.wait_ready(timeout=60)
+        start = fresh()
+        for e in engines:
+            assert e.account_stats(req) == start
+        same(served(), start)
+        queued = fleet_export.exported_files(out, "pending")
+        assert queued and alice(start)["INPROGRESSCOUNT"] != "0"
+        for path in queued:  # every queue drained: the pending files removed
+            path.unlink()
+        drained = fresh()
+        assert not any(a.inprogresscount for a in drained)
+        for e in engines:
+            assert e.account_stats(req) == drained
+        same(served(), drained)
+        _copy_host(out, HOSTS[0], "mx4.example")  # a host that exported since
+        grown = fresh()
+        assert int(alice(grown)["SENDCOUNT"]) > int(alice(drained)["SENDCOUNT"])
+        for e in engines:
+            if isinstance(e, SparkEngine):
+                e.refresh()  # Spark lists the files when the views are made
+            assert e.account_stats(req) == grown
+        same(served(), grown)
+        assert 0 == d.terminate()
+    for e in engines:
+        e.close()

@@ -11,6 +11,11 @@ zone is UTC).
 
 The messages in each host's queue at its last export (``pending``, a snapshot) give
 ``inprogresscount``; searches have no ``inprogress`` rows (their recipients are not exported).
+
+Hosts export while the fleet is read: ``refresh`` defines the views again over the files as
+they are now (a table whose last file was removed, or that got its first, and Spark's
+listing of files), and a question that meets a file removed or replaced since the views
+were defined is asked once more after a ``refresh``.
 """
 
 from __future__ import annotations
@@ -309,17 +314,36 @@ class FleetEngine(Protocol):
 
     def newest(self) -> datetime | None: ...
 
+    def refresh(self) -> None: ...
+
     def close(self) -> None: ...
 
 
 class SqlEngine:
-    """The rows of each question from the shared SQL; subclasses run it (``_run``)."""
+    """The rows of each question from the shared SQL; subclasses define the views
+    (``refresh``) and run it (``_execute``), and tell a file gone since (``_gone``)."""
 
-    def __init__(self, host: str | None = None) -> None:
+    def __init__(self, directory: str | Path, host: str | None = None) -> None:
+        self.directory = Path(directory)
         self.host = host  # only this host's rows (None: every host)
 
-    def _run(self, sql: Sql) -> list[tuple[Any, ...]]:
+    def refresh(self) -> None:
         raise NotImplementedError
+
+    def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _gone(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
+    def _run(self, sql: Sql) -> list[tuple[Any, ...]]:
+        try:
+            return self._execute(sql)
+        except Exception as exc:
+            if not self._gone(exc):
+                raise
+        self.refresh()  # a host's export removed or replaced a file since the views were made
+        return self._execute(sql)
 
     def _host(self, req: Any) -> str | None:
         asked: str | None = getattr(req, "host", None)
@@ -381,12 +405,15 @@ class DuckDBEngine(SqlEngine):
     def __init__(self, directory: str | Path, host: str | None = None) -> None:
         import duckdb
 
-        super().__init__(host)
+        super().__init__(directory, host)
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")
+        self.refresh()
+
+    def refresh(self) -> None:
         for table in VIEWS:
-            files = f"{Path(directory) / table}/*/*/*.parquet"
-            if not _has_files(directory, table):
+            files = f"{self.directory / table}/*/*/*.parquet"
+            if not _has_files(self.directory, table):
                 view = empty_view(table)
             else:
                 view = (
@@ -394,11 +421,16 @@ class DuckDBEngine(SqlEngine):
                     f"'{_quoted(files)}', hive_partitioning = true, "
                     "hive_types = {'host': VARCHAR, 'date': VARCHAR})"
                 )
-            self.con.execute(f"CREATE VIEW {table} AS {view}")
+            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {view}")
 
-    def _run(self, sql: Sql) -> list[tuple[Any, ...]]:
+    def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         text = _MARKER.sub(r"$\1", sql.text)
         return self.con.execute(text, sql.params).fetchall()
+
+    def _gone(self, exc: Exception) -> bool:
+        import duckdb
+
+        return isinstance(exc, duckdb.IOException | duckdb.InvalidInputException)
 
     def close(self) -> None:
         self.con.close()
@@ -408,16 +440,19 @@ class SparkEngine(SqlEngine):
     """pyspark in local mode over ``spark.read.parquet`` (partition discovery)."""
 
     def __init__(self, directory: str | Path, host: str | None = None, spark: Any = None) -> None:
-        super().__init__(host)
+        super().__init__(directory, host)
         if spark is None:
             from pyspark.sql import SparkSession
 
             spark = SparkSession.getActiveSession()
         self.own = spark is None  # a session this engine started: stopped with it
         self.spark = spark if spark is not None else spark_session()
+        self.refresh()
+
+    def refresh(self) -> None:
         for table in VIEWS:
-            base = str(Path(directory) / table)
-            if not _has_files(directory, table):
+            base = str(self.directory / table)
+            if not _has_files(self.directory, table):
                 df = self.spark.sql(empty_view(table))
             else:
                 from pyspark.sql import functions as F
@@ -426,9 +461,17 @@ class SparkEngine(SqlEngine):
                 df = df.withColumn("day", F.col("date").cast("date")).drop("date")
             df.createOrReplaceTempView(table)
 
-    def _run(self, sql: Sql) -> list[tuple[Any, ...]]:
+    def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         rows = self.spark.sql(sql.text, args=sql.params).collect()
         return [tuple(r) for r in rows]
+
+    def _gone(self, exc: Exception) -> bool:
+        text = str(exc)
+        return any(
+            mark in text
+            for mark in ("FILE_NOT_EXIST", "FileNotFoundException", "FAILED_READ_FILE",
+                         "PATH_NOT_FOUND")
+        )  # fmt: skip
 
     def close(self) -> None:
         if self.own:

@@ -119,6 +119,7 @@ class Exported:
     unchanged: int = 0
     kept: int = 0  # partitions the store no longer holds all rows of, left as they are
     temps_removed: int = 0
+    damaged: list[Path] = field(default_factory=list)  # unreadable files, written again
     seconds: float = 0.0
 
 
@@ -189,7 +190,9 @@ def _export_table(
     hosts = {h for h, *_ in prints} | {host}
     for h in sorted(hosts | known if table.snapshot else hosts):
         out.temps_removed += _remove_temps(root / table.name / f"host={encode(h)}")
-    existing = _existing(cur, root / table.name, hosts | known if table.snapshot else hosts)
+    existing = _existing(
+        cur, root / table.name, hosts | known if table.snapshot else hosts, out.damaged
+    )
     if table.snapshot:
         now = {partition(root, table.name, h, d) / DATA for h, d, _, _ in prints}
         for gone in sorted(set(existing) - now):
@@ -228,23 +231,41 @@ def _export_table(
 
 
 def _existing(
-    cur: duckdb.DuckDBPyConnection, folder: Path, hosts: set[str]
+    cur: duckdb.DuckDBPyConnection, folder: Path, hosts: set[str], damaged: list[Path]
 ) -> dict[Path, tuple[str, int]]:
-    """(fingerprint, rows) of the partitions of ``hosts`` already exported."""
+    """(fingerprint, rows) of the partitions of ``hosts`` already exported.  A file whose
+    metadata cannot be read (cut short, not Parquet) is ``damaged``: it has no fingerprint,
+    so it is written again (or removed, for a snapshot day with no rows left)."""
     found: dict[Path, tuple[str, int]] = {}
     for h in hosts:
         files = sorted(str(p) for p in (folder / f"host={encode(h)}").glob(f"date=*/{DATA}"))
         if not files:
             continue
-        rows = cur.execute(
-            "SELECT file_name, decode(value) FROM parquet_kv_metadata($files) "
-            "WHERE decode(key) = $key",
-            {"files": files, "key": FINGERPRINT_KEY},
-        ).fetchall()
+        try:
+            rows = _fingerprints(cur, files)
+        except duckdb.Error:  # one file at a time, to tell which are damaged
+            rows = []
+            for file in files:
+                try:
+                    rows += _fingerprints(cur, [file])
+                except duckdb.Error:
+                    damaged.append(Path(file))
+                    found[Path(file)] = ("", 0)
         for name, value in rows:
             n = value.split(":")[1] if value.count(":") >= 2 else "0"
             found[Path(name)] = (str(value), int(n) if n.isdigit() else 0)
     return found
+
+
+def _fingerprints(cur: duckdb.DuckDBPyConnection, files: list[str]) -> list[tuple[str, str]]:
+    return [
+        (str(name), str(value))
+        for name, value in cur.execute(
+            "SELECT file_name, decode(value) FROM parquet_kv_metadata($files) "
+            "WHERE decode(key) = $key",
+            {"files": files, "key": FINGERPRINT_KEY},
+        ).fetchall()
+    ]
 
 
 def _remove_temps(folder: Path) -> int:
@@ -300,5 +321,6 @@ def summary(result: Exported) -> dict[str, Any]:
         "unchanged": result.unchanged,
         "kept": result.kept,
         "temps_removed": result.temps_removed,
+        "damaged": [str(p) for p in result.damaged],
         "ms": round(result.seconds * 1000, 1),
     }

@@ -9,8 +9,9 @@ a key limited to accounts, domains or tags sees them on every host.  What reads 
 Delivery rows or a daemon's own state (EmailTrack::search, WHM ``emailtrack_search``,
 Mailgun events, ``/v1/track``, the web UI, ``/metrics``) answers 404 in its API's envelope.
 
-SIGTERM and SIGINT stop it (exit 0): they are blocked in every thread from the start
-(``block_signals``, before the engine starts any) and taken by ``signal.sigwait``.
+Every answer reads the files as they are then (``FleetEngine.refresh``), so hosts may export
+while it serves.  SIGTERM and SIGINT stop it (exit 0): they are blocked in every thread from
+the start (``block_signals``, before the engine starts any) and taken by ``signal.sigwait``.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class FleetRouter(Router):
 
     def stats(self, req: StatsRequest) -> list[AccountStats]:
         with self.engine_lock:
+            self.fleet.refresh()  # the files as they are now: hosts export while it serves
             return self.fleet.account_stats(req)
 
     def series(self, req: SeriesRequest) -> list[SeriesRow]:
         with self.engine_lock:
+            self.fleet.refresh()
             return self.fleet.series(req)
 
     def refuse(self, target: Target, path: str, params: Mapping[str, list[str]]) -> Answer | None:
@@ -67,9 +70,9 @@ def answered(family: str, name: str, params: Mapping[str, list[str]]) -> bool:
     """Whether the fleet answers this route (its numbers come from the counters alone)."""
     if family == "health":
         return True
-    if family == "cpanel":
+    if family == "cpanel":  # /json-api/cpanel and /v1/emailtrack alike take the function
         funcs = params.get("cpanel_jsonapi_func") or [""]
-        return name != "json-api" or funcs[-1].strip() in (*_CPANEL_FUNCS, "")
+        return funcs[-1].strip() in (*_CPANEL_FUNCS, "")
     if family == "whm":
         return name == "emailtrack_stats"
     return name in SHAPES and name != "mailgun.events"
