@@ -622,7 +622,9 @@ def test_the_fleet_reads_exports_made_while_it_serves(
     import shutil
     from datetime import UTC
 
+    from logstats.config import load as load_config
     from logstats.fleet.engine import DuckDBEngine, SparkEngine, engine
+    from logstats.fleet.serve import FleetRouter
     from logstats.model import StatsRequest
     from tests.daemon_harness import Serve
     from tests.mta.sink import free_port
@@ -640,6 +642,9 @@ def test_the_fleet_reads_exports_made_while_it_serves(
             e.close()
 
     engines = [DuckDBEngine(out), SparkEngine(out, spark=spark)]
+    relisted = SparkEngine(out, spark=spark)  # behind a router: listed again apart
+    relisted.relist_seconds = 0.2
+    router = FleetRouter(relisted, load_config(str(fleet["cfg"])), dict)
     cfg = fleet["folder"] / "fleet-serve-live.yaml"
     cfg.write_text(fleet["cfg"].read_text() + f"api:\n  keys: [{{key: {ADMIN_KEY}, name: admin}}]\n"
                    "  admins: [root]\n")  # fmt: skip
@@ -689,5 +694,13 @@ def test_the_fleet_reads_exports_made_while_it_serves(
             assert e.account_stats(req) == grown
         same(served(), grown)
         assert 0 == d.terminate()
+    deadline = time.monotonic() + 60
+    while router.stats(req) != grown:  # the relisting thread's next round swaps it in
+        assert time.monotonic() < deadline, "Spark behind the router never saw the new host"
+        time.sleep(0.2)
+    router.stop()
+    assert router.relister is not None
+    router.relister.join(timeout=30)
+    assert not router.relister.is_alive()
     for e in engines:
         e.close()

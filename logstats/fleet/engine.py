@@ -314,21 +314,36 @@ class FleetEngine(Protocol):
 
     def newest(self) -> datetime | None: ...
 
+    relist_seconds: float  # 0: refresh before every answer (cheap); else how often, apart
+
+    def listing(self) -> Any: ...
+
+    def use(self, listing: Any) -> None: ...
+
     def refresh(self) -> None: ...
 
     def close(self) -> None: ...
 
 
 class SqlEngine:
-    """The rows of each question from the shared SQL; subclasses define the views
-    (``refresh``) and run it (``_execute``), and tell a file gone since (``_gone``)."""
+    """The rows of each question from the shared SQL; subclasses list the files
+    (``listing``, which may take long and runs without the views), define the views over a
+    listing (``use``), run the SQL (``_execute``), and tell a file gone since (``_gone``)."""
+
+    relist_seconds = 0.0
 
     def __init__(self, directory: str | Path, host: str | None = None) -> None:
         self.directory = Path(directory)
         self.host = host  # only this host's rows (None: every host)
 
-    def refresh(self) -> None:
+    def listing(self) -> Any:
         raise NotImplementedError
+
+    def use(self, listing: Any) -> None:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        self.use(self.listing())
 
     def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -408,12 +423,20 @@ class DuckDBEngine(SqlEngine):
         super().__init__(directory, host)
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")
+        self.filled: dict[str, bool] = {}  # whether each view reads files (else: no rows)
         self.refresh()
 
-    def refresh(self) -> None:
-        for table in VIEWS:
+    def listing(self) -> dict[str, bool]:
+        """Which tables have files: a view over a glob reads the files there are at each
+        question, so only a table's first file and its last file's removal change a view."""
+        return {table: _has_files(self.directory, table) for table in VIEWS}
+
+    def use(self, listing: dict[str, bool]) -> None:
+        for table, filled in listing.items():
+            if self.filled.get(table) == filled:
+                continue
             files = f"{self.directory / table}/*/*/*.parquet"
-            if not _has_files(self.directory, table):
+            if not filled:
                 view = empty_view(table)
             else:
                 view = (
@@ -422,6 +445,7 @@ class DuckDBEngine(SqlEngine):
                     "hive_types = {'host': VARCHAR, 'date': VARCHAR})"
                 )
             self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {view}")
+            self.filled[table] = filled
 
     def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         text = _MARKER.sub(r"$\1", sql.text)
@@ -437,7 +461,11 @@ class DuckDBEngine(SqlEngine):
 
 
 class SparkEngine(SqlEngine):
-    """pyspark in local mode over ``spark.read.parquet`` (partition discovery)."""
+    """pyspark in local mode over ``spark.read.parquet`` (partition discovery, which lists
+    every partition: seconds for a large fleet, so a server lists again apart, every
+    ``relist_seconds``)."""
+
+    relist_seconds = 60.0
 
     def __init__(self, directory: str | Path, host: str | None = None, spark: Any = None) -> None:
         super().__init__(directory, host)
@@ -449,7 +477,9 @@ class SparkEngine(SqlEngine):
         self.spark = spark if spark is not None else spark_session()
         self.refresh()
 
-    def refresh(self) -> None:
+    def listing(self) -> dict[str, Any]:
+        """A DataFrame of each table over its files as they are now."""
+        frames = {}
         for table in VIEWS:
             base = str(self.directory / table)
             if not _has_files(self.directory, table):
@@ -459,6 +489,11 @@ class SparkEngine(SqlEngine):
 
                 df = self.spark.read.option("basePath", base).parquet(base)
                 df = df.withColumn("day", F.col("date").cast("date")).drop("date")
+            frames[table] = df
+        return frames
+
+    def use(self, listing: dict[str, Any]) -> None:
+        for table, df in listing.items():
             df.createOrReplaceTempView(table)
 
     def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:

@@ -9,9 +9,11 @@ a key limited to accounts, domains or tags sees them on every host.  What reads 
 Delivery rows or a daemon's own state (EmailTrack::search, WHM ``emailtrack_search``,
 Mailgun events, ``/v1/track``, the web UI, ``/metrics``) answers 404 in its API's envelope.
 
-Every answer reads the files as they are then (``FleetEngine.refresh``), so hosts may export
-while it serves.  SIGTERM and SIGINT stop it (exit 0): they are blocked in every thread from
-the start (``block_signals``, before the engine starts any) and taken by ``signal.sigwait``.
+Hosts may export while it serves: with DuckDB every answer reads the files as they are then
+(``FleetEngine.refresh``); Spark's listing takes seconds on a large fleet, so it is made again
+apart, every ``relist_seconds`` (60), and swapped in between answers.  SIGTERM and SIGINT
+stop it (exit 0): they are blocked in every thread from the start (``block_signals``, before
+the engine starts any) and taken by ``signal.sigwait``.
 """
 
 from __future__ import annotations
@@ -42,20 +44,50 @@ class FleetRouter(Router):
     """``api.Router`` answering from a fleet: the stats shapes, over every host."""
 
     def __init__(
-        self, fleet: FleetEngine, config: Config, status: Callable[[], dict[str, Any]]
+        self,
+        fleet: FleetEngine,
+        config: Config,
+        status: Callable[[], dict[str, Any]],
+        log: Any = None,
     ) -> None:
         super().__init__(None, status, config, lambda cur: "")
         self.fleet = fleet
+        self.log = log
         self.engine_lock = threading.Lock()  # one question at a time per engine
+        self.stopped = threading.Event()
+        self.relister: threading.Thread | None = None
+        if fleet.relist_seconds > 0:
+            self.relister = threading.Thread(target=self._relist, name="fleet-relist", daemon=True)
+            self.relister.start()
+
+    def _fresh(self) -> None:
+        """The files as they are now: hosts export while it serves (an engine whose listing
+        is costly is listed again apart, every ``relist_seconds``)."""
+        if self.fleet.relist_seconds <= 0:
+            self.fleet.refresh()
+
+    def _relist(self) -> None:
+        while not self.stopped.wait(self.fleet.relist_seconds):
+            try:
+                listing = self.fleet.listing()  # the long part, while questions are answered
+                with self.engine_lock:
+                    self.fleet.use(listing)
+            except Exception as exc:  # the next round tries again; answers use the last listing
+                if self.log is not None:
+                    detail = (str(exc) or type(exc).__name__).splitlines()[0]
+                    self.log.warning("fleet_relist_failed", detail=detail)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
     def stats(self, req: StatsRequest) -> list[AccountStats]:
         with self.engine_lock:
-            self.fleet.refresh()  # the files as they are now: hosts export while it serves
+            self._fresh()
             return self.fleet.account_stats(req)
 
     def series(self, req: SeriesRequest) -> list[SeriesRow]:
         with self.engine_lock:
-            self.fleet.refresh()
+            self._fresh()
             return self.fleet.series(req)
 
     def refuse(self, target: Target, path: str, params: Mapping[str, list[str]]) -> Answer | None:
@@ -86,7 +118,7 @@ def run(fleet: FleetEngine, config: Config, args: Any, log: Any) -> int:
     if not tcp and not args.socket:
         raise LogstatsError("fleet serve: no address: give --tcp HOST:PORT or --socket PATH")
     info = {"fleet": str(args.source), "engine": args.engine}
-    router = FleetRouter(fleet, config, lambda: dict(info))
+    router = FleetRouter(fleet, config, lambda: dict(info), log)
     service = ApiService(router, args.socket, tcp, log=log).start()
     notifier = Notifier.from_env()
     try:
@@ -102,6 +134,7 @@ def run(fleet: FleetEngine, config: Config, args: Any, log: Any) -> int:
         signum = signal.sigwait(SIGNALS)
     finally:
         notifier.stopping()
+        router.stop()
         service.stop()
     log.info("fleet_serve_stopped", signal=signal.Signals(signum).name)
     return 0
