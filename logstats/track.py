@@ -497,10 +497,12 @@ def trace(
     ]
     for qid in roots:
         rows += in_progress(con, TrackQuery(*far, queue_id=qid, newest_first=False, limit=None))
-    # in time order; within one second the message before its bounce, a receipt before
-    # the attempts
+    # in time order; within one second a message before the queue ids it led to (its
+    # re-injection, its bounce: whose receipt may have been logged before the line naming
+    # its parent, so it is known by its other rows), a receipt before the attempts
+    depth = _depths(rows)
     rows.sort(
-        key=lambda r: (r.ts, r.parent is not None, r.outcome != SEND, r.queue_id, r.recipient)
+        key=lambda r: (r.ts, depth[r.queue_id], r.outcome != SEND, r.queue_id, r.recipient)
     )
     seen: set[tuple[Any, ...]] = set()
     out = []
@@ -515,6 +517,22 @@ def trace(
             continue
         out.append(r)
     return out
+
+
+def _depths(rows: list[TrackRow]) -> dict[str, int]:
+    """How many links (``origin``, ``parent``) each queue id is from a message of its own."""
+    up: dict[str, str] = {}
+    for r in rows:
+        link = r.origin or r.parent
+        if link and link != r.queue_id:
+            up.setdefault(r.queue_id, link)
+    depth: dict[str, int] = {}
+    for r in rows:
+        qid, n = r.queue_id, 0
+        while qid in up and n < 8:  # a loop of links (damaged rows) ends
+            qid, n = up[qid], n + 1
+        depth[r.queue_id] = n
+    return depth
 
 
 def distinct(con: duckdb.DuckDBPyConnection, q: TrackQuery, what: str) -> int:

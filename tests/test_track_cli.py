@@ -144,6 +144,31 @@ def test_trace_a_bounced_postfix_message(demo):
     assert qid in {m["queue_id"] for m in by_mid["messages"]}
 
 
+def test_trace_puts_a_message_before_its_bounce_within_one_second(tmp_path: Path) -> None:
+    """The demo's bounced Postfix message as a faster host logs it: everything within one
+    second, and qmgr's ``from=<>`` line of the bounce before bounce's "sender non-delivery
+    notification" line (two processes: either comes first), so the bounce's receipt is
+    stored before its parent is known.  The trace is the message, then its bounce."""
+    from logstats import track
+    from logstats.store import Store
+
+    orig, bounce = "EE78816229B", "15B5B1620E5"  # the bounce's queue id sorts first
+    lines = [x for x in (DEMO / "maillog").read_text().splitlines() if orig in x or bounce in x]
+    notice = next(i for i, x in enumerate(lines) if "non-delivery notification" in x)
+    receipt = next(i for i, x in enumerate(lines) if f"{bounce}: from=<>" in x)
+    assert receipt == notice + 1
+    lines[notice], lines[receipt] = lines[receipt], lines[notice]
+    log = tmp_path / "maillog"
+    log.write_text("".join("Nov 24 06:00:19" + x[len("Nov 24 06:00:19"):] + "\n" for x in lines))
+    args = _store(tmp_path, log)
+    with Store(args[3], read_only=True) as store:
+        rows = track.trace(store.con, orig)
+    assert (orig, track.SEND) == (rows[0].queue_id, rows[0].outcome)
+    ids = [r.queue_id for r in rows]
+    assert ids == sorted(ids, key=lambda q: q != orig) and bounce in ids
+    assert next(r.outcome for r in rows if r.queue_id == bounce) == track.SEND
+
+
 def test_trace_still_queued_and_complete(demo):
     """A message whose recipient is still deferred is not complete and says what waits; a
     message with every recipient delivered is complete."""
