@@ -605,10 +605,7 @@ def _backfill_journal(ingestor: Ingestor, source: Any, log: Any) -> int:
 
     reader = JournalReader(source.journal, source.mta, ingestor.store.journal_cursor)
     t0 = time.monotonic()
-    try:
-        report = ingestor.ingest_journal(reader)
-    finally:
-        reader.close()  # an interrupted run's read ahead
+    report = ingestor.ingest_journal(reader)
     seconds = time.monotonic() - t0
     for note in reader.notes:
         log.warning(note.event, path=note.path, detail=note.detail, **note.fields)

@@ -22,11 +22,7 @@ journal file rotation (the entry is found in the archived file).  When it is not
 stored one, the stored entry was vacuumed: that is a gap, reported (``journal_gap`` note)
 and counted (anomaly ``journal-gap``), and reading goes on from the oldest entry there is.
 A poll reads at most ``max_entries`` entries (``more`` then tells that there is more), so
-backfill and the daemon catch up on a large journal in bounded steps.  While the caller
-parses and counts one step, the next is read ahead in a thread (journalctl in its own
-process, its JSON decoded in the thread) from the cursor the step ends at, so reading and
-parsing overlap; the next ``poll`` takes it.  A read ahead is never committed by itself: it
-only hands on pieces with their cursors, as any poll does.
+backfill and the daemon catch up on a large journal in bounded steps.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ import contextlib
 import json
 import os
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -160,13 +155,9 @@ class JournalReader:
     started: bool = False
     source: str = ""
     path: str = ""  # how it is named (``describe``)
-    read_ahead: bool = True  # read the next step in a thread while this one is counted
     _cursor: JournalCursor | None = None  # where reading stands (handed on, maybe not committed)
     _loaded: bool = False
     _error: str = ""
-    _ahead: _Ahead | None = None  # the next step, being read from _cursor
-    _proc: subprocess.Popen[bytes] | None = None  # the journalctl being read, to stop on close
-    _closed: bool = False
 
     def __post_init__(self) -> None:
         self.source = source_id(self.spec)
@@ -187,69 +178,55 @@ class JournalReader:
     def poll(self) -> list[Piece]:
         """The entries since the last poll (at most ``max_entries``), as pieces."""
         self.started = True
+        self.more = False
         if not self._loaded:
             self._cursor = self.stored(self.source)
             self._loaded = True
-        ahead, self._ahead = self._ahead, None
-        step = ahead.result() if ahead is not None else None
-        if step is None or step.start is not self._cursor:
-            step = self._step(self._cursor)
-        self.notes += step.notes
-        self.more = step.more
-        self._cursor = step.cursor
-        if self.more and self.read_ahead and not self._closed:
-            self._ahead = _Ahead(self._step, self._cursor)
-        return step.pieces
-
-    def _step(self, start: JournalCursor | None) -> _Step:
-        """One step of reading from ``start``: it sets nothing the caller reads (``notes``,
-        ``more``, the cursor), so it may run in the read-ahead thread."""
-        step = _Step(start, start)
-        units = self.units(step.notes)
+        units = self.units()
         read: tuple[_Pieces, bool] | None = None
-        noted = len(step.notes)
+        noted = len(self.notes)
         for _ in range(3):
-            del step.notes[noted:]  # a read done again notes its gap again
+            del self.notes[noted:]  # a read done again notes its gap again
             if units is None:
-                return step  # journalctl cannot list the units (reported)
+                return []  # journalctl cannot list the units (reported)
             if not units and not self.spec.identifiers:
-                return step  # no unit that a pattern matches has logged yet
-            read = self._read(start, units, step.notes)
+                return []  # no unit that a pattern matches has logged yet
+            read = self._read(units)
             if read is None:
-                return step
+                return []
             if not any(map(is_pattern, self.spec.units)):
                 break
             # a unit that a pattern matches and that began to log during the read: read
             # again from the same cursor with it, so that none of its entries is passed over
-            again = self.units(step.notes)
+            again = self.units()
             if again is None or set(again) <= set(units):
                 break
             units = again
-        if read is not None:
-            out, step.more = read
-            step.pieces, step.cursor = out.pieces, out.cursor
-        return step
+        if read is None:
+            return []
+        out, stopped = read
+        self.more = stopped
+        self._cursor = out.cursor
+        return out.pieces
 
-    def units(self, notes: list[Note] | None = None) -> tuple[str, ...] | None:
+    def units(self) -> tuple[str, ...] | None:
         """The units matched: the names given, and the journal's units that a pattern of
         them matches (``journalctl -F _SYSTEMD_UNIT``, fnmatch as ``journalctl -u``; read
         on every poll, so a new instance is taken as soon as it logs); None when journalctl
-        cannot list them (reported in ``notes``, else in ``self.notes``)."""
-        notes = self.notes if notes is None else notes
+        cannot list them (reported)."""
         if not any(map(is_pattern, self.spec.units)):
             return self.spec.units
         argv = [self.journalctl, *self._where(), "-F", "_SYSTEMD_UNIT"]
         try:
             proc = subprocess.run(argv, capture_output=True, check=False, env=_env(), timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
-            why = getattr(exc, "strerror", None) or exc
-            self._report(notes, f"cannot run {self.journalctl}: {why}")
+            self._report(f"cannot run {self.journalctl}: {getattr(exc, 'strerror', None) or exc}")
             return None
         if proc.returncode != 0:
             err = proc.stderr.decode("utf-8", "replace").strip()
             why = err.splitlines()[0] if err else "no message"
             self._report(
-                notes, f"{self.journalctl} -F _SYSTEMD_UNIT failed (exit {proc.returncode}): {why}"
+                f"{self.journalctl} -F _SYSTEMD_UNIT failed (exit {proc.returncode}): {why}"
             )
             return None
         present = proc.stdout.decode("utf-8", "replace").splitlines()
@@ -258,31 +235,26 @@ class JournalReader:
         names = [u for u in self.spec.units if not is_pattern(u)]
         return tuple(dict.fromkeys([*names, *found]))
 
-    def _read(
-        self, start: JournalCursor | None, units: tuple[str, ...], notes: list[Note]
-    ) -> tuple[_Pieces, bool] | None:
-        """One ``journalctl --cursor`` run from ``start``: its entries as pieces, and whether
-        it stopped at ``max_entries``; None when journalctl cannot be run."""
-        if self._closed:
-            return None
+    def _read(self, units: tuple[str, ...]) -> tuple[_Pieces, bool] | None:
+        """One ``journalctl --cursor`` run from where reading stands: its entries as pieces,
+        and whether it stopped at ``max_entries``; None when journalctl cannot be run."""
         try:
             proc = subprocess.Popen(
-                self._argv(start, units),
+                self._argv(self._cursor, units),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=_env(),
             )
         except OSError as exc:
-            self._report(notes, f"cannot run {self.journalctl}: {exc.strerror or exc}")
+            self._report(f"cannot run {self.journalctl}: {exc.strerror or exc}")
             return None
         assert proc.stdout is not None and proc.stderr is not None
-        self._proc = proc
-        out = _Pieces(self.source, self.path, start, self.piece_entries)
+        out = _Pieces(self.source, self.path, self._cursor, self.piece_entries)
         stopped = False
         try:
             for raw in proc.stdout:
-                if self._closed or (self._take(out, raw, notes) and out.taken >= self.max_entries):
+                if self._take(out, raw) and out.taken >= self.max_entries:
                     stopped = True
                     break
             out.flush()
@@ -293,12 +265,9 @@ class JournalReader:
             err = proc.stderr.read().decode("utf-8", "replace").strip()
             proc.stderr.close()
             code = proc.wait()
-            self._proc = None
-        if self._closed:
-            return None  # stopped by close: nothing of it is handed on
         if not stopped and code != 0:
             why = err.splitlines()[0] if err else "no message"
-            self._report(notes, f"{self.journalctl} failed (exit {code}): {why}")
+            self._report(f"{self.journalctl} failed (exit {code}): {why}")
         elif not stopped:
             self._error = ""
         return out, stopped
@@ -313,7 +282,7 @@ class JournalReader:
             argv.append(f"--cursor={start.cursor}")  # from the stored entry itself
         return argv + matches(self.spec, units)
 
-    def _take(self, out: _Pieces, raw: bytes, notes: list[Note] | None = None) -> bool:
+    def _take(self, out: _Pieces, raw: bytes) -> bool:
         """One JSON line of journalctl: False when it is left out."""
         try:
             entry = json.loads(raw)
@@ -329,7 +298,7 @@ class JournalReader:
             assert out.start is not None
             if seq is not None and seq == out.stored_seq:
                 return False  # the stored entry itself: read already
-            out.gap = self._gap(out.start, realtime, self.notes if notes is None else notes)
+            out.gap = self._gap(out.start, realtime)
         elif (
             out.stored_seq is not None
             and seq is not None
@@ -340,7 +309,7 @@ class JournalReader:
         out.add(text, realtime, entry_line(entry, realtime))
         return True
 
-    def _gap(self, stored: JournalCursor, first: int, notes: list[Note]) -> str:
+    def _gap(self, stored: JournalCursor, first: int) -> str:
         """The stored entry is gone (vacuumed): note it; the sample text for the anomaly."""
         stored_at = stamp(stored.realtime)
         first_at = stamp(first)
@@ -348,7 +317,7 @@ class JournalReader:
             f"the entry last read ({stored_at}) is no longer in the journal; "
             f"reading on from the oldest there is ({first_at})"
         )
-        notes.append(
+        self.notes.append(
             Note(
                 "journal_gap",
                 self.path,
@@ -358,58 +327,13 @@ class JournalReader:
         )
         return f"{self.path}: {detail}"
 
-    def _report(self, notes: list[Note], detail: str) -> None:
+    def _report(self, detail: str) -> None:
         if detail != self._error:
-            notes.append(Note("source_error", self.path, detail))
+            self.notes.append(Note("source_error", self.path, detail))
             self._error = detail
 
     def close(self) -> None:
-        """Stop a read ahead (its journalctl is killed, its entries dropped: they were
-        neither handed on nor committed)."""
-        self._closed = True
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            proc = self._proc
-            if proc is not None:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-            ahead.result()
-
-
-@dataclass(slots=True)
-class _Step:
-    """What one step of reading found: pieces from ``start`` to ``cursor``."""
-
-    start: JournalCursor | None
-    cursor: JournalCursor | None
-    pieces: list[Piece] = field(default_factory=list)
-    more: bool = False
-    notes: list[Note] = field(default_factory=list)
-
-
-class _Ahead:
-    """A step read in a thread of its own; ``result`` waits for it (an exception it raised
-    is raised there, in the caller's thread)."""
-
-    def __init__(self, step: Any, start: JournalCursor | None) -> None:
-        self._start = start
-        self._step = step
-        self._out: _Step | None = None
-        self._exc: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="journal-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._out = self._step(self._start)
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._exc = exc
-
-    def result(self) -> _Step | None:
-        self._thread.join()
-        if self._exc is not None:
-            raise self._exc
-        return self._out
+        """Nothing is held between polls."""
 
 
 @dataclass(slots=True)
