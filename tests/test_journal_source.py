@@ -562,3 +562,45 @@ def _unit_pattern(work: Path) -> None:
         assert len(postfix) == len(text.splitlines())
         truth = file_truth(work, cfg, {"postfix": text}, "truth")
         same_store(work / "db.duckdb", truth)
+
+
+# -- bounded steps: a poll reads at most max_entries, the next goes on from there ------------
+def test_polls_of_bounded_steps_hand_on_every_entry_once(tmp_path: Path) -> None:
+    inside("_bounded_steps", tmp_path)
+
+
+def _bounded_steps(work: Path) -> None:
+    genlog("postfix", 3000, work / "gen.log", seed=9)
+    postfix = [x for x in lines_of(work / "gen.log") if identifiers([x], "postfix")]
+    with Journald(work) as jd:
+        jd.syslog(postfix)
+        jd.native({"SYSLOG_IDENTIFIER": "postfix/smtp", "NOTE": "an entry without MESSAGE"})
+        jd.sync()
+        spec = JournalSpec(identifiers=tuple(identifiers(postfix, "postfix")))
+
+        def read(reader: JournalReader) -> tuple[list[str], list[Any], int]:
+            lines: list[str] = []
+            cursors = []
+            polls = 0
+            while True:
+                pieces = reader.poll()
+                polls += 1
+                for piece in pieces:
+                    lines += piece.body.decode().splitlines()
+                    cursors.append(piece.cursor)
+                if not reader.more:
+                    return lines, cursors, polls
+                assert polls < 100, "the reads do not move on"
+
+        stepped = JournalReader(spec, "postfix", lambda source: None, max_entries=250,
+                                piece_entries=64)  # fmt: skip
+        whole = JournalReader(spec, "postfix", lambda source: None)
+        got, got_cursors, polls = read(stepped)
+        want, want_cursors, _ = read(whole)
+        assert polls > 10
+        assert len(postfix) == len(want)
+        assert want == got  # every entry once, in the journal's order
+        assert want_cursors[-1] == got_cursors[-1]  # the same last entry, and entries counted
+        entries = [c.entries for c in got_cursors]
+        assert entries == sorted(set(entries)) and entries[-1] == len(postfix) + 1
+        assert not stepped.notes and not whole.notes
