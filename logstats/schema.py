@@ -267,16 +267,31 @@ def _journals_apart(sources: tuple[SourceItem, ...]) -> tuple[SourceItem, ...]:
             continue
         mine = [("unit", u) for u in journal.units]
         mine += [("identifier", x) for x in journal.identifiers]
+        where = _journal_of(journal.directory)
         for j, directory, kind, name in seen:
             for my_kind, my_name in mine:
                 same = _same(my_name, name) if kind == "unit" else my_name == name
-                if directory == journal.directory and my_kind == kind and same:
+                if directory == where and my_kind == kind and same:
                     raise ValueError(
                         f"expected each journal entry in one source, got {kind} {my_name} in "
                         f"[{i}] and {kind} {name} in [{j}] (their entries would count twice)"
                     )
-        seen += [(i, journal.directory, kind, name) for kind, name in mine]
+        seen += [(i, where, kind, name) for kind, name in mine]
     return sources
+
+
+def _journal_of(directory: str | None) -> str | None:
+    """Which journal a source reads: None for the local one, which journalctl without
+    ``-D`` reads from journald's own folders (so ``-D`` of one of them is the local one too)."""
+    if directory is None:
+        return None
+    from logstats.journal import JOURNAL_DIRS
+
+    path = Path(directory)
+    for top in JOURNAL_DIRS:
+        if path == Path(top) or Path(top) in path.parents:
+            return None
+    return str(path)
 
 
 def _same(a: str, b: str) -> bool:

@@ -232,6 +232,9 @@ def test_check_config_prints_the_journal_keys(tmp_path: Path) -> None:
         ({"identifiers": ["postfix/smtp"]}, {"identifiers": ["postfix/qmgr", "postfix/smtp"]},
          "identifier postfix/smtp in [1] and identifier postfix/smtp in [0]"),
         ({"units": [UNIT]}, {"units": [UNIT], "directory": "other"}, None),  # another journal
+        # journalctl -D of journald's own folder reads the local journal
+        ({"units": [UNIT]}, {"units": [UNIT], "directory": "/var/log/journal"},
+         f"unit {UNIT} in [1] and unit {UNIT} in [0]"),
         ({"units": [UNIT]}, {"identifiers": [UNIT]}, None),  # a unit is no identifier
     ],
 )  # fmt: skip
