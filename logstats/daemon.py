@@ -480,7 +480,7 @@ class Daemon:
         directory = str(self.config.export_directory)
         host = self.config.export_host or export.default_host()
         try:
-            result = export.export(self.store.con, directory, host)
+            result = export.export(self.store.con, directory, host, self.notifier.watchdog)
         except (OSError, duckdb.Error) as exc:
             self.log.error("export_failed", to=directory, error=cause_of(exc))
             return

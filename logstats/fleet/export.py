@@ -34,7 +34,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -140,18 +140,30 @@ def partition(directory: Path, table: str, host: str, day: date) -> Path:
     return directory / table / f"host={encode(host)}" / f"date={day.isoformat()}"
 
 
-def export(con: duckdb.DuckDBPyConnection, directory: str | Path, host: str) -> Exported:
+def _nothing() -> None:
+    pass
+
+
+def export(
+    con: duckdb.DuckDBPyConnection,
+    directory: str | Path,
+    host: str,
+    progress: Callable[[], None] | None = None,
+) -> Exported:
     """Export the store behind ``con`` (read-only is enough) into ``directory`` as this
-    host, ``host``.  The one export of the CLI (``logstats export``) and the daemon."""
+    host, ``host``.  The one export of the CLI (``logstats export``) and the daemon, which
+    passes its watchdog ping as ``progress`` (called after each table and partition)."""
     started = time.perf_counter()
     out = Exported()
     root = Path(directory)
+    tick = progress or _nothing
     cur = con.cursor()
     try:
         has_host = {t: _has_column(cur, t, "host") for t in TABLES}
         hosts: set[str] = set()  # every host this store holds rows of
         for table in _tables(has_host).values():
-            hosts |= _export_table(cur, root, host, table, out, hosts)
+            hosts |= _export_table(cur, root, host, table, out, hosts, tick)
+            tick()
     finally:
         cur.close()
     out.seconds = time.perf_counter() - started
@@ -177,6 +189,7 @@ def _export_table(
     table: Table,
     out: Exported,
     known: set[str],
+    tick: Callable[[], None] = _nothing,
 ) -> set[str]:
     """Write the partitions of ``table`` that changed; the hosts it holds rows of.  A
     snapshot table's partitions of this store's hosts (``known``, those of the tables
@@ -225,6 +238,7 @@ def _export_table(
             folder = partition(root, table.name, h, d)
             _write(cur, folder, table, h, d, fingerprint)
             out.written.append(folder / DATA)
+            tick()
     finally:
         cur.execute("DROP TABLE IF EXISTS fleet_rows")
     return hosts
