@@ -84,9 +84,9 @@ class StoreCollector(Collector):
         info = InfoMetricFamily("logstats_build", "The logstats version serving these metrics.")
         info.add_metric([], {"version": build_version()})
         yield info
-        yield from _mail(mail, "mta", "")
+        yield from _mail([(list(key), o, n) for key, o, n in mail], ["mta", "host"], "")
         if accounts is not None:
-            yield from _mail(accounts, "account", "account_")
+            yield from _mail([([a], o, n) for a, o, n in accounts], ["account"], "account_")
         yield from _histograms(histogram_rows(self.cursor))
         unparsed = CounterMetricFamily(
             "logstats_unknown_lines",
@@ -108,47 +108,53 @@ class StoreCollector(Collector):
             yield from _daemon(self.status)
 
 
-def _mail(rows: list[tuple[str, str, int]], label: str, prefix: str) -> Iterator[Metric]:
-    """The counters of ``metric_rows`` ((key, outcome, total); key: an MTA or an account),
-    one metric per unit."""
-    by = f"by {'MTA' if label == 'mta' else 'account (api.metrics_per_account)'}"
+def _mail(
+    rows: list[tuple[list[str], str, int]], labels: list[str], prefix: str
+) -> Iterator[Metric]:
+    """The counters of ``metric_rows`` ((key, outcome, total); key: the values of
+    ``labels``, an MTA and syslog host or an account), one metric per unit."""
+    by = (
+        "by MTA and syslog host (empty where the log names none)"
+        if labels[0] == "mta"
+        else "by account (api.metrics_per_account)"
+    )
     accepted = CounterMetricFamily(
         f"logstats_{prefix}messages_accepted",
         f"Messages accepted by the MTA and attributed (RCPT rejects not included), {by}.",
-        labels=[label],
+        labels=labels,
     )
     expired = CounterMetricFamily(
         f"logstats_{prefix}messages_expired",
         f"Messages in flight that logstats stopped waiting for (correlation.ttl), {by}.",
-        labels=[label],
+        labels=labels,
     )
     recipients = CounterMetricFamily(
         f"logstats_{prefix}recipients",
         "Recipients with a final outcome: delivered, failed (bounced or expired in the "
         f"queue) or rejected at RCPT time, {by}.",
-        labels=[label, "outcome"],
+        labels=[*labels, "outcome"],
     )
     deferrals = CounterMetricFamily(
         f"logstats_{prefix}deferrals",
         f"Delivery attempts deferred (one recipient may be deferred many times), {by}.",
-        labels=[label],
+        labels=labels,
     )
     delivered = CounterMetricFamily(
         f"logstats_{prefix}delivered_bytes",
         f"Message size summed over delivered recipients, {by}.",
-        labels=[label],
+        labels=labels,
     )
     for key, outcome, n in rows:
         if outcome == "send":
-            accepted.add_metric([key], n)
+            accepted.add_metric(key, n)
         elif outcome == "expired":
-            expired.add_metric([key], n)
+            expired.add_metric(key, n)
         elif outcome in ("delivered", "failed", "rejected"):
-            recipients.add_metric([key, outcome], n)
+            recipients.add_metric([*key, outcome], n)
         elif outcome == "deferred":
-            deferrals.add_metric([key], n)
+            deferrals.add_metric(key, n)
         elif outcome == "bytes_delivered":
-            delivered.add_metric([key], n)
+            delivered.add_metric(key, n)
     yield from (accepted, recipients, deferrals, delivered, expired)
 
 

@@ -252,6 +252,24 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    (
+        "0010_totals_host",
+        """
+        -- the all-time totals per MTA, syslog host and account (the /metrics answer, which
+        -- labels the mail counters by host), made again from the rows the copies hold
+        CREATE OR REPLACE TABLE counter_totals AS
+            SELECT mta, host, account, sum(sends)::BIGINT AS sends,
+                   sum(successes)::BIGINT AS successes, sum(defers)::BIGINT AS defers,
+                   sum(fails)::BIGINT AS fails, sum(bytes)::BIGINT AS bytes,
+                   sum(rejects)::BIGINT AS rejects, sum(expired)::BIGINT AS expired,
+                   sum(local_successes)::BIGINT AS local_successes,
+                   sum(local_bytes)::BIGINT AS local_bytes
+            FROM counters_by_domain GROUP BY mta, host, account ORDER BY mta, host, account;
+        """,
+    ),
+)
+
 # A copy of a table clustered for answers across accounts, and its order on disk.
 COPIES: dict[str, tuple[str, str]] = {
     "counters": ("counters_by_domain", "sender_domain, bucket"),
@@ -1130,10 +1148,10 @@ def _add_totals(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -
     """Add the counters rows matching ``where`` to ``counter_totals`` (one row per key)."""
     sums = ", ".join(f"sum({c})::BIGINT" for c in COUNTER_COLUMNS)
     con.execute(
-        "CREATE TEMP TABLE totals AS SELECT mta, account, "
+        "CREATE TEMP TABLE totals AS SELECT mta, host, account, "
         f"{sums} FROM (SELECT * FROM counter_totals UNION ALL BY NAME "
-        f"SELECT mta, account, {', '.join(COUNTER_COLUMNS)} FROM counters {where}) "
-        "GROUP BY mta, account ORDER BY mta, account",
+        f"SELECT mta, host, account, {', '.join(COUNTER_COLUMNS)} FROM counters {where}) "
+        "GROUP BY mta, host, account ORDER BY mta, host, account",
         params,
     )
     con.execute("DELETE FROM counter_totals")
@@ -1327,9 +1345,12 @@ _OUTCOME_SUMS = (
 def metric_rows(
     con: duckdb.DuckDBPyConnection, per_account: bool
 ) -> tuple[
-    list[tuple[str, str, int]], list[tuple[str, str, int]], list[tuple[str, str, int]] | None
+    list[tuple[tuple[str, str], str, int]],
+    list[tuple[str, str, int]],
+    list[tuple[str, str, int]] | None,
 ]:
-    """(mta, outcome, total), (mta, reason, unknown lines), and per-account totals.
+    """((mta, host), outcome, total), (mta, reason, unknown lines), and per-account totals
+    (host: the syslog host of the lines, ``""`` where the log names none).
 
     All-time sums: read from ``counter_totals`` plus the counters rows written since it was
     made (``_uncopied_from``), or from ``counters`` when its marks do not hold."""
@@ -1340,17 +1361,18 @@ def metric_rows(
         if end is not None:
             cols = ", ".join(COUNTER_COLUMNS)
             source = (
-                f"(SELECT mta, account, {cols} FROM counter_totals UNION ALL "
-                f"SELECT mta, account, {cols} FROM counters WHERE rowid >= ?)"
+                f"(SELECT mta, host, account, {cols} FROM counter_totals UNION ALL "
+                f"SELECT mta, host, account, {cols} FROM counters WHERE rowid >= ?)"
             )
             params = [end]
         mail = []
         for row in con.execute(
-            f"SELECT mta, {sums} FROM {source} GROUP BY mta ORDER BY mta", params
+            f"SELECT mta, host, {sums} FROM {source} GROUP BY mta, host ORDER BY mta, host",
+            params,
         ).fetchall():
             mail += [
-                (row[0], name, int(v or 0))
-                for (name, _), v in zip(_OUTCOME_SUMS, row[1:], strict=True)
+                ((row[0], row[1] or ""), name, int(v or 0))
+                for (name, _), v in zip(_OUTCOME_SUMS, row[2:], strict=True)
             ]
         unknown = [
             (m, r, int(n))

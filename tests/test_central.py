@@ -241,3 +241,45 @@ def test_track_delivery_rows_are_found_per_host(central: dict[str, Any]) -> None
     for r in every:
         scopes.setdefault(r["queue_id"], set()).add(r["scope"])
     assert sum(1 for s in scopes.values() if s == set(HOSTS)) >= 25
+
+
+def test_metrics_are_per_host(central: dict[str, Any]) -> None:
+    """/metrics labels the mail counters by MTA and syslog host: each (MTA, host) pair is
+    that host's scripted truth as EmailTrack counts it (delivered = SUCCESSCOUNT,
+    deferrals = DEFERCOUNT, delivered bytes = TOTALSIZE, accepted + rejected = SENDCOUNT,
+    failed + rejected = FAILCOUNT)."""
+    import duckdb
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from logstats.metrics import render
+
+    con = duckdb.connect(str(central["db"]), read_only=True)
+    try:
+        text = render(con)
+    finally:
+        con.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    got: dict[tuple[str, str], dict[str, int]] = {}
+    for name, key in (("logstats_messages_accepted", "accepted"),
+                      ("logstats_deferrals", "deferred"),
+                      ("logstats_delivered_bytes", "bytes")):  # fmt: skip
+        for sample in families[name].samples:
+            pair = (sample.labels["mta"], sample.labels["host"])
+            got.setdefault(pair, {})[key] = int(sample.value)
+    for sample in families["logstats_recipients"].samples:
+        pair = (sample.labels["mta"], sample.labels["host"])
+        got.setdefault(pair, {})[sample.labels["outcome"]] = int(sample.value)
+    assert set(got) == {(mta, h) for mta in ("exim", "postfix") for h in HOSTS}
+    for host in HOSTS:
+        for mta, truth in (("postfix", central["postfix"]), ("exim", central["exim"][host])):
+            keys = ("SENDCOUNT", "SUCCESSCOUNT", "DEFERCOUNT", "FAILCOUNT", "TOTALSIZE")
+            want = {k: sum(int(row.get(k, 0)) for row in truth.values()) for k in keys}
+            mine = got[(mta, host)]
+            assert want == {
+                "SENDCOUNT": mine["accepted"] + mine["rejected"],
+                "SUCCESSCOUNT": mine["delivered"],
+                "DEFERCOUNT": mine["deferred"],
+                "FAILCOUNT": mine["failed"] + mine["rejected"],
+                "TOTALSIZE": mine["bytes"],
+            }, (mta, host)
+            assert want["SENDCOUNT"] > 0

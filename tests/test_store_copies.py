@@ -151,12 +151,14 @@ def assert_copies_hold_their_tables(store: Store) -> None:
     con = store.con
     for table, (copy, _) in store_mod.COPIES.items():
         cols = store_mod.COUNTER_COLUMNS if table == "counters" else store_mod.DIM_COLUMNS
-        keys = "bucket, mta, account, sender_domain" + (", kind, value" if table == "dims" else "")
+        keys = "bucket, mta, host, account, sender_domain" + (
+            ", kind, value" if table == "dims" else ""
+        )
         sums = ", ".join(f"sum({c})" for c in cols)
         q = f"SELECT {keys}, {sums} FROM {{}} GROUP BY ALL ORDER BY ALL"
         assert con.execute(q.format(table)).fetchall() == con.execute(q.format(copy)).fetchall()
         if table == "counters":
-            totals = f"SELECT mta, account, {sums} FROM {{}} GROUP BY ALL ORDER BY ALL"
+            totals = f"SELECT mta, host, account, {sums} FROM {{}} GROUP BY ALL ORDER BY ALL"
             assert con.execute(totals.format(table)).fetchall() == (
                 con.execute(totals.format("counter_totals")).fetchall()
             )
