@@ -282,16 +282,26 @@ def _journals_apart(sources: tuple[SourceItem, ...]) -> tuple[SourceItem, ...]:
 
 def _journal_of(directory: str | None) -> str | None:
     """Which journal a source reads: None for the local one, which journalctl without
-    ``-D`` reads from journald's own folders (so ``-D`` of one of them is the local one too)."""
+    ``-D`` reads from journald's own folders (``-D`` of one of them, or of this machine's
+    folder in one, is the local one too; another machine's folder there, or journal-remote's
+    ``remote``, is not)."""
     if directory is None:
         return None
     from logstats.journal import JOURNAL_DIRS
 
     path = Path(directory)
-    for top in JOURNAL_DIRS:
-        if path == Path(top) or Path(top) in path.parents:
+    machine = _machine_id()
+    for top in map(Path, JOURNAL_DIRS):
+        if path == top or (machine and path == top / machine):
             return None
     return str(path)
+
+
+def _machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _same(a: str, b: str) -> bool:

@@ -235,6 +235,8 @@ def test_check_config_prints_the_journal_keys(tmp_path: Path) -> None:
         # journalctl -D of journald's own folder reads the local journal
         ({"units": [UNIT]}, {"units": [UNIT], "directory": "/var/log/journal"},
          f"unit {UNIT} in [1] and unit {UNIT} in [0]"),
+        # journal-remote's files of other machines are another journal
+        ({"units": [UNIT]}, {"units": [UNIT], "directory": "/var/log/journal/remote"}, None),
         ({"units": [UNIT]}, {"identifiers": [UNIT]}, None),  # a unit is no identifier
     ],
 )  # fmt: skip

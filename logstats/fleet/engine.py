@@ -432,6 +432,8 @@ class DuckDBEngine(SqlEngine):
         return {table: _has_files(self.directory, table) for table in VIEWS}
 
     def use(self, listing: dict[str, bool]) -> None:
+        import duckdb
+
         for table, filled in listing.items():
             if self.filled.get(table) == filled:
                 continue
@@ -444,8 +446,12 @@ class DuckDBEngine(SqlEngine):
                     f"'{_quoted(files)}', hive_partitioning = true, "
                     "hive_types = {'host': VARCHAR, 'date': VARCHAR})"
                 )
-            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {view}")
-            self.filled[table] = filled
+            try:
+                self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {view}")
+                self.filled[table] = filled
+            except duckdb.IOException:  # the last file went since the listing
+                self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {empty_view(table)}")
+                self.filled[table] = False
 
     def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         text = _MARKER.sub(r"$\1", sql.text)

@@ -257,13 +257,13 @@ def _existing(
             continue
         try:
             rows = _fingerprints(cur, files)
-        except duckdb.Error:  # one file at a time, to tell which are damaged
+        except duckdb.InvalidInputException:  # one file at a time, to tell which are damaged
             rows = []
             for file in files:
                 try:
                     rows += _fingerprints(cur, [file])
-                except duckdb.Error:
-                    damaged.append(Path(file))
+                except duckdb.InvalidInputException:  # not Parquet (cut short, overwritten);
+                    damaged.append(Path(file))  # an I/O error (EIO, EACCES) stops the export
                     found[Path(file)] = ("", 0)
         for name, value in rows:
             n = value.split(":")[1] if value.count(":") >= 2 else "0"
