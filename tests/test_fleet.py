@@ -718,3 +718,64 @@ def test_the_fleet_reads_exports_made_while_it_serves(
     assert not router.relister.is_alive()
     for e in engines:
         e.close()
+
+
+def test_spark_behind_the_server_reads_a_rewritten_partition_whole(
+    fleet: dict[str, Any], spark: Any, tmp_path: Path
+) -> None:
+    """A Spark DataFrame keeps each file's size as listed, so a partition an export
+    replaced since would be read short, without an error.  The export's generation file
+    of the host changes with its partitions, and the server lists again before answering:
+    after a host's store grew within the days it had exported, `fleet serve` on Spark
+    answers as a fresh DuckDB engine does."""
+    import shutil
+    from datetime import UTC
+
+    from logstats.config import load as load_config
+    from logstats.fleet.engine import DuckDBEngine, SparkEngine
+    from logstats.fleet.serve import FleetRouter
+    from logstats.model import StatsRequest
+
+    out = tmp_path / "export"
+    shutil.copytree(fleet["out"], out)
+    cfg = fleet["cfg"]
+    log, db = tmp_path / "mainlog", tmp_path / "mx5.duckdb"
+    lines = exim_log(seed=300, messages=600).lines
+    args = ["--config", str(cfg), "--db", str(db)]
+    export = [*args, "--to", str(out), "--host", "mx5.example"]
+    log.write_text("\n".join(lines[: len(lines) // 3]) + "\n")
+    run_cli("backfill", *args, "--no-progress", str(log))
+    run_cli("export", *export)
+    marker = fleet_export.generation_file(out, "mx5.example")
+    first = marker.read_text()
+    req = StatsRequest(datetime(2024, 12, 31, tzinfo=UTC), datetime(2025, 1, 4, tzinfo=UTC))
+
+    def fresh() -> list[Any]:
+        e = DuckDBEngine(out)
+        try:
+            return e.account_stats(req)
+        finally:
+            e.close()
+
+    engine = SparkEngine(out, spark=spark)
+    router = FleetRouter(engine, load_config(str(cfg)), dict)
+    try:
+        assert router.stats(req) == fresh()
+        assert not engine.stale()
+        before = _files(out)
+        log.write_text("\n".join(lines) + "\n")  # the same days, three times the mail
+        run_cli("backfill", *args, "--no-progress", str(log))
+        proc = run_cli("export", *export)
+        done = json.loads(proc.stderr.strip().splitlines()[-1])
+        rewritten = [p for p in before if "host=mx5.example" in str(p) and p in _files(out)
+                     and _files(out)[p] != before[p]]  # fmt: skip
+        assert rewritten and done["written"] >= len(rewritten)
+        assert marker.read_text() != first
+        assert engine.stale()
+        assert router.stats(req) == fresh()  # listed again before the answer
+        assert not engine.stale()
+        # nothing changed: the generation stays, and nothing is listed again
+        run_cli("export", *export)
+        assert not engine.stale()
+    finally:
+        router.stop()

@@ -20,6 +20,8 @@ were defined is asked once more after a ``refresh``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -322,6 +324,8 @@ class FleetEngine(Protocol):
 
     def refresh(self) -> None: ...
 
+    def stale(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -344,6 +348,10 @@ class SqlEngine:
 
     def refresh(self) -> None:
         self.use(self.listing())
+
+    def stale(self) -> bool:
+        """Whether a host exported since the views were made, and they would not see it."""
+        return False
 
     def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -471,7 +479,7 @@ class SparkEngine(SqlEngine):
     every partition: seconds for a large fleet, so a server lists again apart, every
     ``relist_seconds``)."""
 
-    relist_seconds = 60.0
+    relist_seconds = 300.0  # as well as when a host's generation file changed
 
     def __init__(self, directory: str | Path, host: str | None = None, spark: Any = None) -> None:
         super().__init__(directory, host)
@@ -481,10 +489,13 @@ class SparkEngine(SqlEngine):
             spark = SparkSession.getActiveSession()
         self.own = spark is None  # a session this engine started: stopped with it
         self.spark = spark if spark is not None else spark_session()
+        self.generations: dict[str, str] = {}
         self.refresh()
 
-    def listing(self) -> dict[str, Any]:
-        """A DataFrame of each table over its files as they are now."""
+    def listing(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """A DataFrame of each table over its files as they are now, and the hosts'
+        generations read before they were listed."""
+        generations = read_generations(self.directory)
         frames = {}
         for table in VIEWS:
             base = str(self.directory / table)
@@ -496,11 +507,18 @@ class SparkEngine(SqlEngine):
                 df = self.spark.read.option("basePath", base).parquet(base)
                 df = df.withColumn("day", F.col("date").cast("date")).drop("date")
             frames[table] = df
-        return frames
+        return frames, generations
 
-    def use(self, listing: dict[str, Any]) -> None:
-        for table, df in listing.items():
+    def use(self, listing: tuple[dict[str, Any], dict[str, str]]) -> None:
+        frames, self.generations = listing
+        for table, df in frames.items():
             df.createOrReplaceTempView(table)
+
+    def stale(self) -> bool:
+        """A DataFrame keeps the size of each file as listed: a partition an export
+        replaced since would be read short, without an error.  So a host's generation file
+        that changed since the listing (``export.generation_file``) makes the views stale."""
+        return read_generations(self.directory) != self.generations
 
     def _execute(self, sql: Sql) -> list[tuple[Any, ...]]:
         rows = self.spark.sql(sql.text, args=sql.params).collect()
@@ -541,6 +559,20 @@ def spark_session() -> Any:
     )
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def read_generations(directory: str | Path) -> dict[str, str]:
+    """Each exporting host's generation (``export.generation_file``), by file name."""
+    from logstats.fleet.export import GENERATIONS, TEMP_PREFIX
+
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(Path(directory) / GENERATIONS):
+            if entry.name.startswith(TEMP_PREFIX):
+                continue
+            with contextlib.suppress(OSError):
+                out[entry.name] = Path(entry.path).read_text()
+    return out
 
 
 def _has_files(directory: str | Path, table: str) -> bool:

@@ -31,6 +31,7 @@ rows than the file (retention pruned the start of that day).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -50,6 +51,7 @@ LAYOUT = "1"  # the layout's version: part of every fingerprint (a change rewrit
 FINGERPRINT_KEY = "logstats.fingerprint"
 DATA = "data.parquet"
 TEMP_PREFIX = ".data.parquet.tmp-"
+GENERATIONS = "_generations"  # one file per host: its partitions' digest (generation_file)
 TABLES = ("counters", "dims", "events", "pending")
 
 
@@ -120,6 +122,7 @@ class Exported:
     kept: int = 0  # partitions the store no longer holds all rows of, left as they are
     temps_removed: int = 0
     damaged: list[Path] = field(default_factory=list)  # unreadable files, written again
+    prints: dict[Path, str] = field(default_factory=dict)  # each partition's fingerprint now
     seconds: float = 0.0
 
 
@@ -164,6 +167,8 @@ def export(
         for table in _tables(has_host).values():
             hosts |= _export_table(cur, root, host, table, out, hosts, tick)
             tick()
+        for h in sorted(hosts):
+            _mark(root, h, out.prints)
     finally:
         cur.close()
     out.seconds = time.perf_counter() - started
@@ -206,9 +211,11 @@ def _export_table(
     existing = _existing(
         cur, root / table.name, hosts | known if table.snapshot else hosts, out.damaged
     )
+    out.prints.update((path, fp) for path, (fp, _) in existing.items())
     if table.snapshot:
         now = {partition(root, table.name, h, d) / DATA for h, d, _, _ in prints}
         for gone in sorted(set(existing) - now):
+            out.prints.pop(gone, None)
             with contextlib.suppress(FileNotFoundError):
                 gone.unlink()
                 _fsync(gone.parent)
@@ -238,6 +245,7 @@ def _export_table(
             folder = partition(root, table.name, h, d)
             _write(cur, folder, table, h, d, fingerprint)
             out.written.append(folder / DATA)
+            out.prints[folder / DATA] = fingerprint
             tick()
     finally:
         cur.execute("DROP TABLE IF EXISTS fleet_rows")
@@ -314,6 +322,37 @@ def _write(
     _fsync(temp)
     os.replace(temp, folder / DATA)
     _fsync(folder)
+
+
+def generation_file(directory: str | Path, host: str) -> Path:
+    """The file whose text changes whenever a partition of ``host`` changed (a digest of
+    its partitions' fingerprints), so that a reader that lists the files once (Spark) can
+    tell that it must list them again."""
+    return Path(directory) / GENERATIONS / f"host={encode(host)}"
+
+
+def _mark(root: Path, host: str, prints: dict[Path, str]) -> None:
+    """Write ``host``'s generation file when its digest changed (after every partition of
+    the run is in place: an interrupted export leaves the old one, the next one writes it)."""
+    mine = f"host={encode(host)}"
+    lines = sorted(
+        f"{path.relative_to(root).as_posix()} {fp}\n"
+        for path, fp in prints.items()
+        if path.is_relative_to(root) and path.relative_to(root).parts[1:2] == (mine,)
+    )
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest() + "\n"
+    path = generation_file(root, host)
+    with contextlib.suppress(OSError):
+        if path.read_text() == digest:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f"{TEMP_PREFIX}{mine}.{os.getpid()}"
+    with temp.open("w") as f:
+        f.write(digest)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    _fsync(path.parent)
 
 
 def _fsync(path: Path) -> None:

@@ -11,7 +11,8 @@ Mailgun events, ``/v1/track``, the web UI, ``/metrics``) answers 404 in its API'
 
 Hosts may export while it serves: with DuckDB every answer reads the files as they are then
 (``FleetEngine.refresh``); Spark's listing takes seconds on a large fleet, so it is made again
-apart, every ``relist_seconds`` (60), and swapped in between answers.  SIGTERM and SIGINT
+apart, when a host's generation file changed (``FleetEngine.stale``) and every
+``relist_seconds``, and swapped in between answers.  SIGTERM and SIGINT
 stop it (exit 0): they are blocked in every thread from the start (``block_signals``, before
 the engine starts any) and taken by ``signal.sigwait``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +34,7 @@ from logstats.notify import Notifier
 from logstats.shapes import SHAPES
 
 SIGNALS = {signal.SIGTERM, signal.SIGINT}
+RELIST_CHECK = 2.0  # seconds between looks at the hosts' generation files
 _CPANEL_FUNCS = ("stats",)  # EmailTrack's functions answered over the fleet
 
 
@@ -61,17 +64,23 @@ class FleetRouter(Router):
             self.relister.start()
 
     def _fresh(self) -> None:
-        """The files as they are now: hosts export while it serves (an engine whose listing
-        is costly is listed again apart, every ``relist_seconds``)."""
-        if self.fleet.relist_seconds <= 0:
+        """The files as they are now: hosts export while it serves.  An engine whose
+        listing is costly (Spark) is listed again apart, as soon as a host's generation
+        changed and every ``relist_seconds``; an answer asked before that is done lists
+        them itself (the listing it has would read a replaced file short)."""
+        if self.fleet.relist_seconds <= 0 or self.fleet.stale():
             self.fleet.refresh()
 
     def _relist(self) -> None:
-        while not self.stopped.wait(self.fleet.relist_seconds):
+        last = time.monotonic()
+        while not self.stopped.wait(min(RELIST_CHECK, self.fleet.relist_seconds)):
             try:
+                if not self.fleet.stale() and time.monotonic() - last < self.fleet.relist_seconds:
+                    continue
                 listing = self.fleet.listing()  # the long part, while questions are answered
                 with self.engine_lock:
                     self.fleet.use(listing)
+                last = time.monotonic()
             except Exception as exc:  # the next round tries again; answers use the last listing
                 if self.log is not None:
                     detail = (str(exc) or type(exc).__name__).splitlines()[0]
@@ -79,6 +88,8 @@ class FleetRouter(Router):
 
     def stop(self) -> None:
         self.stopped.set()
+        if self.relister is not None:
+            self.relister.join(timeout=5)  # a listing under way is left to the exit
 
     def stats(self, req: StatsRequest) -> list[AccountStats]:
         with self.engine_lock:
