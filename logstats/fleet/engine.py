@@ -14,8 +14,9 @@ The messages in each host's queue at its last export (``pending``, a snapshot) g
 
 Hosts export while the fleet is read: ``refresh`` defines the views again over the files as
 they are now (a table whose last file was removed, or that got its first, and Spark's
-listing of files), and a question that meets a file removed or replaced since the views
-were defined is asked once more after a ``refresh``.
+listing of files), a question that meets a file removed since the views were defined is
+asked once more after a ``refresh``, and ``stale`` tells that Spark's listing no longer
+holds (a host's generation file changed: a partition may have been replaced).
 """
 
 from __future__ import annotations
@@ -476,8 +477,8 @@ class DuckDBEngine(SqlEngine):
 
 class SparkEngine(SqlEngine):
     """pyspark in local mode over ``spark.read.parquet`` (partition discovery, which lists
-    every partition: seconds for a large fleet, so a server lists again apart, every
-    ``relist_seconds``)."""
+    every partition: seconds for a large fleet, so a server lists again apart, when the
+    listing is ``stale`` and every ``relist_seconds``)."""
 
     relist_seconds = 300.0  # as well as when a host's generation file changed
 
