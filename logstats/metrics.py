@@ -14,7 +14,7 @@ of the running process.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -84,9 +84,9 @@ class StoreCollector(Collector):
         info = InfoMetricFamily("logstats_build", "The logstats version serving these metrics.")
         info.add_metric([], {"version": build_version()})
         yield info
-        yield from _mail([(list(key), o, n) for key, o, n in mail], ["mta", "host"], "")
+        yield from _mail(mail, ["mta", "host"], "")
         if accounts is not None:
-            yield from _mail([([a], o, n) for a, o, n in accounts], ["account"], "account_")
+            yield from _mail([((a,), o, n) for a, o, n in accounts], ["account"], "account_")
         yield from _histograms(histogram_rows(self.cursor))
         unparsed = CounterMetricFamily(
             "logstats_unknown_lines",
@@ -109,7 +109,7 @@ class StoreCollector(Collector):
 
 
 def _mail(
-    rows: list[tuple[list[str], str, int]], labels: list[str], prefix: str
+    rows: Sequence[tuple[Sequence[str], str, int]], labels: list[str], prefix: str
 ) -> Iterator[Metric]:
     """The counters of ``metric_rows`` ((key, outcome, total); key: the values of
     ``labels``, an MTA and syslog host or an account), one metric per unit."""

@@ -527,11 +527,11 @@ def _depths(rows: list[TrackRow]) -> dict[str, int]:
         if link and link != r.queue_id:
             up.setdefault(r.queue_id, link)
     depth: dict[str, int] = {}
-    for r in rows:
-        qid, n = r.queue_id, 0
+    for start in {r.queue_id for r in rows}:
+        qid, n = start, 0
         while qid in up and n < 8:  # a loop of links (damaged rows) ends
             qid, n = up[qid], n + 1
-        depth[r.queue_id] = n
+        depth[start] = n
     return depth
 
 

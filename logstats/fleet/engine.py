@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from logstats.fleet.export import GENERATIONS, TEMP_PREFIX
 from logstats.model import (
     SYSTEM,
     AccountStats,
@@ -564,8 +565,6 @@ def spark_session() -> Any:
 
 def read_generations(directory: str | Path) -> dict[str, str]:
     """Each exporting host's generation (``export.generation_file``), by file name."""
-    from logstats.fleet.export import GENERATIONS, TEMP_PREFIX
-
     out = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(Path(directory) / GENERATIONS):

@@ -167,8 +167,12 @@ def export(
         for table in _tables(has_host).values():
             hosts |= _export_table(cur, root, host, table, out, hosts, tick)
             tick()
+        lines: dict[str, list[str]] = {f"host={encode(h)}": [] for h in hosts}
+        for path, fp in out.prints.items():  # table/host=H/date=D/data.parquet
+            rel = path.relative_to(root)
+            lines.setdefault(rel.parts[1], []).append(f"{rel.as_posix()} {fp}\n")
         for h in sorted(hosts):
-            _mark(root, h, out.prints)
+            _mark(root, h, lines[f"host={encode(h)}"])
     finally:
         cur.close()
     out.seconds = time.perf_counter() - started
@@ -194,7 +198,7 @@ def _export_table(
     table: Table,
     out: Exported,
     known: set[str],
-    tick: Callable[[], None] = _nothing,
+    tick: Callable[[], None],
 ) -> set[str]:
     """Write the partitions of ``table`` that changed; the hosts it holds rows of.  A
     snapshot table's partitions of this store's hosts (``known``, those of the tables
@@ -331,16 +335,12 @@ def generation_file(directory: str | Path, host: str) -> Path:
     return Path(directory) / GENERATIONS / f"host={encode(host)}"
 
 
-def _mark(root: Path, host: str, prints: dict[Path, str]) -> None:
-    """Write ``host``'s generation file when its digest changed (after every partition of
-    the run is in place: an interrupted export leaves the old one, the next one writes it)."""
+def _mark(root: Path, host: str, lines: list[str]) -> None:
+    """Write ``host``'s generation file (the digest of ``lines``, its partitions and their
+    fingerprints) when it changed: after every partition of the run is in place, so an
+    interrupted export leaves the old one and the next one writes it."""
     mine = f"host={encode(host)}"
-    lines = sorted(
-        f"{path.relative_to(root).as_posix()} {fp}\n"
-        for path, fp in prints.items()
-        if path.is_relative_to(root) and path.relative_to(root).parts[1:2] == (mine,)
-    )
-    digest = hashlib.sha256("".join(lines).encode()).hexdigest() + "\n"
+    digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest() + "\n"
     path = generation_file(root, host)
     with contextlib.suppress(OSError):
         if path.read_text() == digest:
